@@ -1,0 +1,24 @@
+"""Project exceptions.
+
+Every error caused by bad user input is a :class:`InputError`; its message names the
+offending input (a file, a region index, an argument) and says what is wrong with it.
+The CLI prints such errors as one line, ``dynrefer: error: <message>``, and exits with 2.
+"""
+
+from __future__ import annotations
+
+
+class DynReferError(Exception):
+    """Base class of every error raised on purpose by dynrefer."""
+
+
+class InputError(DynReferError, ValueError):
+    """An input (image, region, argument, file) is invalid; the message says which and why."""
+
+
+class ImageLoadError(InputError):
+    """An image could not be loaded or converted; the message names the source and the reason."""
+
+
+class RegionError(InputError):
+    """A region (box, polygon, mask, RLE) is invalid; the message names the region and the reason."""

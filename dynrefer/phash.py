@@ -1,0 +1,218 @@
+"""Perceptual hashes of view crops (SPEC §1.2).
+
+Two flavours, each for one crop and batched over many crops of one image:
+
+``official`` (the flavour DynRefer's view selection uses; bit-exact):
+    1. grayscale of the whole image, once: ``(9798 R + 19235 G + 3735 B + 16384) >> 15``
+       on uint8 (OpenCV's RGB→GRAY), as float32;
+    2. crop with the integer view box;
+    3. resize to 224×224, bilinear with half-pixel centres and no antialiasing
+       (OpenCV ``INTER_LINEAR`` on float32);
+    4. orthonormal 2-D DCT-II of the 224×224 array;
+    5. top-left 8×8 block (DC included), bit = value > mean of the 64 values;
+    6. 16 hex digits, first bit most significant.
+    The single-crop path uses ``cv2.resize`` and ``scipy.fft.dctn`` literally. The batched
+    path computes only the 8×8 DCT block as two small matrix products in float64 after a
+    tensor resize; any hash with a coefficient within ``margin`` of its mean (where float
+    rounding of the two paths could disagree) is recomputed with the single path, so the
+    two paths return identical bits.
+
+``imagehash`` (``str(imagehash.phash(crop))``): Pillow ``L`` conversion, 32×32 Lanczos,
+    unnormalised DCT-II on both axes (``scipy.fftpack.dct``), top-left 8×8, bit = value >
+    median. The single path calls :mod:`imagehash`; the batched path resamples with
+    Pillow's exact kernel (:mod:`dynrefer.resample`) and computes the DCT block by matrix
+    products.
+
+Known weakness of the official flavour: the DC term dominates the mean, so low-texture
+crops hash to ``8000000000000000`` and every distance between them is 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .resample import linear_resize_crops, resample_crops
+
+HASH_SIZE = 8
+OFFICIAL_RESIZE = 224
+IMAGEHASH_RESIZE = 32
+FLAVOURS = ("official", "imagehash")
+# Coefficients closer than this to the threshold are recomputed by the exact path
+# (the batched resize differs from OpenCV's vectorised one by ~1e-5 relative).
+DEFAULT_MARGIN = 0.5
+IMAGEHASH_MARGIN = 1e-6
+
+
+def rgb_to_gray_official(image) -> np.ndarray:
+    """OpenCV's RGB→GRAY on uint8, returned as float32 (H, W).
+
+    ``image``: (3, H, W) uint8 tensor or (H, W, 3) uint8 array.
+    """
+    if isinstance(image, torch.Tensor):
+        rgb = image.detach().to("cpu", torch.int32)
+        r, g, b = rgb[0], rgb[1], rgb[2]
+        return ((9798 * r + 19235 * g + 3735 * b + 16384) >> 15).to(torch.float32).numpy()
+    arr = np.asarray(image).astype(np.int32)
+    return ((9798 * arr[..., 0] + 19235 * arr[..., 1] + 3735 * arr[..., 2] + 16384) >> 15).astype(np.float32)
+
+
+def rgb_to_gray_pillow(image: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``convert("L")`` on a (3, H, W) uint8 tensor → (1, H, W) uint8 (same device)."""
+    rgb = image.to(torch.int64)
+    gray = (rgb[0] * 19595 + rgb[1] * 38470 + rgb[2] * 7471 + 0x8000) >> 16
+    return gray.to(torch.uint8)[None]
+
+
+def bits_to_hex(bits) -> str:
+    """64 booleans (row-major, first = most significant) → 16 hex digits."""
+    value = 0
+    for bit in np.asarray(bits, dtype=bool).reshape(-1):
+        value = (value << 1) | int(bit)
+    return f"{value:0{(np.asarray(bits).size + 3) // 4}x}"
+
+
+def hex_to_bits(text: str) -> np.ndarray:
+    """Inverse of :func:`bits_to_hex` for 64-bit hashes."""
+    value = int(text, 16)
+    return np.array([(value >> (63 - i)) & 1 for i in range(64)], dtype=bool)
+
+
+def hamming(a, b) -> int:
+    """Number of differing bits between two hashes (hex strings or bit arrays)."""
+    a = hex_to_bits(a) if isinstance(a, str) else np.asarray(a, dtype=bool)
+    b = hex_to_bits(b) if isinstance(b, str) else np.asarray(b, dtype=bool)
+    return int(np.count_nonzero(a.reshape(-1) != b.reshape(-1)))
+
+
+# ----------------------------------------------------------------------------- official
+
+
+def phash_official_single(gray_crop: np.ndarray) -> np.ndarray:
+    """Official pHash bits (64,) of one float32 grayscale crop, with OpenCV and SciPy."""
+    import cv2
+    from scipy.fft import dctn
+
+    crop = np.ascontiguousarray(gray_crop, dtype=np.float32)
+    if crop.ndim != 2 or crop.size == 0:
+        raise ValueError(f"expected a non-empty 2-D grayscale crop, got shape {crop.shape}")
+    resized = cv2.resize(crop, (OFFICIAL_RESIZE, OFFICIAL_RESIZE), interpolation=cv2.INTER_LINEAR)
+    low = dctn(resized, norm="ortho")[:HASH_SIZE, :HASH_SIZE]
+    return (low > low.mean()).reshape(-1)
+
+
+def dct_matrix(n: int, k: int, norm: str | None) -> np.ndarray:
+    """First ``k`` rows of the DCT-II matrix of size ``n`` in float64.
+
+    ``norm="ortho"``: orthonormal (scipy ``norm="ortho"``); ``None``: unnormalised
+    ``2 Σ x_j cos(π i (2j + 1) / 2n)`` (``scipy.fftpack.dct`` default).
+    """
+    i = np.arange(k, dtype=np.float64)[:, None]
+    j = np.arange(n, dtype=np.float64)[None, :]
+    m = 2.0 * np.cos(np.pi * i * (2 * j + 1) / (2 * n))
+    if norm == "ortho":
+        m = m * np.sqrt(1.0 / (2 * n))
+        m[0] *= np.sqrt(0.5)
+    return m
+
+
+def _low_block(resized: torch.Tensor, n: int, norm: str | None, fast: bool = True) -> torch.Tensor:
+    """Top-left 8×8 block of the 2-D DCT of each (n, n) array: ``D x Dᵀ`` as two GEMMs.
+
+    The large first product runs in float32 (memory-bound; its rounding, ~1e-2 on
+    coefficients of magnitude up to 6e4, stays far inside the exactness margin), the small
+    second one in float64; ``fast=False`` runs both in float64. Returns (N, 8, 8) float64.
+    """
+    d = torch.from_numpy(dct_matrix(n, HASH_SIZE, norm)).to(resized.device)
+    num = resized.shape[0]
+    work = torch.float32 if fast else torch.float64
+    x = resized.to(work).reshape(num * n, n)
+    cols = (x @ d.T.to(work)).to(torch.float64).reshape(num, n, HASH_SIZE)  # x Dᵀ
+    rows = cols.transpose(1, 2).reshape(num * HASH_SIZE, n) @ d.T  # (x Dᵀ)ᵀ Dᵀ = (D x Dᵀ)ᵀ
+    return rows.reshape(num, HASH_SIZE, HASH_SIZE).transpose(1, 2)
+
+
+def phash_official_batched(
+    gray: np.ndarray | torch.Tensor, crops, *, margin: float = DEFAULT_MARGIN, engine: str = "auto"
+) -> np.ndarray:
+    """Official pHash bits (N, 64) of many integer crops of one grayscale image.
+
+    All crops are resized in one call (:func:`dynrefer.resample.linear_resize_crops`,
+    ``engine`` as there) and their 8×8 DCT blocks computed as one batched matrix product.
+
+    Args:
+        gray: float32 (H, W) grayscale from :func:`rgb_to_gray_official` (array or tensor;
+            a tensor's device is used for the batched work).
+        crops: (N, 4) integer boxes ``x1, y1, x2, y2``.
+        margin: hashes with a coefficient within ``margin`` of their threshold are
+            recomputed with :func:`phash_official_single` (exactness guard).
+    """
+    crops = np.asarray(crops, dtype=np.int64).reshape(-1, 4)
+    gray_t = gray if isinstance(gray, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(gray, np.float32))
+    if len(crops) == 0:
+        return np.zeros((0, HASH_SIZE * HASH_SIZE), dtype=bool)
+    resized = linear_resize_crops(gray_t, crops, OFFICIAL_RESIZE, engine)
+    flat = _low_block(resized, OFFICIAL_RESIZE, "ortho").reshape(len(crops), -1)
+    mean = flat.mean(dim=1, keepdim=True)
+    bits = (flat > mean).cpu().numpy()
+    close = ((flat - mean).abs() < margin).any(dim=1).cpu().numpy()
+    if close.any():
+        gray_np = gray_t.detach().cpu().numpy()
+        for i in np.nonzero(close)[0]:
+            x1, y1, x2, y2 = crops[i]
+            bits[i] = phash_official_single(gray_np[y1:y2, x1:x2])
+    return bits
+
+
+# ---------------------------------------------------------------------------- imagehash
+
+
+def phash_imagehash_single(pil_crop) -> np.ndarray:
+    """``imagehash.phash`` bits (64,) of one PIL crop."""
+    import imagehash
+
+    return np.asarray(imagehash.phash(pil_crop).hash, dtype=bool).reshape(-1)
+
+
+def phash_imagehash_batched(
+    image: torch.Tensor, crops, *, engine: str = "auto", margin: float = IMAGEHASH_MARGIN
+) -> np.ndarray:
+    """``imagehash.phash``-flavour bits (N, 64) of many integer crops of one RGB image.
+
+    ``image``: (3, H, W) uint8 tensor. Exact with ``engine="pillow"`` (the CPU default);
+    the torch resampling engine differs from Pillow >= 11 on some crop shapes (Pillow
+    chooses the order of its two passes), which changes a few bits (see README).
+    Hashes with a coefficient within ``margin`` of the median (ties) are recomputed with
+    :mod:`imagehash` itself.
+    """
+    crops = np.asarray(crops, dtype=np.int64).reshape(-1, 4)
+    if len(crops) == 0:
+        return np.zeros((0, HASH_SIZE * HASH_SIZE), dtype=bool)
+    gray = rgb_to_gray_pillow(image)
+    small = resample_crops(gray, crops, IMAGEHASH_RESIZE, "lanczos", engine)[:, 0]  # (N, 32, 32)
+    flat = _low_block(small, IMAGEHASH_RESIZE, None, fast=False).reshape(len(crops), -1)
+    # torch.median returns the lower middle value; numpy's is the mean of the two middles.
+    ordered = flat.sort(dim=1).values
+    med = (ordered[:, 31:32] + ordered[:, 32:33]) / 2
+    bits = (flat > med).cpu().numpy()
+    close = ((flat - med).abs() < margin).any(dim=1).cpu().numpy()
+    if close.any():
+        from PIL import Image
+
+        pil = Image.fromarray(image.detach().cpu().permute(1, 2, 0).numpy())
+        for i in np.nonzero(close)[0]:
+            bits[i] = phash_imagehash_single(pil.crop(tuple(int(v) for v in crops[i])))
+    return bits
+
+
+def phash_views(image: torch.Tensor, crops, flavour: str = "official", *, gray=None) -> list[str]:
+    """Hex pHash of each integer crop of a (3, H, W) uint8 image, batched."""
+    if flavour == "official":
+        if gray is None:
+            gray = rgb_to_gray_official(image)
+        bits = phash_official_batched(gray, crops)
+    elif flavour == "imagehash":
+        bits = phash_imagehash_batched(image, crops)
+    else:
+        raise ValueError(f"unknown pHash flavour {flavour!r}; expected one of {FLAVOURS}")
+    return [bits_to_hex(b) for b in bits]

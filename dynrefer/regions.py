@@ -1,0 +1,440 @@
+"""Region specifications: boxes, polygons, masks and COCO RLE, parsed into :class:`Region`.
+
+A region is given as a box (4 numbers in ``"xyxy"`` or ``"xywh"`` format), a dict or a 2-D
+boolean mask. A dict holds a box (``"box"``, or COCO xywh ``"bbox"``), a shape
+(``"polygon"``, ``"mask"`` — a 2-D array or a COCO RLE dict —, ``"rle"`` or
+``"segmentation"``), or both, as in dataset records: then the given box is the region box
+and the shape its mask.  Parsing validates the input, derives a box,
+clips it to the image and applies the minimum-size rule; every problem raises
+:class:`~dynrefer.errors.RegionError` whose message names the region (``region 3`` or
+``region 3 (id 'a')``) and the reason.
+
+Geometry rules
+--------------
+* Box of a mask or RLE: the exact pixel extent, ``x1`` = first covered column and
+  ``x2`` = last covered column **+ 1** (likewise for y).  The paper's reference implementation
+  takes the last covered column itself as ``x2`` (one pixel short); we deliberately do not.
+* Box of a polygon: min/max of its vertices; its mask is the pycocotools rasterisation
+  (``None`` when the rasterisation covers no pixel, e.g. a degenerate polygon).
+* Clipping to ``[0, W] x [0, H]``; a box whose interval misses the image on either axis is
+  rejected (a zero-extent box lying on the border is accepted).
+* Minimum size (after clipping, per axis, float64): if ``x1 >= x2 - 1`` then
+  ``x1 = x2 - 1`` when ``x2 > 0``, else ``x2 = x1 + 1``.  ``x1`` may thus become slightly
+  negative (``x2 = 0.5`` gives ``x1 = -0.5``), as in the reference implementation.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from dynrefer.errors import InputError, RegionError
+
+__all__ = ["Region", "parse_region", "parse_regions", "xywh_to_xyxy", "clip_box", "apply_min_size", "mask_to_box"]
+
+Box = tuple[float, float, float, float]
+BOX_FORMATS = ("xyxy", "xywh")
+BOX_KEYS = ("box", "bbox")
+SHAPE_KEYS = ("polygon", "mask", "rle", "segmentation")
+GEOMETRY_KEYS = BOX_KEYS + SHAPE_KEYS
+
+
+@dataclass(frozen=True)
+class Region:
+    """One parsed region of an image.
+
+    Attributes:
+        box: final ``(x1, y1, x2, y2)`` in float pixels, clipped and minimum-size adjusted.
+        mask: read-only boolean ``(H, W)`` mask for mask / RLE / polygon regions, else ``None``
+            (excluded from equality and repr).
+        id: the region id (``int`` or ``str``); defaults to the region's index.
+        score: optional input confidence.
+        source_box: the box as given or derived (xyxy), before clipping and minimum size.
+    """
+
+    box: Box
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    id: int | str = 0
+    score: float | None = None
+    source_box: Box | None = None
+
+    def __post_init__(self) -> None:
+        if self.source_box is None:
+            object.__setattr__(self, "source_box", self.box)
+
+
+def xywh_to_xyxy(box: Sequence[float]) -> Box:
+    """Convert ``(x, y, w, h)`` to ``(x1, y1, x2, y2)`` floats."""
+    x, y, w, h = (float(v) for v in box)
+    return (x, y, x + w, y + h)
+
+
+def clip_box(box: Sequence[float], image_size: tuple[int, int]) -> Box:
+    """Clip an xyxy box to ``[0, W] x [0, H]`` where ``image_size = (W, H)``."""
+    width, height = float(image_size[0]), float(image_size[1])
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+
+
+def apply_min_size(box: Sequence[float]) -> Box:
+    """Enforce the minimum-size rule (see module docstring) on each axis of an xyxy box."""
+    out = [float(v) for v in box]
+    for lo, hi in ((0, 2), (1, 3)):
+        if out[lo] >= out[hi] - 1.0:
+            if out[hi] > 0.0:
+                out[lo] = out[hi] - 1.0
+            else:
+                out[hi] = out[lo] + 1.0
+    return (out[0], out[1], out[2], out[3])
+
+
+def mask_to_box(mask: np.ndarray) -> Box:
+    """Exact box of a 2-D mask: first covered column/row to last covered column/row + 1."""
+    mask = np.asarray(mask, dtype=bool)
+    cols = np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(mask.any(axis=1))
+    if cols.size == 0:
+        raise RegionError("mask is empty (no pixel set)")
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def _box_outside(box: Box, image_size: tuple[int, int]) -> bool:
+    """True when, on either axis, the box interval does not touch the image."""
+    x1, y1, x2, y2 = box
+    for lo, hi, size in ((x1, x2, image_size[0]), (y1, y2, image_size[1])):
+        if hi < 0 or lo > size:
+            return True
+        if lo < hi and (hi <= 0 or lo >= size):
+            return True
+    return False
+
+
+def _fail(label: str, reason: str) -> RegionError:
+    return RegionError(f"{label}: {reason}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _to_float(value: Any, label: str, what: str) -> float:
+    """A finite float, or RegionError naming ``what``."""
+    if not _is_number(value):
+        raise _fail(label, f"{what} is not a number ({value!r})")
+    result = float(value)
+    if not math.isfinite(result):
+        raise _fail(label, f"{what} is not finite ({result})")
+    return result
+
+
+def _as_list(value: Any) -> Any:
+    """Arrays and tensors to (nested) Python lists; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _check_box_format(box_format: Any) -> str:
+    if box_format not in BOX_FORMATS:
+        raise InputError(f"invalid box_format {box_format!r}; expected 'xyxy' or 'xywh'")
+    return box_format
+
+
+def _check_image_size(image_size: Any) -> tuple[int, int]:
+    ok = isinstance(image_size, Sequence) and len(image_size) == 2
+    ok = ok and all(_is_int(v) and v > 0 for v in image_size)
+    if not ok:
+        raise InputError(f"image_size must be (W, H) with positive integers, got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _fmt(box: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+
+
+def _parse_box(value: Any, box_format: str, label: str) -> Box:
+    """Validate 4 numbers in ``box_format`` and return the xyxy box."""
+    values = _as_list(value)
+    if not isinstance(values, (list, tuple)):
+        raise _fail(label, f"box must be a sequence of 4 numbers, got {type(value).__name__}")
+    if len(values) != 4:
+        raise _fail(label, f"box must have 4 numbers, got {len(values)}")
+    nums = [_to_float(v, label, f"box coordinate {i}") for i, v in enumerate(values)]
+    if box_format == "xywh":
+        if nums[2] < 0 or nums[3] < 0:
+            raise _fail(label, f"negative width or height in xywh box {_fmt(nums)}")
+        return xywh_to_xyxy(nums)
+    if nums[2] < nums[0] or nums[3] < nums[1]:
+        raise _fail(label, f"inverted box {_fmt(nums)} (x2 < x1 or y2 < y1)")
+    return (nums[0], nums[1], nums[2], nums[3])
+
+
+def _check_mask(value: Any, image_size: tuple[int, int], label: str) -> np.ndarray:
+    """Validate a 2-D bool or 0/1 mask of the image's shape; return a read-only bool copy."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise _fail(label, f"mask is not a 2-D array ({exc})") from exc
+    if array.ndim != 2:
+        raise _fail(label, f"mask must be 2-D, got shape {tuple(array.shape)}")
+    if array.dtype != np.bool_:
+        if array.dtype.kind not in "uif" or not bool(((array == 0) | (array == 1)).all()):
+            raise _fail(label, f"mask must be boolean or contain only 0 and 1 (dtype {array.dtype})")
+    expected = (image_size[1], image_size[0])
+    if tuple(array.shape) != expected:
+        raise _fail(label, f"mask shape {tuple(array.shape)} does not match the image shape (H, W) = {expected}")
+    result = np.array(array, dtype=bool, order="C", copy=True)
+    if not result.any():
+        raise _fail(label, "empty mask (no pixel set)")
+    result.setflags(write=False)
+    return result
+
+
+def _decode(rle: dict) -> np.ndarray:
+    """pycocotools decode, silencing its numpy-2 ``__array__`` DeprecationWarning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"__array__ implementation", category=DeprecationWarning)
+        return mask_utils.decode(rle)
+
+
+def _compressed_counts(data: bytes) -> list[int]:
+    """Decode a COCO compressed RLE counts string; ValueError if malformed."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(data):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(data):
+                raise ValueError("counts string ends in the middle of a number")
+            code = data[pos] - 48
+            if not 0 <= code <= 63:
+                raise ValueError(f"invalid character {chr(data[pos])!r} in counts string")
+            value |= (code & 0x1F) << (5 * shift)
+            more = bool(code & 0x20)
+            pos += 1
+            shift += 1
+            if not more and code & 0x10:
+                value |= -1 << (5 * shift)
+        if len(counts) > 2:
+            value += counts[-2]
+        if value < 0:
+            raise ValueError("negative run length in counts string")
+        counts.append(value)
+    return counts
+
+
+def _parse_rle(value: Any, image_size: tuple[int, int], label: str) -> np.ndarray:
+    """Validate and decode a COCO RLE dict (compressed or uncompressed counts)."""
+    if not isinstance(value, Mapping) or "size" not in value or "counts" not in value:
+        raise _fail(label, "malformed RLE: expected a dict with 'size' and 'counts'")
+    size = _as_list(value["size"])
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
+        raise _fail(label, f"malformed RLE: 'size' must be [height, width], got {value['size']!r}")
+    height, width = int(size[0]), int(size[1])
+    expected = (image_size[1], image_size[0])
+    if (height, width) != expected:
+        raise _fail(label, f"RLE size {(height, width)} does not match the image shape (H, W) = {expected}")
+    counts = value["counts"]
+    try:
+        if isinstance(counts, (str, bytes)):
+            raw = counts.encode("ascii") if isinstance(counts, str) else counts
+            runs = _compressed_counts(raw)
+            rle = {"size": [height, width], "counts": raw}
+        else:
+            runs = _as_list(counts)
+            if not isinstance(runs, (list, tuple)) or not all(_is_int(v) and v >= 0 for v in runs):
+                raise ValueError("'counts' must be a string or a list of non-negative integers")
+            runs = [int(v) for v in runs]
+            rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+        if sum(runs) != height * width:
+            raise ValueError(f"run lengths sum to {sum(runs)}, expected {height * width} (= H x W)")
+        decoded = _decode(rle)
+    except (ValueError, UnicodeEncodeError, TypeError) as exc:
+        raise _fail(label, f"malformed RLE: {exc}") from exc
+    return _check_mask(decoded.astype(bool), image_size, label)
+
+
+def _polygon_part(part: Any, label: str) -> list[float]:
+    """One polygon as a flat coordinate list (validated)."""
+    part = _as_list(part)
+    if not isinstance(part, (list, tuple)):
+        raise _fail(label, f"polygon must be a list of [x, y] pairs or flat coordinates, got {type(part).__name__}")
+    if part and all(isinstance(p, (list, tuple)) for p in part):
+        if any(len(p) != 2 for p in part):
+            raise _fail(label, "polygon points must be [x, y] pairs")
+        flat = [c for p in part for c in p]
+    else:
+        flat = list(part)
+    coords = [_to_float(v, label, f"polygon coordinate {i}") for i, v in enumerate(flat)]
+    if len(coords) % 2:
+        raise _fail(label, f"polygon has an odd number of coordinates ({len(coords)})")
+    if len(coords) < 6:
+        raise _fail(label, f"polygon has fewer than 3 points ({len(coords) // 2})")
+    return coords
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and not any(isinstance(v, (list, tuple)) for v in value)
+
+
+def _parse_polygon(value: Any, label: str) -> list[list[float]]:
+    """A polygon (pairs or flat) or a list of polygons, as a list of flat coordinate lists."""
+    value = _as_list(value)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _fail(label, "polygon must be a non-empty list of [x, y] pairs, flat coordinates or polygons")
+    value = [_as_list(v) for v in value]
+    if not isinstance(value[0], (list, tuple)) or all(_is_pair(p) for p in value):
+        return [_polygon_part(value, label)]
+    if len(value) == 1:
+        return [_polygon_part(value[0], label)]
+    return [_polygon_part(p, f"{label}: polygon part {i}") for i, p in enumerate(value)]
+
+
+def _rasterize(parts: list[list[float]], image_size: tuple[int, int]) -> np.ndarray | None:
+    """pycocotools rasterisation of a (multi-part) polygon; ``None`` if no pixel is covered."""
+    width, height = image_size
+    rles = mask_utils.frPyObjects(parts, height, width)
+    mask = np.ascontiguousarray(_decode(mask_utils.merge(rles)).astype(bool))
+    if not mask.any():
+        return None
+    mask.setflags(write=False)
+    return mask
+
+
+def _finish(source: Box, image_size: tuple[int, int], label: str, **fields: Any) -> Region:
+    """Reject boxes outside the image, clip, apply the minimum size and build the Region."""
+    if _box_outside(source, image_size):
+        raise _fail(label, f"box {_fmt(source)} lies entirely outside the image ({image_size[0]}x{image_size[1]})")
+    box = apply_min_size(clip_box(source, image_size))
+    return Region(box=box, source_box=source, **fields)
+
+
+def _parse_dict(spec: Mapping, image_size: tuple[int, int], box_format: str, index: int) -> Region:
+    label = f"region {index}"
+    rid: int | str = index
+    if spec.get("id") is not None:
+        raw_id = spec["id"]
+        if not (_is_int(raw_id) or isinstance(raw_id, str)):
+            raise _fail(label, f"id must be an int or a str, got {type(raw_id).__name__}")
+        rid = raw_id if isinstance(raw_id, str) else int(raw_id)
+        label = f"region {index} (id {rid!r})"
+    score = None
+    if spec.get("score") is not None:
+        score = _to_float(spec["score"], label, "score")
+    box_keys = [k for k in BOX_KEYS if spec.get(k) is not None]
+    shape_keys = [k for k in SHAPE_KEYS if spec.get(k) is not None]
+    if len(box_keys) > 1 or len(shape_keys) > 1 or not (box_keys or shape_keys):
+        found = ", ".join(repr(k) for k in box_keys + shape_keys) if box_keys or shape_keys else "none"
+        raise _fail(
+            label,
+            "expected at most one box key among 'box', 'bbox' and at most one shape key among "
+            f"'polygon', 'mask', 'rle', 'segmentation' (at least one in all); found {found}",
+        )
+    source = None
+    if box_keys:
+        if box_keys[0] == "box":
+            fmt = spec.get("box_format", box_format)
+            if fmt not in BOX_FORMATS:
+                raise _fail(label, f"invalid box_format {fmt!r}; expected 'xyxy' or 'xywh'")
+            source = _parse_box(spec["box"], fmt, label)
+        else:
+            source = _parse_box(spec["bbox"], "xywh", label)
+    mask = None
+    if shape_keys:
+        key = shape_keys[0]
+        value = spec[key]
+        if key == "rle" or (key in ("segmentation", "mask") and isinstance(value, Mapping)):
+            mask = _parse_rle(value, image_size, label)
+            shape_box = mask_to_box(mask)
+        elif key == "mask":
+            mask = _check_mask(value, image_size, label)
+            shape_box = mask_to_box(mask)
+        else:
+            parts = _parse_polygon(value, label)
+            xs = [c for p in parts for c in p[0::2]]
+            ys = [c for p in parts for c in p[1::2]]
+            shape_box = (min(xs), min(ys), max(xs), max(ys))
+            if not _box_outside(shape_box, image_size):  # else _finish raises; skip rasterising
+                mask = _rasterize(parts, image_size)
+        if source is None:
+            source = shape_box
+    return _finish(source, image_size, label, mask=mask, id=rid, score=score)
+
+
+def parse_region(spec: Any, image_size: tuple[int, int], *, box_format: str = "xyxy", index: int = 0) -> Region:
+    """Parse one region specification.
+
+    Args:
+        spec: 4 numbers (sequence, array or tensor) in ``box_format``; a dict with a box
+            (``"box"`` in ``box_format`` unless the dict has ``"box_format"``, or ``"bbox"`` in
+            COCO xywh) and/or a shape (``"polygon"``, ``"mask"`` as a 2-D array or RLE dict,
+            ``"rle"``, or ``"segmentation"`` holding a COCO RLE dict or polygon list; without a
+            box the shape's exact box is used), optional ``"id"`` and ``"score"``, other keys
+            being ignored; or a 2-D boolean mask array/tensor.
+        image_size: ``(W, H)`` of the image.
+        box_format: ``"xyxy"`` or ``"xywh"``.
+        index: position of the region, used as default id and in error messages.
+
+    Raises:
+        InputError: invalid ``box_format`` or ``image_size``.
+        RegionError: invalid region; the message names the region and the reason.
+    """
+    box_format = _check_box_format(box_format)
+    size = _check_image_size(image_size)
+    label = f"region {index}"
+    if isinstance(spec, Mapping):
+        return _parse_dict(spec, size, box_format, index)
+    if isinstance(spec, torch.Tensor):
+        spec = spec.detach().cpu().numpy()
+    if isinstance(spec, np.ndarray) and spec.ndim == 2 and spec.dtype == np.bool_:
+        mask = _check_mask(spec, size, label)
+        return _finish(mask_to_box(mask), size, label, mask=mask, id=index)
+    if isinstance(spec, (np.ndarray, list, tuple)):
+        return _finish(_parse_box(spec, box_format, label), size, label, id=index)
+    kind = type(spec).__name__
+    raise _fail(label, f"unsupported region of type {kind}; expected 4 numbers, a dict or a 2-D boolean mask")
+
+
+def parse_regions(specs: Any, image_size: tuple[int, int], *, box_format: str = "xyxy") -> list[Region]:
+    """Parse a list of region specifications (see :func:`parse_region`).
+
+    ``specs`` may be a list/tuple of specs or an array/tensor whose first axis indexes the
+    regions (e.g. ``(N, 4)`` boxes).  Ids default to the list index and must be unique.
+
+    Raises:
+        InputError: ``specs`` is not a list, or invalid ``box_format`` / ``image_size``.
+        RegionError: an invalid region, or a duplicate id (the message names both regions).
+    """
+    box_format = _check_box_format(box_format)
+    size = _check_image_size(image_size)
+    is_array = isinstance(specs, (np.ndarray, torch.Tensor)) and specs.ndim >= 1
+    if not (is_array or isinstance(specs, (list, tuple))):
+        raise InputError(f"regions must be a list of region specifications, got {type(specs).__name__}")
+    regions: list[Region] = []
+    seen: dict[int | str, int] = {}
+    for index, spec in enumerate(specs):
+        region = parse_region(spec, size, box_format=box_format, index=index)
+        if region.id in seen:
+            raise RegionError(
+                f"region {index} (id {region.id!r}): duplicate region id {region.id!r} "
+                f"(already used by region {seen[region.id]})"
+            )
+        seen[region.id] = index
+        regions.append(region)
+    return regions

@@ -1,0 +1,191 @@
+"""View selection policies and the multi-region view engine (SPEC §1.1).
+
+Every policy returns the view parameters of one region with ``t = 0`` first:
+
+* ``greedy`` (inference, official): ``score_i = hamming(pHash(view_0), pHash(view_ti)) / t_i``
+  with ``t_i = (i + 1) / 10`` in float64; take the first maximum, record it, set its score to
+  0, repeat ``n − 1`` times. When every remaining score is 0 the first candidate
+  (``t = 0.1``) is taken again, so a view can repeat (``[0, 0.1, 0.1]``): the reference
+  behaviour, reproduced.
+* ``greedy_unique``: the same objective, never repeating a candidate.
+* ``random`` (training): ``n − 1`` candidates drawn uniformly without replacement, in random
+  order, from a ``torch.Generator``.
+* ``fixed``: a given list of ``t`` values.
+
+:func:`select_views` runs a policy for all regions of one image at once: all candidate
+crops of all regions are hashed in one batched call (identical crops once), and the chosen
+views of all regions are rendered in one batched call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .phash import FLAVOURS, hamming, phash_views, rgb_to_gray_official
+from .views import CANDIDATE_TS, DEFAULT_SIZE, ViewGeometry, render_crops, view_geometry
+
+POLICIES = ("greedy", "greedy_unique", "random", "fixed")
+MAX_VIEWS = 1 + len(CANDIDATE_TS)
+
+
+def greedy_scores(distances) -> np.ndarray:
+    """``distance_i / t_i`` with ``t_i = (i + 1) / 10``, float64."""
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    t = (np.arange(d.size, dtype=np.float64) + 1) / 10
+    return d / t
+
+
+def greedy_select(distances, num_extra: int, *, unique: bool = False) -> list[int]:
+    """Indices of the chosen candidates (selection order) for the greedy policies."""
+    scores = greedy_scores(distances)
+    if unique and num_extra > scores.size:
+        raise ValueError(f"cannot choose {num_extra} distinct views from {scores.size} candidates")
+    chosen: list[int] = []
+    for _ in range(num_extra):
+        idx = int(np.argmax(scores))  # first maximum
+        chosen.append(idx)
+        scores[idx] = -np.inf if unique else 0.0
+    return chosen
+
+
+def random_select(num_extra: int, num_candidates: int = len(CANDIDATE_TS), generator=None) -> list[int]:
+    """``num_extra`` distinct candidate indices in random order."""
+    if num_extra > num_candidates:
+        raise ValueError(f"cannot choose {num_extra} distinct views from {num_candidates} candidates")
+    return torch.randperm(num_candidates, generator=generator)[:num_extra].tolist()
+
+
+def check_policy_args(policy: str, num_views: int, ts=None) -> list[float] | None:
+    """Validate policy arguments; returns the fixed extra ``t`` list for ``fixed``."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown view policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    if policy == "fixed":
+        if ts is None:
+            raise ValueError("policy 'fixed' needs a list of t values")
+        extra = [float(t) for t in ts]
+        if extra and extra[0] == 0.0:
+            extra = extra[1:]
+        bad = [t for t in extra if not (0.0 <= t <= 1.0) or t != t]
+        if bad:
+            raise ValueError(f"view parameters t must lie in [0, 1], got {bad}")
+        return extra
+    if ts is not None:
+        raise ValueError(f"t values are only used by policy 'fixed', not {policy!r}")
+    if not isinstance(num_views, int) or num_views < 1 or num_views > MAX_VIEWS:
+        raise ValueError(f"number of views must be an integer in [1, {MAX_VIEWS}], got {num_views!r}")
+    return None
+
+
+@dataclass
+class RegionViews:
+    """Selected views of one region, plus the candidates when a greedy policy ran.
+
+    Attributes:
+        geometry: geometry of the selected views (view 0 first, selection order).
+        phash: hex pHash of each selected view (``None`` for policies that hash nothing).
+        candidates: for greedy policies, one dict per candidate ``t`` with ``t``,
+            ``box_t``, ``crop``, ``phash``, ``distance`` (Hamming to view 0) and ``score``.
+        pixels: (n, 3, S, S) rendered views (CLIP-normalised), when rendering was asked.
+    """
+
+    geometry: ViewGeometry
+    phash: list[str] | None = None
+    candidates: list[dict] = field(default_factory=list)
+    pixels: torch.Tensor | None = None
+
+    @property
+    def ts(self) -> list[float]:
+        return [float(t) for t in self.geometry.ts]
+
+
+def select_views(
+    image: torch.Tensor,
+    boxes,
+    *,
+    num_views: int = 3,
+    policy: str = "greedy",
+    ts=None,
+    size: int = DEFAULT_SIZE,
+    hash_flavour: str = "official",
+    generator: torch.Generator | None = None,
+    render: bool = True,
+    renderer: str = "batched",
+) -> list[RegionViews]:
+    """Choose and render the views of every region of one image.
+
+    Args:
+        image: (3, H, W) uint8 RGB tensor.
+        boxes: (R, 4) region boxes, xyxy float pixels, already validated
+            (:func:`dynrefer.regions.parse_regions`).
+        num_views: n, views per region including view 0 (ignored by ``fixed``).
+        policy: one of :data:`POLICIES`.
+        ts: the extra views' ``t`` values for ``fixed``.
+        size: view side S.
+        hash_flavour: ``"official"`` or ``"imagehash"`` (greedy policies).
+        generator: random source of the ``random`` policy.
+        render: also render the selected views (``RegionViews.pixels``).
+        renderer: ``"batched"`` or ``"reference"`` (see :func:`dynrefer.views.render_crops`).
+    """
+    extra_fixed = check_policy_args(policy, num_views, ts)
+    if hash_flavour not in FLAVOURS:
+        raise ValueError(f"unknown pHash flavour {hash_flavour!r}; expected one of {FLAVOURS}")
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    image_size = (int(image.shape[2]), int(image.shape[1]))
+    num_extra = num_views - 1
+    chosen: list[list[float]] = []
+    results: list[RegionViews] = []
+    candidate_info: list[list[dict]] = [[] for _ in boxes]
+    if policy in ("greedy", "greedy_unique") and len(boxes) and num_extra > 0:
+        all_ts = (0.0,) + CANDIDATE_TS
+        geoms = [view_geometry(b, image_size, all_ts, size) for b in boxes]
+        crops = np.concatenate([g.crops for g in geoms])
+        unique, inverse = np.unique(crops, axis=0, return_inverse=True)
+        gray = rgb_to_gray_official(image) if hash_flavour == "official" else None
+        hashes = phash_views(image, unique, hash_flavour, gray=gray)
+        hashes = [hashes[i] for i in inverse.reshape(-1)]
+        for r, g in enumerate(geoms):
+            region_hashes = hashes[r * len(all_ts) : (r + 1) * len(all_ts)]
+            dist = [hamming(region_hashes[0], h) for h in region_hashes[1:]]
+            scores = greedy_scores(dist)
+            picks = greedy_select(dist, num_extra, unique=policy == "greedy_unique")
+            chosen.append([0.0] + [CANDIDATE_TS[i] for i in picks])
+            candidate_info[r] = [
+                {
+                    "t": CANDIDATE_TS[i],
+                    "box_t": g.box_t[i + 1].tolist(),
+                    "crop": g.crops[i + 1].tolist(),
+                    "phash": region_hashes[i + 1],
+                    "distance": dist[i],
+                    "score": float(scores[i]),
+                }
+                for i in range(len(CANDIDATE_TS))
+            ]
+            candidate_info[r].insert(0, {"phash0": region_hashes[0], "picks": picks})
+    else:
+        for _ in boxes:
+            if policy == "fixed":
+                chosen.append([0.0] + list(extra_fixed))
+            elif policy == "random":
+                chosen.append([0.0] + [CANDIDATE_TS[i] for i in random_select(num_extra, generator=generator)])
+            else:
+                chosen.append([0.0])
+    for r, b in enumerate(boxes):
+        geom = view_geometry(b, image_size, chosen[r], size)
+        rv = RegionViews(geometry=geom)
+        if candidate_info[r]:
+            head = candidate_info[r].pop(0)
+            rv.candidates = candidate_info[r]
+            rv.phash = [head["phash0"]] + [rv.candidates[i]["phash"] for i in head["picks"]]
+        results.append(rv)
+    if render and results:
+        crops = np.concatenate([rv.geometry.crops for rv in results])
+        pixels = render_crops(image, crops, size, renderer=renderer)
+        start = 0
+        for rv in results:
+            n = len(rv.geometry.ts)
+            rv.pixels = pixels[start : start + n]
+            start += n
+    return results

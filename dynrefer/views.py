@@ -1,0 +1,185 @@
+"""Multi-view geometry and rendering (SPEC §1.1).
+
+A *view* ``t ∈ [0, 1]`` of region box ``b`` in a ``W×H`` image is the box
+``b_t = b + (I − b)·t`` with ``I = (0, 0, W, H)``, computed in float32 exactly as the
+reference implementation does (``b + (I − b) * float32(t)``; not ``lerp``). ``t = 0`` is
+the region itself, ``t = 1`` the whole image.
+
+The pixel crop of a view is ``b_t`` clipped to the image and truncated to integers; it is
+resized to ``S×S`` with Pillow's antialiased bicubic filter, scaled to [0, 1] and
+normalised with the CLIP mean / std. The region box is re-expressed in each view's
+``S×S`` pixel frame (``box_in_view``, float precision kept).
+
+Deviation from the reference, documented: when truncation would give an empty crop
+(a sub-pixel box hugging the image border, e.g. ``x2 = 0.5`` → ``x2`` truncates to 0), the
+crop is widened to one pixel inside the image; the reference crashes there.
+
+Two renderers produce the same pixels:
+
+* :func:`render_crops` with ``renderer="batched"`` (default): every view of every region
+  of an image in one call, identical crops computed once, on the image tensor's device
+  (Pillow's C resampler in a thread pool for CPU tensors, a bit-exact tensor kernel
+  elsewhere; see :mod:`dynrefer.resample`).
+* ``renderer="reference"``: the official preprocessing literally, one PIL crop and one
+  bicubic resize per view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .resample import resample_crops
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Candidate views of the selection policies: t = 0.1, 0.2, ..., 1.0 (float64 (i + 1) / 10).
+CANDIDATE_TS = tuple((i + 1) / 10 for i in range(10))
+DEFAULT_SIZE = 224
+RENDERERS = ("batched", "reference")
+
+
+def view_boxes(box, image_size, ts) -> np.ndarray:
+    """View boxes ``b_t`` (T, 4) float32 for region box ``box`` (xyxy) and each ``t``.
+
+    ``image_size`` is ``(W, H)``. Official arithmetic: ``b + (I - b) * float32(t)`` in
+    float32.
+    """
+    w, h = image_size
+    b = np.asarray(box, dtype=np.float32).reshape(4)
+    full = np.array([0, 0, w, h], dtype=np.float32)
+    t = np.asarray(ts, dtype=np.float32).reshape(-1, 1)
+    return (b[None, :] + (full - b)[None, :] * t).astype(np.float32)
+
+
+def crop_boxes(boxes_t, image_size) -> np.ndarray:
+    """Integer pixel crops (T, 4) int64 of view boxes: clipped to the image, truncated.
+
+    A crop is at least one pixel wide and high (widened inside the image if truncation
+    would make it empty).
+    """
+    w, h = image_size
+    b = np.asarray(boxes_t, dtype=np.float32).reshape(-1, 4)
+    lim = np.array([w, h, w, h], dtype=np.float32)
+    clipped = np.clip(b, 0, lim)
+    crops = np.trunc(clipped).astype(np.int64)
+    for lo, hi, size in ((0, 2, w), (1, 3, h)):
+        empty = crops[:, hi] <= crops[:, lo]
+        crops[empty, hi] = crops[empty, lo] + 1
+        over = crops[:, hi] > size
+        crops[over, hi] = size
+        crops[over, lo] = size - 1
+    return crops
+
+
+def boxes_in_view(box, crops, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """Region box expressed in each view's ``size×size`` pixel frame, (T, 4) float64.
+
+    ``(b − (c_x1, c_y1, c_x1, c_y1)) · (S/(c_x2 − c_x1), S/(c_y2 − c_y1), …)``.
+    """
+    b = np.asarray(box, dtype=np.float64).reshape(1, 4)
+    c = np.asarray(crops, dtype=np.float64).reshape(-1, 4)
+    origin = c[:, [0, 1, 0, 1]]
+    scale = np.stack(
+        [size / (c[:, 2] - c[:, 0]), size / (c[:, 3] - c[:, 1]), size / (c[:, 2] - c[:, 0]), size / (c[:, 3] - c[:, 1])],
+        axis=1,
+    )
+    return (b - origin) * scale
+
+
+def box_from_view(box_in_view, crop, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """Inverse of :func:`boxes_in_view`: boxes in view pixels → image pixels, (T, 4)."""
+    v = np.asarray(box_in_view, dtype=np.float64).reshape(-1, 4)
+    c = np.asarray(crop, dtype=np.float64).reshape(-1, 4)
+    sx = (c[:, 2] - c[:, 0]) / size
+    sy = (c[:, 3] - c[:, 1]) / size
+    return v * np.stack([sx, sy, sx, sy], axis=1) + c[:, [0, 1, 0, 1]]
+
+
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Geometry of T views of one region.
+
+    Attributes:
+        ts: (T,) float64 view parameters.
+        box_t: (T, 4) float32 view boxes in image pixels.
+        crops: (T, 4) int64 pixel crops ``x1, y1, x2, y2`` (exclusive ends).
+        box_in_view: (T, 4) float64 region box in each view's ``size×size`` frame.
+        size: the view side S.
+    """
+
+    ts: np.ndarray
+    box_t: np.ndarray
+    crops: np.ndarray
+    box_in_view: np.ndarray
+    size: int
+
+
+def view_geometry(box, image_size, ts, size: int = DEFAULT_SIZE) -> ViewGeometry:
+    """All geometry of views ``ts`` of region ``box`` (xyxy, already validated)."""
+    ts_arr = np.asarray(ts, dtype=np.float64).reshape(-1)
+    if ts_arr.size and ((ts_arr < 0) | (ts_arr > 1) | ~np.isfinite(ts_arr)).any():
+        raise ValueError(f"view parameters t must lie in [0, 1], got {ts_arr.tolist()}")
+    bt = view_boxes(box, image_size, ts_arr)
+    crops = crop_boxes(bt, image_size)
+    return ViewGeometry(ts_arr, bt, crops, boxes_in_view(box, crops, size), size)
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, S, S) → float32 in [0, 1] normalised with the CLIP mean / std."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    return (pixels.to(torch.float32) / 255.0 - mean) / std
+
+
+def _render_reference(image: torch.Tensor, crops: np.ndarray, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    pil = Image.fromarray(image.detach().cpu().permute(1, 2, 0).numpy())
+    out = []
+    for x1, y1, x2, y2 in crops.tolist():
+        view = pil.crop((x1, y1, x2, y2)).resize((size, size), Image.Resampling.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(view).copy()).permute(2, 0, 1))
+    if not out:
+        return torch.empty((0, 3, size, size), dtype=torch.uint8, device=image.device)
+    return torch.stack(out).to(image.device)
+
+
+def render_crops(
+    image: torch.Tensor,
+    crops,
+    size: int = DEFAULT_SIZE,
+    *,
+    renderer: str = "batched",
+    engine: str = "auto",
+    normalized: bool = True,
+) -> torch.Tensor:
+    """Render integer crops of one image as ``size×size`` views.
+
+    Args:
+        image: (3, H, W) uint8 RGB tensor (see :func:`dynrefer.images.load_image`).
+        crops: (N, 4) integer crops, e.g. ``ViewGeometry.crops`` of many regions stacked.
+        size: output side S.
+        renderer: ``"batched"`` (unique crops resampled in one call on the image's device)
+            or ``"reference"`` (PIL crop + bicubic resize per crop, literally).
+        engine: resampling engine of the batched renderer (``"auto"``, ``"pillow"``,
+            ``"torch"``; see :func:`dynrefer.resample.resample_crops`).
+        normalized: return CLIP-normalised float32 (default) or raw uint8 pixels.
+
+    Returns:
+        (N, 3, S, S) tensor on ``image``'s device.
+    """
+    crops = np.asarray(crops, dtype=np.int64).reshape(-1, 4)
+    if renderer == "reference":
+        pixels = _render_reference(image, crops, size)
+    elif renderer == "batched" and len(crops) == 0:
+        pixels = torch.empty((0, 3, size, size), dtype=torch.uint8, device=image.device)
+    elif renderer == "batched":
+        unique, inverse = np.unique(crops, axis=0, return_inverse=True)
+        pixels = resample_crops(image, unique, size, "bicubic", engine)
+        pixels = pixels[torch.as_tensor(inverse.reshape(-1), device=pixels.device)]
+    else:
+        raise ValueError(f"unknown renderer {renderer!r}; expected one of {RENDERERS}")
+    return normalize(pixels) if normalized else pixels
