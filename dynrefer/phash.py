@@ -45,14 +45,25 @@ IMAGEHASH_MARGIN = 1e-6
 
 
 def rgb_to_gray_official(image) -> np.ndarray:
-    """OpenCV's RGB→GRAY on uint8, returned as float32 (H, W).
+    """OpenCV's RGB→GRAY on uint8, ``(9798 R + 19235 G + 3735 B + 16384) >> 15``, as float32 (H, W).
 
-    ``image``: (3, H, W) uint8 tensor or (H, W, 3) uint8 array.
+    ``image``: (3, H, W) uint8 tensor or (H, W, 3) uint8 array. Computed by
+    ``cv2.cvtColor`` (the same integer formula, vectorised).
     """
+    import cv2
+
     if isinstance(image, torch.Tensor):
-        rgb = image.detach().to("cpu", torch.int32)
-        r, g, b = rgb[0], rgb[1], rgb[2]
-        return ((9798 * r + 19235 * g + 3735 * b + 16384) >> 15).to(torch.float32).numpy()
+        arr = image.detach().cpu().permute(1, 2, 0).numpy()
+    else:
+        arr = np.asarray(image)
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    return cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def gray_formula(image) -> np.ndarray:
+    """The same grayscale written out in integer numpy (slow reference)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().permute(1, 2, 0).numpy()
     arr = np.asarray(image).astype(np.int32)
     return ((9798 * arr[..., 0] + 19235 * arr[..., 1] + 3735 * arr[..., 2] + 16384) >> 15).astype(np.float32)
 

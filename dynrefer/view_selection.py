@@ -113,72 +113,87 @@ def select_views(
     generator: torch.Generator | None = None,
     render: bool = True,
     renderer: str = "batched",
+    describe_candidates: bool | None = None,
 ) -> list[RegionViews]:
-    """Choose and render the views of every region of one image.
+    """Choose (and render) the views of every region of one image.
 
     Args:
         image: (3, H, W) uint8 RGB tensor.
         boxes: (R, 4) region boxes, xyxy float pixels, already validated
             (:func:`dynrefer.regions.parse_regions`).
-        num_views: n, views per region including view 0 (ignored by ``fixed``).
+        num_views: n, views per region including view 0 (``fixed`` uses ``1 + len(ts)``).
         policy: one of :data:`POLICIES`.
         ts: the extra views' ``t`` values for ``fixed``.
         size: view side S.
-        hash_flavour: ``"official"`` or ``"imagehash"`` (greedy policies).
+        hash_flavour: ``"official"`` or ``"imagehash"``.
         generator: random source of the ``random`` policy.
         render: also render the selected views (``RegionViews.pixels``).
         renderer: ``"batched"`` or ``"reference"`` (see :func:`dynrefer.views.render_crops`).
+        describe_candidates: hash every candidate and the selected views and fill
+            ``RegionViews.candidates`` / ``phash``; default: only for greedy policies (which
+            need the hashes anyway).
+
+    Returns:
+        One :class:`RegionViews` per box, in input order.
     """
     extra_fixed = check_policy_args(policy, num_views, ts)
     if hash_flavour not in FLAVOURS:
         raise ValueError(f"unknown pHash flavour {hash_flavour!r}; expected one of {FLAVOURS}")
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     image_size = (int(image.shape[2]), int(image.shape[1]))
+    greedy = policy in ("greedy", "greedy_unique")
     num_extra = num_views - 1
-    chosen: list[list[float]] = []
-    results: list[RegionViews] = []
-    candidate_info: list[list[dict]] = [[] for _ in boxes]
-    if policy in ("greedy", "greedy_unique") and len(boxes) and num_extra > 0:
+    if describe_candidates is None:
+        describe_candidates = greedy
+    chosen: list[list[float] | None] = []
+    for _ in boxes:
+        if policy == "fixed":
+            chosen.append([0.0] + list(extra_fixed))
+        elif policy == "random":
+            chosen.append([0.0] + [CANDIDATE_TS[i] for i in random_select(num_extra, generator=generator)])
+        else:
+            chosen.append(None)  # decided below from the hashes
+    candidates: list[list[dict]] = [[] for _ in boxes]
+    selected_hashes: list[list[str] | None] = [None for _ in boxes]
+    if (greedy or describe_candidates) and len(boxes):
         all_ts = (0.0,) + CANDIDATE_TS
-        geoms = [view_geometry(b, image_size, all_ts, size) for b in boxes]
-        crops = np.concatenate([g.crops for g in geoms])
+        cand_geoms = [view_geometry(b, image_size, all_ts, size) for b in boxes]
+        extra_geoms = [view_geometry(b, image_size, c, size) if c is not None else None for b, c in zip(boxes, chosen)]
+        crops = [g.crops for g in cand_geoms] + [g.crops for g in extra_geoms if g is not None]
+        crops = np.concatenate(crops)
         unique, inverse = np.unique(crops, axis=0, return_inverse=True)
         gray = rgb_to_gray_official(image) if hash_flavour == "official" else None
-        hashes = phash_views(image, unique, hash_flavour, gray=gray)
-        hashes = [hashes[i] for i in inverse.reshape(-1)]
-        for r, g in enumerate(geoms):
+        unique_hashes = phash_views(image, unique, hash_flavour, gray=gray)
+        hashes = [unique_hashes[i] for i in inverse.reshape(-1)]
+        offset = len(boxes) * len(all_ts)
+        for r, g in enumerate(cand_geoms):
             region_hashes = hashes[r * len(all_ts) : (r + 1) * len(all_ts)]
             dist = [hamming(region_hashes[0], h) for h in region_hashes[1:]]
             scores = greedy_scores(dist)
-            picks = greedy_select(dist, num_extra, unique=policy == "greedy_unique")
-            chosen.append([0.0] + [CANDIDATE_TS[i] for i in picks])
-            candidate_info[r] = [
+            if greedy:
+                picks = greedy_select(dist, num_extra, unique=policy == "greedy_unique")
+                chosen[r] = [0.0] + [CANDIDATE_TS[i] for i in picks]
+                selected_hashes[r] = [region_hashes[0]] + [region_hashes[i + 1] for i in picks]
+            else:
+                n = len(chosen[r])
+                selected_hashes[r] = hashes[offset : offset + n]
+                offset += n
+            candidates[r] = [
                 {
                     "t": CANDIDATE_TS[i],
-                    "box_t": g.box_t[i + 1].tolist(),
-                    "crop": g.crops[i + 1].tolist(),
+                    "box_t": [float(v) for v in g.box_t[i + 1]],
+                    "crop": [int(v) for v in g.crops[i + 1]],
                     "phash": region_hashes[i + 1],
                     "distance": dist[i],
                     "score": float(scores[i]),
                 }
                 for i in range(len(CANDIDATE_TS))
             ]
-            candidate_info[r].insert(0, {"phash0": region_hashes[0], "picks": picks})
-    else:
-        for _ in boxes:
-            if policy == "fixed":
-                chosen.append([0.0] + list(extra_fixed))
-            elif policy == "random":
-                chosen.append([0.0] + [CANDIDATE_TS[i] for i in random_select(num_extra, generator=generator)])
-            else:
-                chosen.append([0.0])
+    results = []
     for r, b in enumerate(boxes):
-        geom = view_geometry(b, image_size, chosen[r], size)
-        rv = RegionViews(geometry=geom)
-        if candidate_info[r]:
-            head = candidate_info[r].pop(0)
-            rv.candidates = candidate_info[r]
-            rv.phash = [head["phash0"]] + [rv.candidates[i]["phash"] for i in head["picks"]]
+        ts_r = chosen[r] if chosen[r] is not None else [0.0]
+        rv = RegionViews(geometry=view_geometry(b, image_size, ts_r, size), phash=selected_hashes[r])
+        rv.candidates = candidates[r]
         results.append(rv)
     if render and results:
         crops = np.concatenate([rv.geometry.crops for rv in results])

@@ -1,0 +1,210 @@
+"""The ``dynrefer`` command line.
+
+Every command prints JSON on stdout. Bad input gives exactly one line on stderr,
+``dynrefer: error: <what and where>``, and exit status 2 (set ``DYNREFER_DEBUG=1`` for the
+full traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import DynReferError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract (no usage block on stderr)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _add_views_parser(sub) -> None:
+    p = sub.add_parser(
+        "views",
+        help="choose and show the multi-resolution views of regions of an image",
+        description="Compute the views of each region (SPEC §1.1): geometry, pHash, the ten candidates "
+        "with their greedy scores, and optionally a contact sheet PNG.",
+    )
+    p.add_argument("image", help="image file")
+    p.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        action="append",
+        metavar=("X1", "Y1", "X2", "Y2"),
+        required=True,
+        help="a region box in pixels (repeat for several regions); see --box-format",
+    )
+    p.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy")
+    p.add_argument("--num-views", type=int, default=None, help="views per region including t = 0 (default 3)")
+    p.add_argument(
+        "--policy",
+        choices=["greedy", "greedy_unique", "random", "fixed"],
+        default=None,
+        help="view selection policy (default greedy, or fixed when --t is given)",
+    )
+    p.add_argument("--t", type=float, nargs="+", default=None, metavar="T", help="the extra views' t for --policy fixed")
+    p.add_argument("--size", type=int, default=224, help="view side in pixels (default 224)")
+    p.add_argument("--hash", choices=["official", "imagehash"], default="official", help="pHash flavour")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random policy (default 0)")
+    p.add_argument("--out", default=None, help="write a contact sheet PNG of the chosen views here")
+    p.set_defaults(func=_cmd_views)
+
+
+def _add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="run the views engine on a bundled photo (needs the 'demo' extra)")
+    p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dynrefer", description="DynRefer: region-level vision-language understanding.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"dynrefer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_views_parser(sub)
+    _add_demo_parser(sub)
+    return parser
+
+
+def _policy_args(args) -> tuple[str, int, list[float] | None]:
+    policy = args.policy or ("fixed" if args.t is not None else "greedy")
+    if policy == "fixed":
+        if args.t is None:
+            raise _UsageError("--policy fixed needs --t T [T ...]")
+        extra = [t for t in args.t]
+        if extra and extra[0] == 0.0:
+            extra = extra[1:]
+        if args.num_views is not None and args.num_views != 1 + len(extra):
+            raise _UsageError(f"--num-views {args.num_views} disagrees with the {len(extra)} extra view(s) given by --t")
+        for t in extra:
+            if not 0.0 <= t <= 1.0:
+                raise _UsageError(f"--t values must lie in [0, 1], got {t}")
+        return policy, 1 + len(extra), extra
+    if args.t is not None:
+        raise _UsageError(f"--t is only used by --policy fixed, not {policy}")
+    num_views = 3 if args.num_views is None else args.num_views
+    if not 1 <= num_views <= 11:
+        raise _UsageError(f"--num-views must be between 1 and 11, got {num_views}")
+    if policy in ("greedy_unique", "random") and num_views > 11:
+        raise _UsageError(f"--num-views {num_views} exceeds the 10 candidates + view 0")
+    return policy, num_views, None
+
+
+def views_record(image_label, image, regions, results) -> dict:
+    """The ``dynrefer views`` JSON record (SPEC §5 shape) for regions and their views."""
+    out_regions = []
+    for region, rv in zip(regions, results):
+        g = rv.geometry
+        views = []
+        for k in range(len(g.ts)):
+            view = {
+                "t": float(g.ts[k]),
+                "box_t": [float(v) for v in g.box_t[k]],
+                "crop": [int(v) for v in g.crops[k]],
+                "box_in_view": [float(v) for v in g.box_in_view[k]],
+            }
+            if rv.phash is not None:
+                view["phash"] = rv.phash[k]
+            views.append(view)
+        out_regions.append(
+            {"id": region.id, "box": [float(v) for v in region.box], "views": views, "candidates": rv.candidates}
+        )
+    return {"image": image_label, "width": int(image.shape[2]), "height": int(image.shape[1]), "regions": out_regions}
+
+
+def run_views(image_path, boxes, *, box_format="xyxy", policy="greedy", num_views=3, ts=None, size=224,
+              hash_flavour="official", seed=0, sheet=None) -> dict:
+    """Load an image, parse boxes, select views; return the JSON record (and write a sheet)."""
+    import torch
+
+    from .images import load_image
+    from .regions import parse_regions
+    from .view_selection import select_views
+
+    image = load_image(image_path)
+    regions = parse_regions([list(b) for b in boxes], (int(image.shape[2]), int(image.shape[1])), box_format=box_format)
+    generator = torch.Generator().manual_seed(seed)
+    results = select_views(
+        image,
+        [r.box for r in regions],
+        num_views=num_views,
+        policy=policy,
+        ts=ts,
+        size=size,
+        hash_flavour=hash_flavour,
+        generator=generator,
+        render=False,
+        describe_candidates=True,
+    )
+    if sheet is not None:
+        from .visualize import contact_sheet
+
+        contact_sheet(image, results, sheet)
+    return views_record(str(image_path), image, regions, results)
+
+
+def _cmd_views(args) -> int:
+    policy, num_views, ts = _policy_args(args)
+    if not 8 <= args.size <= 4096:
+        raise _UsageError(f"--size must be between 8 and 4096, got {args.size}")
+    if args.out is not None and not str(args.out).lower().endswith(".png"):
+        raise _UsageError(f"--out must name a .png file, got {args.out!r}")
+    record = run_views(
+        args.image,
+        args.box,
+        box_format=args.box_format,
+        policy=policy,
+        num_views=num_views,
+        ts=ts,
+        size=args.size,
+        hash_flavour=args.hash,
+        seed=args.seed,
+        sheet=args.out,
+    )
+    print(json.dumps(record))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(Path(args.out))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dynrefer`` console script; returns the exit status."""
+    debug = os.environ.get("DYNREFER_DEBUG") == "1"
+    parser = build_parser()
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.simplefilter("ignore")
+        try:
+            args = parser.parse_args(argv)
+            return args.func(args)
+        except (_UsageError, DynReferError, ValueError, OSError) as exc:
+            if debug:
+                raise
+            message = str(exc).strip().replace("\n", " ") or type(exc).__name__
+            print(f"dynrefer: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Contact sheets for a person to look at: every view of every region, with the region box.
+
+One row per region: the whole image with the region box (red) and each view's crop (one
+colour per view) outlined, then each rendered view (``S×S``) with the region box drawn at
+its ``box_in_view`` position and its ``t`` written underneath.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .views import render_crops
+
+VIEW_COLOURS = [(255, 196, 0), (0, 200, 255), (120, 255, 80), (255, 90, 220), (255, 255, 255)]
+REGION_COLOUR = (255, 40, 40)
+LABEL_HEIGHT = 18
+
+
+def contact_sheet(image: torch.Tensor, region_views, path, *, tile: int | None = None) -> Path:
+    """Write a PNG contact sheet of the selected views of each region.
+
+    Args:
+        image: (3, H, W) uint8 RGB tensor.
+        region_views: list of :class:`dynrefer.view_selection.RegionViews`.
+        path: output file (``.png``); parent folders are created.
+        tile: side of each tile in pixels (default: the views' size S).
+
+    Returns:
+        The written path.
+    """
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = region_views[0].geometry.size if region_views else 224
+    tile = tile or size
+    cols = 1 + max((len(rv.geometry.ts) for rv in region_views), default=0)
+    rows = max(1, len(region_views))
+    sheet = Image.new("RGB", (cols * (tile + 4) + 4, rows * (tile + LABEL_HEIGHT + 4) + 4), (32, 32, 32))
+    draw = ImageDraw.Draw(sheet)
+    full = Image.fromarray(image.detach().cpu().permute(1, 2, 0).numpy())
+    w, h = full.size
+    for r, rv in enumerate(region_views):
+        y0 = 4 + r * (tile + LABEL_HEIGHT + 4)
+        # Whole image with the view crops and the region box.
+        scale = tile / max(w, h)
+        thumb = full.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+        overlay = ImageDraw.Draw(thumb)
+        for k, crop in enumerate(rv.geometry.crops):
+            overlay.rectangle([float(v) * scale for v in crop], outline=VIEW_COLOURS[k % len(VIEW_COLOURS)])
+        box = _region_box(rv)
+        overlay.rectangle([v * scale for v in box], outline=REGION_COLOUR, width=2)
+        sheet.paste(thumb, (4, y0))
+        draw.text((4, y0 + tile + 3), f"region {r}", fill=(230, 230, 230))
+        pixels = render_crops(image, rv.geometry.crops, size, normalized=False).cpu()
+        for k in range(len(rv.geometry.ts)):
+            view = Image.fromarray(pixels[k].permute(1, 2, 0).numpy())
+            if tile != size:
+                view = view.resize((tile, tile), Image.Resampling.BICUBIC)
+            vdraw = ImageDraw.Draw(view)
+            bx = np.asarray(rv.geometry.box_in_view[k], dtype=np.float64) * (tile / size)
+            bx = np.clip(bx, -1, tile)
+            vdraw.rectangle(bx.tolist(), outline=REGION_COLOUR, width=2)
+            x0 = 4 + (k + 1) * (tile + 4)
+            sheet.paste(view, (x0, y0))
+            colour = VIEW_COLOURS[k % len(VIEW_COLOURS)]
+            draw.rectangle([x0, y0, x0 + tile - 1, y0 + tile - 1], outline=colour)
+            draw.text((x0, y0 + tile + 3), f"t = {float(rv.geometry.ts[k]):.1f}", fill=colour)
+    sheet.save(path)
+    return path
+
+
+def _region_box(rv) -> list[float]:
+    """The region box in image pixels, recovered from view 0's geometry."""
+    from .views import box_from_view
+
+    return box_from_view(rv.geometry.box_in_view[:1], rv.geometry.crops[:1], rv.geometry.size)[0].tolist()
