@@ -1,0 +1,1 @@
+"""Evaluators for every reported table (SPEC §6): captioning, dense captioning, OVAD, recognition."""

@@ -1,0 +1,1 @@
+"""The DynRefer network: alignment, fusion, Q-Former and heads as plain ``nn.Module`` parts."""

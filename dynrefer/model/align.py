@@ -1,0 +1,186 @@
+"""Deformable alignment of an extra view to the reference view (SPEC §1.3 item 3).
+
+DynRefer aligns the RoI feature map of every view ``k >= 1`` to view 0 with a DCNv4 layer (4 groups, 3x3
+kernel). This module reproduces that layer with ``torchvision.ops.deform_conv2d``: no custom op, any device,
+any floating dtype.
+
+Semantics
+---------
+For ``view, reference`` of shape (B, C, H, W), G groups of D = C / G channels, a k x k kernel (K = k*k
+points, odd k, pad = (k-1)//2, stride 1, dilation 1)::
+
+    x  = value_proj(view)                                  # C -> C linear per position (channels-last)
+    o  = offset_mask(offset_mask_dw(cat[view, reference])) # packed DCNv4 layout, see below
+    s[b, g*D+d, q] = sum_{ix, iy} m[b, g, ix, iy, q] * bilinear(x[b, g*D+d], q + (ix - pad + dx, iy - pad + dy))
+    out = output_proj(s)                                   # C -> C linear per position
+
+with ``(dx, dy) = o[b, q, g, ix, iy]`` in pixels (x = column, y = row), bilinear interpolation at integer
+pixel centres, zero outside the map (a location with y <= -1, y >= H, x <= -1 or x >= W contributes 0, and
+corners outside the map count as 0). The modulation ``m`` is used raw: no softmax, no sigmoid.
+
+* ``offset_mask_dw = Conv2d(2C, C, dw_kernel_size, padding=(dw_kernel_size-1)//2, groups=C)``: with
+  ``groups=C`` over the 2C channels of ``cat[view, reference]`` (view first), output channel c sees the
+  concatenated channels 2c and 2c+1 (so the first C/2 outputs read only the view, the last C/2 only the
+  reference). Default PyTorch init. No activation before ``offset_mask``.
+* ``offset_mask = Linear(C, ceil(3*G*K / 8) * 8)`` (112 outputs for G=4, K=9), zero-initialised (weight and
+  bias), so at init m = 0 and the module returns exactly ``output_proj(0) = 0``: extra views add nothing
+  until they are learned in. At step 0 only the modulation rows of ``offset_mask`` and ``output_proj.bias``
+  get a gradient (see ``tests/test_align.py``).
+* ``value_proj`` / ``output_proj``: ``Linear(C, C)``, xavier-uniform weight, zero bias.
+
+Packed ``offset_mask`` layout (the DCNv4 layout, kept so official weights load without reshuffling)
+--------------------------------------------------------------------------------------------------
+Output channel ``g*3K + j`` of ``offset_mask`` for group g (the last ``ceil(3GK/8)*8 - 3GK`` channels are
+padding that is never read, so its rows never get a gradient)::
+
+    j = 2*p      -> dx of kernel point p        (x / width / column offset first)
+    j = 2*p + 1  -> dy of kernel point p
+    j = 2K + p   -> modulation m of kernel point p
+    p = ix * k + iy                             (x-major: the kernel column index varies slowest)
+
+torchvision's ``deform_conv2d`` expects instead, channels-first: ``offset`` channel ``g*2K + 2*t`` = dy and
+``g*2K + 2*t + 1`` = dx, ``mask`` channel ``g*K + t``, with ``t = iy * k + ix`` (row-major), offset group g
+covering input channels ``[g*D, (g+1)*D)`` (pytorch/vision ``torchvision/csrc/ops/cpu/deform_conv2d_kernel.cpp``,
+``deformable_im2col_kernel``: ``offset_h`` at ``2*mask_idx``, ``offset_w`` at ``2*mask_idx + 1``,
+``mask_idx = i*weight_w + j``, sample at ``(out_y*stride - pad + i*dil + offset_h, out_x*stride - pad +
+j*dil + offset_w)``). ``forward`` converts: transpose the (ix, iy) point grid and swap (dx, dy) -> (dy, dx).
+The sum over kernel points is done with depthwise unit weights (``weight = ones(C, 1, k, k)``, ``groups=C``).
+
+Facts from the public sources
+-----------------------------
+* OpenGVLab/DCNv4 ``DCNv4_op/DCNv4/modules/dcnv4.py``: ``offset_mask = nn.Linear(channels,
+  int(math.ceil((K*3)/8)*8))`` with ``K = group*(kernel_size**2 - remove_center)``; ``_reset_parameters``
+  zeroes ``offset_mask`` and xavier-initialises ``value_proj``/``output_proj`` with zero biases; inputs are
+  channels-last (N, L, C); ``offset_mask_dw`` is optional (depthwise, C -> C in plain DCNv4).
+* OpenGVLab/DCNv4 ``DCNv4_op/src/cuda/dcnv4_im2col_cuda.cuh`` (``forward_kernel_dcn_reg``): per query the
+  group block starts at ``gi*K*3`` of a row of length ``padded_offset_dim``; masks are read at ``K*2 + i``;
+  the loops are ``for i < kernel_w: for j < kernel_h`` (x-major) with ``offset_idx += 2``;
+  ``w_im = p0_w_ + (i*dilation_w + off[offset_idx]) * offset_scale`` and ``h_im = p0_h_ + (j*dilation_h +
+  off[offset_idx+1]) * offset_scale``, ``p0_w_ = q_x*stride - pad + half*(1 - offset_scale)``,
+  ``half = (dilation*(k-1)) >> 1``. So with offset_scale = 1 the location is ``q - pad + (i, j)*dilation +
+  (dx, dy)``, exactly torchvision's; offset_scale != 1 would scale the kernel grid and the offsets together
+  around the centre. Sampling only when ``-1 < h_im < H`` and ``-1 < w_im < W``; bilinear with zero
+  corners outside (``DCNv4_op/src/cuda/common.h``, ``ms_deform_attn_im2col_bilinear``), as torchvision.
+  ``DCNv4_op/DCNv4/functions/dcnv4_func.py`` passes ``softmax=False``: the modulation is unnormalised.
+* OpenGVLab/DCNv4 ``DCNv4_op/scripts/test_dcnv4.py`` builds the packed tensor as
+  ``cat([offset.unflatten(-1, (M, P*2)), mask], -1).flatten(-2)`` zero-padded to a multiple of 8, and
+  ``classification/ops_dcnv3/functions/dcnv3_func.py`` (``_generate_dilation_grids``: ``meshgrid(x, y)``
+  ij-indexed, stacked as (x, y)) confirms the x-major point order and (x, y) offset order.
+* callsys/DynRefer ``dynrefer/models/dynrefer_t5.py`` (same in ``dynrefer_vicuna.py``), class
+  ``CustomDCNv4`` used as ``cvem_align = CustomDCNv4(vision_embed_dim)``: defaults kernel_size=3, pad=1,
+  stride=1, dilation=1, group=4, offset_scale=1.0, dw_kernel_size=3, center_feature_scale=False,
+  remove_center=False, output_bias=True; ``offset_mask_dw = nn.Conv2d(channels*2, channels, dw_kernel_size,
+  padding=(dw_kernel_size-1)//2, groups=channels)`` applied to ``cat([input, ref], 1)`` (the un-projected
+  view first, view 0 second) with no activation; called as ``cvem_align(source=view 0, target=view k)``
+  (our argument order is ``(view, reference)``). The official CUDA op also requires ``(C/G) % 16 == 0``;
+  this module does not.
+
+Parameter names and shapes match the official ``cvem_align.*`` keys (``value_proj``, ``output_proj``,
+``offset_mask_dw``, ``offset_mask``), so an official state dict loads as-is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
+
+__all__ = ["DeformableAlignment", "packed_offset_mask_width"]
+
+# dtypes torchvision's deform_conv2d kernels dispatch on (CPU and CUDA); others run in float32.
+_NATIVE_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def packed_offset_mask_width(groups: int, kernel_size: int) -> int:
+    """Output width of the packed DCNv4 ``offset_mask`` layer: ``ceil(3*groups*k*k / 8) * 8``."""
+    return int(math.ceil(3 * groups * kernel_size * kernel_size / 8) * 8)
+
+
+class DeformableAlignment(nn.Module):
+    """Align ``view`` (view k >= 1) to ``reference`` (view 0): (B, C, H, W) -> (B, C, H, W).
+
+    A DCNv4-equivalent layer computed with ``torchvision.ops.deform_conv2d``; see the module docstring for
+    the exact semantics and the packed ``offset_mask`` layout.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        groups: int = 4,
+        kernel_size: int = 3,
+        dw_kernel_size: int = 3,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if channels <= 0 or groups <= 0 or channels % groups != 0:
+            raise ValueError(f"channels ({channels}) must be a positive multiple of groups ({groups})")
+        for name, size in (("kernel_size", kernel_size), ("dw_kernel_size", dw_kernel_size)):
+            if size < 1 or size % 2 == 0:
+                raise ValueError(f"{name} must be a positive odd integer, got {size}")
+        self.channels = channels
+        self.groups = groups
+        self.kernel_size = kernel_size
+        self.dw_kernel_size = dw_kernel_size
+        self.num_points = kernel_size * kernel_size
+        factory = {"device": device, "dtype": dtype}
+        self.value_proj = nn.Linear(channels, channels, **factory)
+        self.offset_mask_dw = nn.Conv2d(
+            2 * channels,
+            channels,
+            dw_kernel_size,
+            padding=(dw_kernel_size - 1) // 2,
+            groups=channels,
+            **factory,
+        )
+        self.offset_mask = nn.Linear(channels, packed_offset_mask_width(groups, kernel_size), **factory)
+        self.output_proj = nn.Linear(channels, channels, **factory)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, groups={self.groups}, kernel_size={self.kernel_size}, "
+            f"dw_kernel_size={self.dw_kernel_size}"
+        )
+
+    def packed_offset_mask(self, view: Tensor, reference: Tensor) -> Tensor:
+        """The raw ``offset_mask`` output, channels-last (B, H, W, ceil(3GK/8)*8), in DCNv4's packed layout."""
+        if view.dim() != 4 or view.shape != reference.shape or view.shape[1] != self.channels:
+            raise ValueError(
+                f"view and reference must both be (B, {self.channels}, H, W); "
+                f"got {tuple(view.shape)} and {tuple(reference.shape)}"
+            )
+        hidden = self.offset_mask_dw(torch.cat([view, reference], dim=1))
+        return self.offset_mask(hidden.permute(0, 2, 3, 1))
+
+    def unpack_offset_mask(self, packed: Tensor) -> tuple[Tensor, Tensor]:
+        """Packed DCNv4 (B, H, W, P) -> torchvision ``(offset (B, 2GK, H, W), mask (B, GK, H, W))``."""
+        b, h, w, _ = packed.shape
+        g, k, n = self.groups, self.kernel_size, self.num_points
+        core = packed[..., : 3 * g * n].unflatten(-1, (g, 3 * n))
+        # DCNv4: point p = ix*k + iy holding (dx, dy) -> torchvision: point t = iy*k + ix holding (dy, dx).
+        offset = core[..., : 2 * n].unflatten(-1, (k, k, 2)).transpose(-3, -2).flip(-1)
+        mask = core[..., 2 * n :].unflatten(-1, (k, k)).transpose(-2, -1)
+        offset = offset.reshape(b, h, w, 2 * g * n).permute(0, 3, 1, 2).contiguous()
+        mask = mask.reshape(b, h, w, g * n).permute(0, 3, 1, 2).contiguous()
+        return offset, mask
+
+    def forward(self, view: Tensor, reference: Tensor) -> Tensor:
+        offset, mask = self.unpack_offset_mask(self.packed_offset_mask(view, reference))
+        x = self.value_proj(view.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        dtype = x.dtype
+        if dtype not in _NATIVE_DTYPES:  # e.g. bfloat16: torchvision has no kernel, sample in float32
+            x, offset, mask = x.float(), offset.float(), mask.float()
+        ones = torch.ones(self.channels, 1, self.kernel_size, self.kernel_size, dtype=x.dtype, device=x.device)
+        sampled = deform_conv2d(x, offset, ones, mask=mask, padding=(self.kernel_size - 1) // 2)
+        return self.output_proj(sampled.to(dtype).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

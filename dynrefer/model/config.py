@@ -1,0 +1,318 @@
+"""Typed model configuration (SPEC §1.3–§1.4), round-tripping through JSON and YAML.
+
+``DynReferConfig`` nests one dataclass per part. ``DynReferConfig.from_dict`` checks every
+key and type and fails with an error naming the offending key (``encoder.drop_last_blocks:
+expected int, got str``); unknown keys are errors too. Named configurations: ``"tiny"``
+(random weights, builds in seconds on a CPU; tests), ``"mid"`` (ViT-B/16 + a t5-base-sized
+LM) and ``"official"`` (EVA-CLIP-g/14 at 224 px, last block dropped, ``ln_vision``,
+Q-Former with 32 queries, Flan-T5-XL) — see :data:`NAMED_CONFIGS` and ``configs/model/``.
+
+Pretrained parts are always **local paths** (``encoder.weights``, ``qformer.init_from``,
+``language.path``, ...); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+
+class ConfigError(InputError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+@dataclass
+class ViewsConfig:
+    """Multi-view input (SPEC §1.1): n views of ``size``×``size`` pixels."""
+
+    num_views: int = 3
+    size: int = 224
+    policy: str = "greedy"  # inference policy: greedy | greedy_unique | random | fixed
+    fixed_ts: list[float] | None = None
+    hash_flavour: str = "official"
+    train_policy: str = "random"
+
+
+@dataclass
+class EncoderConfig:
+    """Frozen open_clip vision tower (SPEC §1.3.1).
+
+    ``model`` is an open_clip model name (``"EVA01-g-14"``, ``"ViT-B-16"``, ...) or an inline
+    open_clip model config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``). ``weights``
+    is a local checkpoint file of that model (vision + text towers), or None for random.
+    """
+
+    model: Any = "ViT-B-16"
+    weights: str | None = None
+    drop_last_blocks: int = 0
+    final_norm: bool = True
+    extra_norm: bool = False
+    extra_norm_eps: float = 1e-5
+    extra_norm_weights: str | None = None
+
+
+@dataclass
+class RoIConfig:
+    """RoI-align of the region's view box on each view's patch map (SPEC §1.3.2)."""
+
+    output_size: int | None = None  # None: the patch grid size (16 for 224 px / patch 14)
+    sampling_ratio: int = 2
+    aligned: bool = False
+
+
+@dataclass
+class AlignConfig:
+    """Deformable alignment of views k ≥ 1 to view 0 (SPEC §1.3.3)."""
+
+    enabled: bool = True
+    groups: int = 4
+    kernel_size: int = 3
+
+
+@dataclass
+class QFormerConfig:
+    """BLIP-2 Q-Former (SPEC §1.3.5). ``init_from``: a local BLIP-2 or BERT folder, or None."""
+
+    num_query_tokens: int = 32
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_frequency: int = 2
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    init_from: str | None = None
+    freeze_query_tokens: bool = True
+
+
+@dataclass
+class TagHeadConfig:
+    """Tag decoder (SPEC §1.4): tags as queries over R, asymmetric loss."""
+
+    enabled: bool = True
+    vocab_file: str | None = None
+    dim: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    threshold: float = 0.7
+    loss_weight: float = 0.01
+    gamma_neg: float = 7.0
+    gamma_pos: float = 0.0
+    clip: float = 0.05
+    eps: float = 1e-8
+
+
+@dataclass
+class ContrastiveHeadConfig:
+    """SigLIP-style contrastive decoder for attributes and categories (SPEC §1.4)."""
+
+    enabled: bool = True
+    dim: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    loss_weight: float = 0.5
+    init_logit_scale: float = math.log(10.0)
+    init_logit_bias: float = -10.0
+    none_threshold: float | None = None
+
+
+@dataclass
+class LanguageConfig:
+    """Language decoder (SPEC §1.4). ``path``: a local Hugging Face folder, or None with
+    ``model_config`` (a transformers config dict) and ``tokenizer_path`` for a model trained
+    from scratch."""
+
+    enabled: bool = True
+    kind: str = "seq2seq"  # seq2seq (T5 family) | causal
+    path: str | None = None
+    model_config: dict | None = None
+    tokenizer_path: str | None = None
+    frozen: bool | None = None  # None: frozen when pretrained (path given), trained otherwise
+    lora_r: int = 0
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    num_beams: int = 2
+    max_new_tokens: int = 20
+    repetition_penalty: float = 1.5
+    length_penalty: float = 0.0
+    max_caption_tokens: int = 40
+    control_dropout: float = 0.5
+
+
+@dataclass
+class DynReferConfig:
+    """The whole model."""
+
+    name: str = "custom"
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    roi: RoIConfig = field(default_factory=RoIConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    tags: TagHeadConfig = field(default_factory=TagHeadConfig)
+    contrastive: ContrastiveHeadConfig = field(default_factory=ContrastiveHeadConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+
+    # ----------------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path=None, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def to_yaml(self, path=None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DynReferConfig:
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_file(cls, path) -> DynReferConfig:
+        """Load a ``.json`` or ``.yaml`` / ``.yml`` file (a LightningCLI-style file with a
+        top-level ``model: {config: ...}`` is accepted too)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"cannot read config '{path}': no such file")
+        import yaml
+
+        text = path.read_text()
+        try:
+            data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot parse config '{path}': {exc}") from None
+        if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
+            data = data["model"].get("config", data["model"])
+        if not isinstance(data, dict):
+            raise ConfigError(f"config '{path}' must hold a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_name(cls, name: str) -> DynReferConfig:
+        """A named configuration (``tiny``, ``mid``, ``official``) or a config file path."""
+        if name in NAMED_CONFIGS:
+            return NAMED_CONFIGS[name]()
+        if Path(name).suffix.lower() in (".json", ".yaml", ".yml"):
+            return cls.from_file(name)
+        raise ConfigError(f"unknown model config {name!r}; expected one of {sorted(NAMED_CONFIGS)} or a .json/.yaml file")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (inner,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key(s): {', '.join(where + k for k in unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        path = f"{prefix}.{key}" if prefix else key
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, path)
+            continue
+        if not _type_ok(value, hint):
+            expected = getattr(hint, "__name__", str(hint)).replace("typing.", "")
+            raise ConfigError(f"{path}: expected {expected}, got {type(value).__name__} ({value!r})")
+        kwargs[key] = float(value) if hint is float else value
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------ presets
+TINY_CLIP = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def tiny_config() -> DynReferConfig:
+    return DynReferConfig(
+        name="tiny",
+        views=ViewsConfig(num_views=3, size=64),
+        encoder=EncoderConfig(model=TINY_CLIP),
+        qformer=QFormerConfig(
+            num_query_tokens=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=128, vocab_size=128, max_position_embeddings=64,
+        ),
+        tags=TagHeadConfig(dim=32, num_layers=1, num_heads=2, ffn_dim=64),
+        contrastive=ContrastiveHeadConfig(dim=32, num_layers=1, num_heads=2, ffn_dim=64),
+        language=LanguageConfig(
+            kind="seq2seq",
+            model_config={"model_type": "t5", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
+                          "num_decoder_layers": 2, "num_heads": 4, "vocab_size": 512},
+        ),
+    )
+
+
+def mid_config() -> DynReferConfig:
+    return DynReferConfig(
+        name="mid",
+        views=ViewsConfig(num_views=3, size=224),
+        encoder=EncoderConfig(model="ViT-B-16"),
+        qformer=QFormerConfig(num_hidden_layers=6),
+        language=LanguageConfig(
+            kind="seq2seq",
+            model_config={"model_type": "t5", "d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12,
+                          "num_decoder_layers": 12, "num_heads": 12, "vocab_size": 32128,
+                          "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
+        ),
+    )
+
+
+def official_config() -> DynReferConfig:
+    return DynReferConfig(
+        name="official",
+        views=ViewsConfig(num_views=3, size=224),
+        encoder=EncoderConfig(model="EVA01-g-14", drop_last_blocks=1, final_norm=False, extra_norm=True),
+        qformer=QFormerConfig(),
+        language=LanguageConfig(
+            kind="seq2seq",
+            model_config={"model_type": "t5", "d_model": 2048, "d_kv": 64, "d_ff": 5120, "num_layers": 24,
+                          "num_decoder_layers": 24, "num_heads": 32, "vocab_size": 32128,
+                          "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
+        ),
+    )
+
+
+NAMED_CONFIGS = {"tiny": tiny_config, "mid": mid_config, "official": official_config}

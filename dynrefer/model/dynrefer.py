@@ -1,0 +1,171 @@
+"""``DynRefer``: the whole network as a pure ``nn.Module`` (SPEC §1.3–§1.4).
+
+No device, precision or loop logic: it runs on whatever device / dtype the caller puts it
+on. Inputs are batches of already-rendered views (see :mod:`dynrefer.view_selection`):
+
+* ``pixels`` (P, 3, S, S): CLIP-normalised views; ``view_index`` (R·n,) optionally maps each
+  region's views onto rows of ``pixels`` (identical crops encoded once); without it
+  ``pixels`` holds the R·n views region-major;
+* ``boxes_in_view`` (R·n, 4): the region box in each view's pixels (for RoI-align);
+* training only: ``captions`` (R strings), ``controls`` (R control strings), ``tags``
+  (R lists of tag names).
+
+``forward(batch)`` returns the weighted losses; ``predict(...)`` the per-region outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .align import DeformableAlignment
+from .config import DynReferConfig
+from .encoder import FrozenCLIP
+from .fusion import ViewFusion
+from .heads.contrastive import ContrastiveHead
+from .heads.language import LanguageHead, control_string
+from .heads.tags import TagHead
+from .qformer import RegionQFormer
+from .roi import ViewRoIAlign
+
+
+class DynRefer(nn.Module):
+    """DynRefer model. ``DynRefer(config, tags=[...])`` builds it with random trainable parts.
+
+    Args:
+        config: the model configuration.
+        tags: the tag vocabulary (the RAM tag list officially); embedded once by the frozen
+            text tower into the ``tag_embeddings`` buffer. Empty: no tag head outputs.
+    """
+
+    def __init__(self, config: DynReferConfig, tags: list[str] | None = None):
+        super().__init__()
+        self.config = config
+        self.encoder = FrozenCLIP(config.encoder)
+        c = self.encoder.width
+        grid = config.views.size // self.encoder.patch_size
+        self.roi = ViewRoIAlign(config.roi.output_size or grid, self.encoder.patch_size,
+                                config.roi.sampling_ratio, config.roi.aligned)
+        n = config.views.num_views
+        self.align = (DeformableAlignment(c, groups=config.align.groups, kernel_size=config.align.kernel_size)
+                      if config.align.enabled and n > 1 else None)
+        self.fusion = ViewFusion(c, n)
+        self.qformer = RegionQFormer(config.qformer, c)
+        hidden = config.qformer.hidden_size
+        text_dim = self._text_dim()
+        self.tag_names = list(tags or [])
+        self.tag_head = TagHead(config.tags, hidden, text_dim) if config.tags.enabled else None
+        self.register_buffer("tag_embeddings", torch.zeros(len(self.tag_names), text_dim), persistent=True)
+        if self.tag_names and self.tag_embeddings.device.type != "meta":
+            self.tag_embeddings.copy_(self.embed_texts(self.tag_names))
+        self.contrastive_head = ContrastiveHead(config.contrastive, hidden, text_dim) if config.contrastive.enabled else None
+        self.language_head = LanguageHead(config.language, hidden) if config.language.enabled else None
+        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------- encoders
+    def _text_dim(self) -> int:
+        proj = getattr(self.encoder.clip, "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            return int(proj.shape[1])
+        if isinstance(proj, nn.Linear):
+            return int(proj.out_features)
+        text = getattr(self.encoder.clip, "text", None)
+        return int(getattr(text, "output_dim", None) or self.encoder.clip.visual.output_dim)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Frozen CLIP text embeddings (T, D_text) of ``texts``, on the model's device."""
+        device = self.tag_embeddings.device
+        outs = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.encoder.tokenize(texts[start : start + batch_size]).to(device)
+            outs.append(self.encoder.encode_text(tokens).float())
+        if not outs:
+            return torch.zeros((0, self.tag_embeddings.shape[1]), device=device)
+        return torch.cat(outs)
+
+    def cached_text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """:meth:`embed_texts` computed once per vocabulary (cache keyed by the text tuple)."""
+        key = tuple(texts)
+        hit = self._text_cache.get(key)
+        if hit is None or hit.device != self.tag_embeddings.device:
+            hit = self.embed_texts(list(texts))
+            self._text_cache[key] = hit
+        return hit
+
+    def encode_regions(self, pixels, boxes_in_view, view_index=None) -> torch.Tensor:
+        """Region representations R (num_regions, num_query_tokens, hidden)."""
+        cls, patches = self.encoder(pixels)
+        if view_index is not None:
+            cls, patches = cls[view_index], patches[view_index]
+        n = self.config.views.num_views
+        if cls.shape[0] % n:
+            raise ValueError(f"{cls.shape[0]} views is not a multiple of num_views={n}")
+        tokens = self.roi(cls, patches, boxes_in_view)  # (R*n, 1 + h*w, C)
+        r = tokens.shape[0] // n
+        tokens = tokens.reshape(r, n, tokens.shape[1], tokens.shape[2])
+        if self.align is not None:
+            h = w = self.roi.output_size
+            grid = tokens[:, :, 1:].reshape(r, n, h, w, -1).permute(0, 1, 4, 2, 3)  # (R, n, C, h, w)
+            reference = grid[:, 0]
+            extra = grid[:, 1:].reshape(r * (n - 1), *grid.shape[2:])
+            aligned = self.align(extra, reference.repeat_interleave(n - 1, dim=0))
+            aligned = aligned.reshape(r, n - 1, *grid.shape[2:]).permute(0, 1, 3, 4, 2).reshape(r, n - 1, h * w, -1)
+            tokens = torch.cat([tokens[:, :1], torch.cat([tokens[:, 1:, :1], aligned], dim=2)], dim=1)
+        fused = self.fusion(tokens)
+        return self.qformer(fused)
+
+    # ------------------------------------------------------------------------- training
+    def tag_targets(self, tags: list[list[str]]) -> torch.Tensor:
+        index = {t: i for i, t in enumerate(self.tag_names)}
+        out = torch.zeros((len(tags), len(self.tag_names)), device=self.tag_embeddings.device)
+        for r, names in enumerate(tags):
+            for name in names:
+                if name in index:
+                    out[r, index[name]] = 1.0
+        return out
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Weighted losses: ``loss`` = LM + 0.01·tag + 0.5·contrastive (config weights)."""
+        region = self.encode_regions(batch["pixels"], batch["boxes_in_view"], batch.get("view_index"))
+        losses: dict[str, torch.Tensor] = {}
+        captions = batch["captions"]
+        if self.language_head is not None:
+            controls = batch.get("controls") or [control_string([])] * len(captions)
+            losses["loss_lm"] = self.language_head.loss(region, controls, captions)
+        if self.tag_head is not None and self.tag_names:
+            logits = self.tag_head(region, self.tag_embeddings)
+            losses["loss_tag"] = self.config.tags.loss_weight * self.tag_head.loss(logits, self.tag_targets(batch["tags"]))
+        if self.contrastive_head is not None:
+            texts = self.embed_texts(list(captions))
+            losses["loss_contrastive"] = self.config.contrastive.loss_weight * self.contrastive_head.loss(region, texts)
+        losses["loss"] = sum(losses.values()) if losses else region.sum() * 0
+        return losses
+
+    # ------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_tags(self, region: torch.Tensor, threshold: float | None = None) -> list[list[tuple[str, float]]]:
+        if self.tag_head is None or not self.tag_names:
+            return [[] for _ in range(region.shape[0])]
+        probs = torch.sigmoid(self.tag_head(region, self.tag_embeddings)).float().cpu()
+        thr = self.config.tags.threshold if threshold is None else threshold
+        out = []
+        for row in probs:
+            keep = [(self.tag_names[i], float(row[i])) for i in torch.nonzero(row > thr).flatten().tolist()]
+            out.append(sorted(keep, key=lambda x: (-x[1], x[0])))
+        return out
+
+    @torch.no_grad()
+    def score_texts(self, region: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Contrastive logits (R, V) of regions against ``texts`` (embeddings cached)."""
+        if self.contrastive_head is None:
+            raise ValueError("this model has no contrastive head")
+        return self.contrastive_head(region, self.cached_text_embeddings(texts))
+
+    @torch.no_grad()
+    def caption(self, region: torch.Tensor, tags: list[list[str]] | None = None, **generate_kwargs):
+        """Captions and scores; ``tags`` (per region, deterministic order) form the control strings."""
+        if self.language_head is None:
+            raise ValueError("this model has no language head")
+        controls = [control_string(t) for t in (tags or [[] for _ in range(region.shape[0])])]
+        return self.language_head.generate(region, controls, **generate_kwargs)

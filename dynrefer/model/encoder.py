@@ -1,0 +1,186 @@
+"""Frozen open_clip towers (SPEC §1.3.1): patch maps + CLS for the views, text embeddings.
+
+Any open_clip image model works, native ViTs and timm-backed ones (EVA): the vision
+tower's ``forward_intermediates`` gives the output of its last kept block. Options:
+
+* ``drop_last_blocks``: remove the last blocks (official: EVA-CLIP-g keeps 39 of 40);
+  they are deleted from memory after the weights are loaded.
+* ``final_norm``: apply the tower's own final norm (``ln_post`` / timm ``norm``) or not
+  (official: not).
+* ``extra_norm``: a further frozen LayerNorm (BLIP-2's ``ln_vision``), loaded from
+  ``extra_norm_weights`` (a safetensors / torch file with ``weight``/``bias`` or
+  ``ln_vision.*`` or ``vision_model.post_layernorm.*`` keys, or a Hugging Face BLIP-2 folder).
+
+Weights come from a local file (``EncoderConfig.weights``) and nothing is downloaded. The
+towers are frozen: no gradients, always in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .config import EncoderConfig
+
+
+def build_open_clip(model) -> nn.Module:
+    """An open_clip CLIP model with random weights, from a registered name or a config dict."""
+    import open_clip
+
+    if isinstance(model, str):
+        cfg = open_clip.get_model_config(model)
+        if cfg is None:
+            raise InputError(f"unknown open_clip model {model!r}; pass a registered name or a config dict")
+    elif isinstance(model, dict):
+        cfg = copy.deepcopy(model)
+    else:
+        raise InputError(f"encoder.model must be an open_clip model name or a config dict, got {type(model).__name__}")
+    cfg = dict(cfg)
+    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
+    for key in ("multimodal_cfg", "quick_gelu"):
+        cfg.pop(key, None)
+    cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    vision = cfg.get("vision_cfg", {})
+    if vision.get("timm_model_name"):
+        vision["timm_model_pretrained"] = False  # never fetch timm weights
+    return cls(**cfg)
+
+
+def load_local_weights(module: nn.Module, path, *, what: str = "weights") -> None:
+    """Load a local ``.safetensors`` / ``.pt`` / ``.bin`` checkpoint (no pickle of objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"cannot read {what} '{path}': no such file")
+    state = read_state_dict(path)
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(
+            f"{what} '{path}' does not match the model: missing {sorted(missing)[:10]}"
+            f"{'...' if len(missing) > 10 else ''}, unexpected {sorted(unexpected)[:10]}"
+            f"{'...' if len(unexpected) > 10 else ''}"
+        )
+
+
+def read_state_dict(path) -> dict:
+    """Tensors of a safetensors or torch checkpoint, read without unpickling objects."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
+        raise InputError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}") from None
+
+
+def _blocks(visual: nn.Module) -> tuple[nn.Module, str]:
+    if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
+        return visual.transformer, "resblocks"
+    if hasattr(visual, "trunk") and hasattr(visual.trunk, "blocks"):
+        return visual.trunk, "blocks"
+    raise InputError(f"unsupported open_clip vision tower {type(visual).__name__}: no transformer blocks found")
+
+
+def _vision_geometry(visual: nn.Module) -> tuple[int, int]:
+    """(width C, patch size) of a vision tower."""
+    if hasattr(visual, "trunk"):
+        patch = visual.trunk.patch_embed.patch_size
+        return int(visual.trunk.embed_dim), int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+    patch = visual.patch_size
+    return int(visual.transformer.width), int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+
+
+class FrozenCLIP(nn.Module):
+    """Frozen open_clip vision and text towers.
+
+    ``forward(pixels)``: (N, 3, S, S) normalised views → ``(cls, patches)`` with ``cls``
+    (N, C) and ``patches`` (N, C, S/p, S/p). ``encode_text(tokens)`` → (T, D) embeddings
+    (the CLIP text embedding, unnormalised). ``tokenize(texts)`` uses open_clip's tokenizer
+    (bundled with the package, no download).
+    """
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        clip = build_open_clip(cfg.model)
+        if cfg.weights:
+            load_local_weights(clip, cfg.weights, what="encoder weights")
+        self.clip = clip
+        self.context_length = int(getattr(getattr(clip, "text", clip), "context_length", 77))
+        self.width, self.patch_size = _vision_geometry(self.visual)
+        owner, attr = _blocks(self.visual)
+        blocks = getattr(owner, attr)
+        if not 0 <= cfg.drop_last_blocks < len(blocks):
+            raise InputError(f"encoder.drop_last_blocks={cfg.drop_last_blocks} but the tower has {len(blocks)} blocks")
+        if cfg.drop_last_blocks:
+            setattr(owner, attr, nn.ModuleList(list(blocks)[: len(blocks) - cfg.drop_last_blocks])
+                    if isinstance(blocks, nn.ModuleList) else blocks[: len(blocks) - cfg.drop_last_blocks])
+        self.ln_vision = nn.LayerNorm(self.width, eps=cfg.extra_norm_eps) if cfg.extra_norm else None
+        if self.ln_vision is not None and cfg.extra_norm_weights:
+            self.ln_vision.load_state_dict(read_extra_norm(cfg.extra_norm_weights))
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # frozen: always eval
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.visual.forward_intermediates(
+            pixels,
+            indices=1,
+            stop_early=True,
+            normalize_intermediates=self.cfg.final_norm,
+            intermediates_only=True,
+            output_fmt="NCHW",
+            output_extra_tokens=True,
+        )
+        patches = out["image_intermediates"][-1]
+        cls = out["image_intermediates_prefix"][-1][:, 0]
+        if self.ln_vision is not None:
+            n, c, h, w = patches.shape
+            tokens = torch.cat([cls[:, None], patches.flatten(2).transpose(1, 2)], dim=1)
+            tokens = self.ln_vision(tokens)
+            cls = tokens[:, 0]
+            patches = tokens[:, 1:].transpose(1, 2).reshape(n, c, h, w)
+        return cls, patches
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @torch.no_grad()
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        import open_clip
+
+        return open_clip.tokenize(texts, context_length=self.context_length)
+
+
+def read_extra_norm(source) -> dict:
+    """``weight`` / ``bias`` of BLIP-2's ``ln_vision`` from a checkpoint file or HF folder."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        if not files:
+            raise InputError(f"no safetensors / bin weights in '{path}'")
+        state = {}
+        for f in files:
+            state.update(read_state_dict(f))
+    else:
+        state = read_state_dict(path)
+    for prefix in ("", "ln_vision.", "vision_model.post_layernorm."):
+        if f"{prefix}weight" in state and f"{prefix}bias" in state:
+            return {"weight": state[f"{prefix}weight"], "bias": state[f"{prefix}bias"]}
+    raise InputError(f"'{path}' holds no ln_vision / vision_model.post_layernorm weight and bias")

@@ -1,0 +1,207 @@
+"""Language decoder (SPEC §1.4): a Hugging Face LM conditioned on ``R`` and control tokens.
+
+``R`` (Q × hidden) is projected into the LM's embedding space and followed by *control
+tokens*: the embedded control string (tags joined by ``","`` then ``"|"``, e.g.
+``"red car,street|"``) plus one learned vector added to every control token. Seq2seq LMs
+(T5 family) read ``[proj(R); control]`` in the encoder and produce the caption in the
+decoder; causal LMs (Llama-style) read ``[proj(R); control; caption]``. Generation defaults
+are the official ones (beams 2, 20 new tokens, repetition penalty 1.5, length penalty 0);
+the caption score is ``exp(sequence score)``.
+
+The LM comes from a local folder (``LanguageConfig.path``; frozen by default, optional
+LoRA through peft) or from a transformers config dict (trained from scratch). Tokenizers
+come from the same folder, ``tokenizer_path``, or ``"builtin:char"`` (a character-level
+tokenizer built in code, for tiny models).
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...errors import InputError
+from ..config import LanguageConfig
+
+CHAR_TOKENIZER = "builtin:char"
+
+
+def build_char_tokenizer():
+    """A character-level fast tokenizer: pad 0, eos 1, unk 2, then printable ASCII."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for c in chars:
+        vocab[c] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def load_tokenizer(source: str | None):
+    if source is None or source == CHAR_TOKENIZER:
+        return build_char_tokenizer()
+    from transformers import AutoTokenizer
+
+    path = Path(source)
+    if not path.is_dir():
+        raise InputError(f"cannot read tokenizer folder '{path}': no such folder")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def build_language_model(cfg: LanguageConfig, vocab_size: int | None = None):
+    """``(model, tokenizer)`` from a local folder or a config dict; never downloads."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if cfg.kind not in ("seq2seq", "causal"):
+        raise InputError(f"language.kind must be 'seq2seq' or 'causal', got {cfg.kind!r}")
+    auto = AutoModelForSeq2SeqLM if cfg.kind == "seq2seq" else AutoModelForCausalLM
+    if cfg.path:
+        path = Path(cfg.path)
+        if not path.is_dir():
+            raise InputError(f"cannot read language model folder '{path}': no such folder")
+        model = auto.from_pretrained(str(path), local_files_only=True)
+        tokenizer = load_tokenizer(cfg.tokenizer_path or str(path))
+        return model, tokenizer
+    if not cfg.model_config:
+        raise InputError("language: give either 'path' (a local Hugging Face folder) or 'model_config'")
+    tokenizer = load_tokenizer(cfg.tokenizer_path)
+    kwargs = dict(cfg.model_config)
+    model_type = kwargs.pop("model_type")
+    kwargs.setdefault("vocab_size", len(tokenizer))
+    kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    if cfg.kind == "seq2seq":
+        kwargs.setdefault("decoder_start_token_id", tokenizer.pad_token_id)
+    hf_cfg = AutoConfig.for_model(model_type, **kwargs)
+    if hf_cfg.vocab_size < len(tokenizer):
+        raise InputError(f"language.model_config vocab_size {hf_cfg.vocab_size} < tokenizer size {len(tokenizer)}")
+    return auto.from_config(hf_cfg), tokenizer
+
+
+def control_string(tags) -> str:
+    """``"tag1,tag2|"``: tags in the given (deterministic) order, joined by "," then "|"."""
+    return ",".join(str(t) for t in tags) + "|"
+
+
+class LanguageHead(nn.Module):
+    """Captioning with a Hugging Face LM on top of ``R``."""
+
+    def __init__(self, cfg: LanguageConfig, region_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.lm, self.tokenizer = build_language_model(cfg)
+        self.is_seq2seq = cfg.kind == "seq2seq"
+        d_model = self.lm.get_input_embeddings().embedding_dim
+        self.proj = nn.Linear(region_dim, d_model)
+        self.control_vector = nn.Parameter(torch.zeros(d_model))
+        frozen = cfg.frozen if cfg.frozen is not None else bool(cfg.path)
+        if frozen:
+            for p in self.lm.parameters():
+                p.requires_grad_(False)
+        if cfg.lora_r > 0:
+            self._add_lora()
+
+    def _add_lora(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        names = {n.split(".")[-1] for n, m in self.lm.named_modules() if isinstance(m, nn.Linear)}
+        targets = [t for t in ("q", "v", "q_proj", "v_proj") if t in names]
+        if not targets:
+            raise InputError(f"cannot find attention projections for LoRA in {type(self.lm).__name__}")
+        lora = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, lora_dropout=self.cfg.lora_dropout,
+                          target_modules=targets)
+        self.lm = get_peft_model(self.lm, lora)
+
+    # --------------------------------------------------------------------- embeddings
+    def _tokens(self, texts: list[str], add_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(list(texts), add_special_tokens=add_eos, padding=True, truncation=True,
+                             max_length=self.cfg.max_caption_tokens, return_tensors="pt")
+        device = self.proj.weight.device
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+    def _prefix(self, region: torch.Tensor, controls: list[str]):
+        """``[proj(R); control + vector]`` embeddings and mask, right-padded: (B, L, d), (B, L)."""
+        ids, mask = self._tokens(controls, add_eos=False)
+        embed = self.lm.get_input_embeddings()
+        ctrl = embed(ids) + self.control_vector.to(embed.weight.dtype)
+        ctrl = ctrl * mask[..., None].to(ctrl.dtype)
+        vis = self.proj(region).to(ctrl.dtype)
+        vis_mask = torch.ones(vis.shape[:2], dtype=mask.dtype, device=mask.device)
+        return torch.cat([vis, ctrl], dim=1), torch.cat([vis_mask, mask], dim=1)
+
+    # -------------------------------------------------------------------------- training
+    def loss(self, region: torch.Tensor, controls: list[str], captions: list[str]) -> torch.Tensor:
+        """Mean token cross-entropy of ``captions`` given ``R`` and control strings."""
+        prefix, prefix_mask = self._prefix(region, controls)
+        ids, mask = self._tokens(captions, add_eos=True)
+        labels = ids.masked_fill(mask == 0, -100)
+        if self.is_seq2seq:
+            return self.lm(inputs_embeds=prefix, attention_mask=prefix_mask, labels=labels).loss
+        text = self.lm.get_input_embeddings()(ids)
+        embeds, attn, full_labels = _pack_causal(prefix, prefix_mask, text, mask, labels)
+        return self.lm(inputs_embeds=embeds, attention_mask=attn, labels=full_labels).loss
+
+    # ------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, region: torch.Tensor, controls: list[str], **overrides) -> tuple[list[str], list[float]]:
+        """Captions and scores (``exp`` of the sequence score) for each region."""
+        prefix, prefix_mask = self._prefix(region, controls)
+        if not self.is_seq2seq:
+            prefix, prefix_mask = _left_pad(prefix, prefix_mask)
+        c = self.cfg
+        kwargs = dict(num_beams=c.num_beams, max_new_tokens=c.max_new_tokens, repetition_penalty=c.repetition_penalty,
+                      length_penalty=c.length_penalty, do_sample=False, return_dict_in_generate=True,
+                      output_scores=True, pad_token_id=self.tokenizer.pad_token_id,
+                      eos_token_id=self.tokenizer.eos_token_id)
+        kwargs.update(overrides)
+        out = self.lm.generate(inputs_embeds=prefix, attention_mask=prefix_mask, **kwargs)
+        sequences = out.sequences
+        if getattr(out, "sequences_scores", None) is not None:
+            scores = out.sequences_scores
+        else:
+            trans = self.lm.compute_transition_scores(sequences, out.scores, normalize_logits=True)
+            scores = trans.sum(-1)
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return [t.strip() for t in texts], torch.exp(scores.float()).tolist()
+
+
+def _pack_causal(prefix, prefix_mask, text, text_mask, labels):
+    """Per sample ``[prefix tokens; caption tokens]`` without inner padding, right-padded."""
+    rows, masks, labs = [], [], []
+    for i in range(prefix.shape[0]):
+        p = prefix[i][prefix_mask[i].bool()]
+        t = text[i][text_mask[i].bool()]
+        rows.append(torch.cat([p, t]))
+        lab = torch.full((p.shape[0],), -100, dtype=labels.dtype, device=labels.device)
+        labs.append(torch.cat([lab, labels[i][text_mask[i].bool()]]))
+    length = max(r.shape[0] for r in rows)
+    embeds = prefix.new_zeros((len(rows), length, prefix.shape[-1]))
+    attn = prefix_mask.new_zeros((len(rows), length))
+    out_labels = labels.new_full((len(rows), length), -100)
+    for i, (r, lab) in enumerate(zip(rows, labs)):
+        embeds[i, : r.shape[0]] = r
+        attn[i, : r.shape[0]] = 1
+        out_labels[i, : r.shape[0]] = lab
+    return embeds, attn, out_labels
+
+
+def _left_pad(prefix, mask):
+    """Move each row's padding to the left (decoder-only generation needs it)."""
+    out = torch.zeros_like(prefix)
+    out_mask = torch.zeros_like(mask)
+    length = prefix.shape[1]
+    for i in range(prefix.shape[0]):
+        keep = mask[i].bool()
+        n = int(keep.sum())
+        out[i, length - n :] = prefix[i][keep]
+        out_mask[i, length - n :] = 1
+    return out, out_mask

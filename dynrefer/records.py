@@ -1,0 +1,87 @@
+"""The project's JSON Lines records (SPEC §5): reading, writing, caption normalisation.
+
+One record per image::
+
+    {"image": "rel/path.jpg" | null, "width": W, "height": H, "split": "train" | "val" | "test",
+     "regions": [{"id": ..., "box": [x1, y1, x2, y2], "captions": [...], ...}, ...]}
+
+Image paths are relative to the JSONL file unless an image root is given. A region is keyed
+by ``(image, id)``; ids are unique within an image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import InputError
+
+SPLITS = ("train", "val", "test")
+MAX_CAPTION_WORDS = 50
+_PUNCT = re.compile(r'[.!"()*#:;~]')
+
+
+def normalize_caption(text: str, max_words: int = MAX_CAPTION_WORDS) -> str:
+    """SPEC §1.5: lower case, ``.!"()*#:;~`` → space, whitespace collapsed, at most 50 words."""
+    words = _PUNCT.sub(" ", str(text).lower()).split()
+    return " ".join(words[:max_words])
+
+
+def iter_jsonl(path) -> Iterator[dict]:
+    """Yield the records of a JSONL file; blank lines are skipped.
+
+    Raises:
+        InputError: the file is missing, unreadable, or a line is not a JSON object
+            (the message names the file and the line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"cannot read '{path}': {'is a directory' if path.is_dir() else 'no such file'}")
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"'{path}' line {lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise InputError(f"'{path}' line {lineno}: expected a JSON object, got {type(record).__name__}")
+                yield record
+    except UnicodeDecodeError as exc:
+        raise InputError(f"cannot read '{path}': not UTF-8 text ({exc.reason})") from None
+
+
+def read_jsonl(path) -> list[dict]:
+    """All records of a JSONL file (see :func:`iter_jsonl`)."""
+    return list(iter_jsonl(path))
+
+
+def write_jsonl(path, records: Iterable[dict]) -> int:
+    """Write records atomically (temporary file + rename: an interruption never leaves a
+    truncated file). Returns the number of records written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False))
+                fh.write("\n")
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def region_key(record: dict, region: dict) -> tuple:
+    """The ``(image, id)`` key of a region within its record."""
+    return (record.get("image"), region.get("id"))
