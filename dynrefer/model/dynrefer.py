@@ -169,3 +169,22 @@ class DynRefer(nn.Module):
             raise ValueError("this model has no language head")
         controls = [control_string(t) for t in (tags or [[] for _ in range(region.shape[0])])]
         return self.language_head.generate(region, controls, **generate_kwargs)
+
+    # ---------------------------------------------------------------------------- I/O
+    def save_pretrained(self, directory, *, include_frozen: bool = True):
+        """Write ``config.json`` + ``model.safetensors`` (+ ``tags.txt``, ``tokenizer/``).
+
+        With ``include_frozen=False`` the frozen parts that came from local files (encoder
+        weights, a pretrained LM) are recorded by path and sha256 instead of stored.
+        """
+        from .io import save_pretrained
+
+        return save_pretrained(self, directory, include_frozen=include_frozen)
+
+    @classmethod
+    def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_hashes: bool = True):
+        """Load a folder written by :meth:`save_pretrained`; ``encoder_path`` / ``llm_path``
+        point frozen parts saved by reference elsewhere."""
+        from .io import from_pretrained
+
+        return from_pretrained(cls, directory, encoder_path=encoder_path, llm_path=llm_path, check_hashes=check_hashes)

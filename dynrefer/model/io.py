@@ -1,0 +1,140 @@
+"""Saving and loading ``DynRefer`` folders: ``config.json`` + ``model.safetensors`` (+ files).
+
+A folder holds:
+
+* ``config.json``: the :class:`~dynrefer.model.config.DynReferConfig`;
+* ``model.safetensors``: the tensors (tied tensors stored once; their other names are
+  listed in the file's metadata under ``aliases``);
+* ``tags.txt``: the tag vocabulary, one tag per line;
+* ``tokenizer/``: the language model's tokenizer files;
+* ``frozen.json`` when saved with ``include_frozen=False``: for each frozen part left out
+  (``encoder``, ``language``), its source path and the file's sha256, checked on loading.
+
+No pickle anywhere. Loading fails with a message that lists missing, unexpected or
+mis-shaped tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .config import DynReferConfig
+
+WEIGHTS = "model.safetensors"
+FROZEN_PREFIXES = {"encoder": ("encoder.",), "language": ("language_head.lm.",)}
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _frozen_parts(model) -> dict[str, str | None]:
+    """Frozen parts that come from a local source (name → source path)."""
+    cfg = model.config
+    parts = {"encoder": cfg.encoder.weights}
+    head = model.language_head
+    if head is not None and cfg.language.path and not any(p.requires_grad for p in head.lm.parameters()):
+        parts["language"] = cfg.language.path
+    return parts
+
+
+def save_pretrained(model, directory, *, include_frozen: bool = True) -> Path:
+    """Write ``model`` into ``directory`` (created). See the module docstring."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    frozen = {}
+    if not include_frozen:
+        for name, source in _frozen_parts(model).items():
+            if source is None:
+                raise InputError(f"cannot leave out the frozen {name}: it has no source file (it was random)")
+            src = Path(source)
+            digest = sha256_of(src) if src.is_file() else None
+            frozen[name] = {"path": str(src), "sha256": digest}
+            state = {k: v for k, v in state.items() if not k.startswith(FROZEN_PREFIXES[name])}
+    tensors, aliases, seen = {}, {}, {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().contiguous().cpu()
+    save_file(tensors, str(out / WEIGHTS), metadata={"aliases": json.dumps(aliases), "format": "pt"})
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(model.config), indent=2) + "\n")
+    (out / "tags.txt").write_text("".join(f"{t}\n" for t in model.tag_names))
+    if model.language_head is not None:
+        model.language_head.tokenizer.save_pretrained(str(out / "tokenizer"))
+    if frozen:
+        (out / "frozen.json").write_text(json.dumps(frozen, indent=2) + "\n")
+    return out
+
+
+def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_hashes: bool = True, strict=True):
+    """Build a ``DynRefer`` from a folder written by :func:`save_pretrained`."""
+    from safetensors import safe_open
+
+    src = Path(directory)
+    for required in ("config.json", WEIGHTS):
+        if not (src / required).is_file():
+            raise InputError(f"'{src}' is not a dynrefer model folder: {required} is missing")
+    config = DynReferConfig.from_file(src / "config.json")
+    tags_file = src / "tags.txt"
+    tags = [t for t in tags_file.read_text().splitlines() if t] if tags_file.is_file() else []
+    frozen = json.loads((src / "frozen.json").read_text()) if (src / "frozen.json").is_file() else {}
+    if encoder_path is not None:
+        config.encoder.weights = str(encoder_path)
+    if llm_path is not None:
+        config.language.path = str(llm_path)
+    for name, info in frozen.items():
+        path = config.encoder.weights if name == "encoder" else config.language.path
+        if path is None or not Path(path).exists():
+            raise InputError(f"the frozen {name} was saved by reference to '{info['path']}', which is missing; "
+                             f"pass {'encoder_path' if name == 'encoder' else 'llm_path'}=...")
+        if check_hashes and info.get("sha256") and Path(path).is_file() and sha256_of(path) != info["sha256"]:
+            raise InputError(f"the frozen {name} at '{path}' does not match the saved sha256 {info['sha256'][:12]}...")
+    if (src / "tokenizer").is_dir() and config.language.enabled:
+        config.language.tokenizer_path = str(src / "tokenizer")
+    if "encoder" not in frozen:
+        config.encoder.weights = None  # the folder's tensors hold the encoder
+    model = cls(config, tags=tags)
+    with safe_open(str(src / WEIGHTS), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    for alias, target in json.loads(meta.get("aliases", "{}")).items():
+        state[alias] = state[target]
+    load_checked(model, state, skip_prefixes=tuple(p for n in frozen for p in FROZEN_PREFIXES[n]), strict=strict,
+                 source=str(src / WEIGHTS))
+    return model
+
+
+def load_checked(model, state: dict, *, skip_prefixes=(), strict=True, source="checkpoint") -> None:
+    """``load_state_dict`` that fails listing missing, unexpected and mis-shaped tensors."""
+    own = model.state_dict()
+    expected = {k for k in own if not k.startswith(skip_prefixes)} if skip_prefixes else set(own)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+                    for k in set(state) & set(own) if tuple(state[k].shape) != tuple(own[k].shape))
+    if strict and (missing or unexpected or shapes):
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+            if items:
+                parts.append(f"{label} ({len(items)}): {', '.join(items[:20])}{' ...' if len(items) > 20 else ''}")
+        raise InputError(f"cannot load '{source}': " + "; ".join(parts))
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in own and tuple(v.shape) == tuple(own[k].shape):
+                own[k].copy_(v)
