@@ -143,8 +143,12 @@ def pil_resample_crops(
 ) -> torch.Tensor:
     """Crop many integer boxes from one uint8 image and resize each to ``size×size``.
 
-    Bit-exact with ``PIL.Image.fromarray(img).crop(box).resize((size, size), filter)``
-    (Pillow >= 11 order of passes).
+    Emulates ``PIL.Image.fromarray(img).crop(box).resize((size, size), filter)`` with
+    Pillow's own weights and fixed-point arithmetic: bit-exact whenever Pillow runs its
+    horizontal pass first (always for crops no taller than wide). Pillow >= 11 chooses the
+    order of its two passes itself; this kernel runs the vertical pass first for crops taller
+    than wide that also shrink vertically, which matches Pillow 13 on most but not all such
+    crops (then a few levels differ; see ``tests/test_renderer.py``).
 
     Args:
         image: (C, H, W) uint8 tensor, on any device.

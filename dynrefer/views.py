@@ -82,11 +82,9 @@ def boxes_in_view(box, crops, size: int = DEFAULT_SIZE) -> np.ndarray:
     b = np.asarray(box, dtype=np.float64).reshape(1, 4)
     c = np.asarray(crops, dtype=np.float64).reshape(-1, 4)
     origin = c[:, [0, 1, 0, 1]]
-    scale = np.stack(
-        [size / (c[:, 2] - c[:, 0]), size / (c[:, 3] - c[:, 1]), size / (c[:, 2] - c[:, 0]), size / (c[:, 3] - c[:, 1])],
-        axis=1,
-    )
-    return (b - origin) * scale
+    extent = np.stack([c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]] * 2, axis=1)
+    # Multiply before dividing: exact for integer boxes (e.g. t = 0 maps to (0, 0, S, S)).
+    return (b - origin) * size / extent
 
 
 def box_from_view(box_in_view, crop, size: int = DEFAULT_SIZE) -> np.ndarray:
