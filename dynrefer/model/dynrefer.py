@@ -188,3 +188,56 @@ class DynRefer(nn.Module):
         from .io import from_pretrained
 
         return from_pretrained(cls, directory, encoder_path=encoder_path, llm_path=llm_path, check_hashes=check_hashes)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        batch: dict,
+        tasks=("caption", "tags", "attributes", "category"),
+        *,
+        attributes=None,
+        categories=None,
+        tag_threshold: float | None = None,
+        none_threshold: float | None = None,
+        noun: str = "object",
+        **generate_kwargs,
+    ) -> list[dict]:
+        """Per-region outputs for a batch of rendered views (see the module docstring).
+
+        Returns one dict per region with the keys of the requested tasks: ``caption`` and
+        ``caption_score`` (``exp`` of the beam score); ``tags`` ([name, prob] above the
+        threshold, by score); ``attributes`` ([name, sigmoid(logit)] for every queried
+        attribute, max over its prompts); ``category`` ([name, softmax prob] of the argmax, or
+        None when the best logit is below ``none_threshold``) and ``categories`` (every class).
+        """
+        from .vocab import attribute_prompts, category_prompts, max_over_prompts
+
+        unknown = set(tasks) - {"caption", "tags", "attributes", "category"}
+        if unknown:
+            raise ValueError(f"unknown task(s) {sorted(unknown)}; expected caption, tags, attributes, category")
+        region = self.encode_regions(batch["pixels"], batch["boxes_in_view"], batch.get("view_index"))
+        out = [dict() for _ in range(region.shape[0])]
+        tags = self.predict_tags(region, tag_threshold) if ("tags" in tasks or "caption" in tasks) else None
+        if "tags" in tasks:
+            for o, t in zip(out, tags):
+                o["tags"] = [[n, s] for n, s in t]
+        if "caption" in tasks:
+            captions, scores = self.caption(region, [[n for n, _ in t] for t in tags], **generate_kwargs)
+            for o, c, s in zip(out, captions, scores):
+                o["caption"], o["caption_score"] = c, s
+        if "attributes" in tasks and attributes:
+            prompts, owner = attribute_prompts(attributes, noun)
+            names = [a if isinstance(a, str) else a["name"] for a in attributes]
+            probs = torch.sigmoid(max_over_prompts(self.score_texts(region, prompts), owner, len(names))).cpu()
+            for o, row in zip(out, probs):
+                o["attributes"] = sorted(([n, float(p)] for n, p in zip(names, row)), key=lambda x: (-x[1], x[0]))
+        if "category" in tasks and categories:
+            logits = self.score_texts(region, category_prompts(categories))
+            probs = torch.softmax(logits.float(), dim=1).cpu()
+            thr = self.config.contrastive.none_threshold if none_threshold is None else none_threshold
+            for o, row, lrow in zip(out, probs, logits.cpu()):
+                best = int(torch.argmax(row))
+                none = thr is not None and float(lrow[best]) < thr
+                o["category"] = None if none else [categories[best], float(row[best])]
+                o["categories"] = sorted(([c, float(p)] for c, p in zip(categories, row)), key=lambda x: (-x[1], x[0]))
+        return out

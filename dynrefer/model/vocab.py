@@ -1,0 +1,71 @@
+"""Prompt vocabularies for the contrastive head (SPEC §1.4): attributes and categories.
+
+Attributes follow OVAD's naming, ``"type:name"`` with synonyms split on ``"/"`` (e.g.
+``"color:blue/navy"``). Each synonym gets two prompts: ``"the {attr} {noun}"`` and
+``"the {noun} is {attr}"``; for "has" attributes (``is_has_att``) ``"the {attr} {type}
+{noun}"`` and ``"the {noun} has {attr} {type}"`` with the type word minus ``" tone"``. An
+attribute's score is the maximum over its prompts (OVAD: 117 attributes → 474 prompts).
+Categories get the prompt ``"the {class}"`` and the argmax of the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_NOUN = "object"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str  # the full name as given, e.g. "color:blue/navy" (reported verbatim)
+    type: str = ""
+    is_has: bool = False
+
+    @property
+    def synonyms(self) -> list[str]:
+        value = self.name.split(":", 1)[1] if ":" in self.name else self.name
+        return [s.strip() for s in value.split("/") if s.strip()]
+
+
+def as_attributes(items) -> list[Attribute]:
+    """Strings (``"type:name/syn"``) or OVAD metadata dicts (``name``, ``type``, ``is_has_att``)."""
+    out = []
+    for item in items:
+        if isinstance(item, Attribute):
+            out.append(item)
+        elif isinstance(item, dict):
+            name = str(item["name"])
+            typ = str(item.get("type") or (name.split(":", 1)[0] if ":" in name else ""))
+            out.append(Attribute(name, typ, bool(item.get("is_has_att", False))))
+        else:
+            name = str(item)
+            out.append(Attribute(name, name.split(":", 1)[0] if ":" in name else ""))
+    return out
+
+
+def attribute_prompts(attributes, noun: str = DEFAULT_NOUN) -> tuple[list[str], list[int]]:
+    """All prompts and, for each, the index of its attribute."""
+    prompts, owner = [], []
+    for i, attr in enumerate(as_attributes(attributes)):
+        type_word = attr.type.replace(" tone", "")
+        for syn in attr.synonyms:
+            if attr.is_has:
+                texts = [f"the {syn} {type_word} {noun}", f"the {noun} has {syn} {type_word}"]
+            else:
+                texts = [f"the {syn} {noun}", f"the {noun} is {syn}"]
+            prompts += texts
+            owner += [i] * len(texts)
+    return prompts, owner
+
+
+def category_prompts(categories) -> list[str]:
+    return [f"the {c}" for c in categories]
+
+
+def max_over_prompts(logits: torch.Tensor, owner: list[int], num_items: int) -> torch.Tensor:
+    """(R, P) prompt logits → (R, num_items) max over each item's prompts."""
+    index = torch.as_tensor(owner, device=logits.device)
+    out = torch.full((logits.shape[0], num_items), float("-inf"), device=logits.device, dtype=logits.dtype)
+    return out.scatter_reduce(1, index[None].expand(logits.shape[0], -1), logits, reduce="amax", include_self=True)
