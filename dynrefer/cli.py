@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import DynReferError
 
 EXIT_USAGE = 2
+LIGHTNING_COMMANDS = ("fit", "validate")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_prepare(sub)
     register_evaluate(sub)
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"{name} with Lightning: dynrefer {name} --config CONFIG.yaml (see --help)",
+                       add_help=False)
     return parser
 
 
@@ -196,6 +200,11 @@ def _cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dynrefer`` console script; returns the exit status."""
     debug = os.environ.get("DYNREFER_DEBUG") == "1"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from .train.cli import run
+
+        return run(argv)
     parser = build_parser()
     with warnings.catch_warnings():
         if not debug:

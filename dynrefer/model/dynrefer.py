@@ -125,8 +125,13 @@ class DynRefer(nn.Module):
                     out[r, index[name]] = 1.0
         return out
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Weighted losses: ``loss`` = LM + 0.01·tag + 0.5·contrastive (config weights)."""
+    def forward(self, batch: dict, gather=None, rank: int = 0) -> dict[str, torch.Tensor]:
+        """Weighted losses: ``loss`` = LM + 0.01·tag + 0.5·contrastive (config weights).
+
+        ``gather`` (data parallelism): a callable concatenating a tensor across processes
+        with gradients (equal local batch sizes); ``rank``: this process's index in it. The
+        contrastive loss then uses every process's captions and regions as negatives.
+        """
         region = self.encode_regions(batch["pixels"], batch["boxes_in_view"], batch.get("view_index"))
         losses: dict[str, torch.Tensor] = {}
         captions = batch["captions"]
@@ -138,7 +143,11 @@ class DynRefer(nn.Module):
             losses["loss_tag"] = self.config.tags.loss_weight * self.tag_head.loss(logits, self.tag_targets(batch["tags"]))
         if self.contrastive_head is not None:
             texts = self.embed_texts(list(captions))
-            losses["loss_contrastive"] = self.config.contrastive.loss_weight * self.contrastive_head.loss(region, texts)
+            extra = {}
+            if gather is not None:
+                extra = dict(all_regions=gather(region), all_texts=gather(texts), offset=rank * region.shape[0])
+            loss = self.contrastive_head.loss(region, texts, **extra)
+            losses["loss_contrastive"] = self.config.contrastive.loss_weight * loss
         losses["loss"] = sum(losses.values()) if losses else region.sum() * 0
         return losses
 

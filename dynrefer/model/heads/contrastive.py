@@ -60,6 +60,8 @@ class ContrastiveHead(nn.Module):
         labels_r2t[torch.arange(b), offset + torch.arange(b)] = 1
         r2t = self.forward(region, all_texts)  # (B, B_all)
         loss_r2t = -F.logsigmoid(labels_r2t * r2t).sum() / b
+        if all_regions is region and all_texts is text_embeddings:
+            return loss_r2t  # without gathering both directions sum over the same pairs
         t2r = self.forward(all_regions, text_embeddings).transpose(0, 1)  # (B_texts, B_all regions)
         loss_t2r = -F.logsigmoid(labels_r2t * t2r).sum() / b
         return (loss_r2t + loss_t2r) / 2

@@ -1,0 +1,1 @@
+"""Lightning training: the LightningModule, DataModules and the ``fit`` / ``validate`` CLI."""

@@ -1,0 +1,140 @@
+"""Region datasets, collate and the ``LightningDataModule`` (SPEC §1.5, §5).
+
+One training sample is one region (as in the reference recipe): its image is loaded, its
+views are chosen (training: ``random`` policy — the ``n − 1`` extra views drawn without
+replacement from t = 0.1 … 1.0; evaluation: ``greedy``) and rendered, one of its captions is
+drawn, and a control string is formed from a random subset of its tags (empty half of the
+time). The collate function stacks regions into a model batch (``pixels``,
+``boxes_in_view``, ``captions``, ``controls``, ``tags``, ``keys``).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import InputError
+from ..images import load_image
+from ..model.heads.language import control_string
+from ..records import read_jsonl
+from ..regions import parse_region
+from ..view_selection import select_views
+
+
+class RegionDataset(Dataset):
+    """Regions of a JSONL file (SPEC §5) with at least one caption.
+
+    Args:
+        path: the JSONL file; image paths are relative to it unless ``image_root`` is given.
+        split: keep only records with this ``split`` (None: all).
+        num_views, size: views per region and their side.
+        policy: view policy (``random`` for training, ``greedy`` for evaluation).
+        control_dropout: probability of an empty control string (training).
+        train: draw captions / control subsets at random (else: first caption, all tags).
+    """
+
+    def __init__(self, path, *, split=None, image_root=None, num_views=3, size=224, policy="random",
+                 control_dropout=0.5, train=True, max_regions=None):
+        self.path = Path(path)
+        self.root = Path(image_root) if image_root else self.path.parent
+        self.records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
+        self.items = [(i, j) for i, rec in enumerate(self.records) for j, reg in enumerate(rec.get("regions", []))
+                      if reg.get("captions")]
+        if max_regions is not None:
+            self.items = self.items[:max_regions]
+        if not self.items:
+            raise InputError(f"'{self.path}' has no captioned regions" + (f" in split {split!r}" if split else ""))
+        self.num_views, self.size, self.policy = num_views, size, policy
+        self.control_dropout, self.train = control_dropout, train
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        rec_idx, reg_idx = self.items[index]
+        record = self.records[rec_idx]
+        spec = record["regions"][reg_idx]
+        image = load_image(self.root / record["image"])
+        region = parse_region(spec, (int(image.shape[2]), int(image.shape[1])), index=reg_idx)
+        generator = torch.Generator().manual_seed(random.getrandbits(62)) if self.train else None
+        views = select_views(image, [region.box], num_views=self.num_views, policy=self.policy, size=self.size,
+                             generator=generator)[0]
+        captions = spec["captions"]
+        tags = [str(t) for t in spec.get("tags", [])]
+        if self.train:
+            caption = random.choice(captions)
+            if tags and random.random() >= self.control_dropout:
+                control = random.sample(tags, random.randint(1, len(tags)))
+            else:
+                control = []
+        else:
+            caption, control = captions[0], []
+        return {
+            "pixels": views.pixels,
+            "boxes_in_view": torch.as_tensor(views.geometry.box_in_view, dtype=torch.float32),
+            "caption": caption,
+            "control": control_string(control),
+            "tags": tags,
+            "key": (record.get("image"), spec.get("id", reg_idx)),
+            "references": list(captions),
+        }
+
+
+def collate_regions(samples: list[dict]) -> dict:
+    """Stack region samples into a model batch."""
+    return {
+        "pixels": torch.cat([s["pixels"] for s in samples]),
+        "boxes_in_view": torch.cat([s["boxes_in_view"] for s in samples]),
+        "captions": [s["caption"] for s in samples],
+        "controls": [s["control"] for s in samples],
+        "tags": [s["tags"] for s in samples],
+        "keys": [s["key"] for s in samples],
+        "references": [s["references"] for s in samples],
+    }
+
+
+class RegionDataModule(L.LightningDataModule):
+    """JSONL region data for ``fit`` / ``validate``.
+
+    Args:
+        train_file / val_file: JSONL files (SPEC §5); ``train_split`` / ``val_split`` select
+            records by their ``split`` (one file may hold every split).
+        batch_size: regions per batch (per process); training drops the last partial batch.
+    """
+
+    def __init__(self, train_file: str | None = None, val_file: str | None = None, *, train_split: str | None = "train",
+                 val_split: str | None = "val", image_root: str | None = None, num_views: int = 3, size: int = 224,
+                 batch_size: int = 64, num_workers: int = 2, control_dropout: float = 0.5,
+                 max_train_regions: int | None = None, max_val_regions: int | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set = self.val_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        common = dict(image_root=h.image_root, num_views=h.num_views, size=h.size)
+        if h.train_file and stage in (None, "fit") and self.train_set is None:
+            self.train_set = RegionDataset(h.train_file, split=h.train_split, policy="random",
+                                           control_dropout=h.control_dropout, train=True,
+                                           max_regions=h.max_train_regions, **common)
+        if h.val_file and self.val_set is None:
+            self.val_set = RegionDataset(h.val_file, split=h.val_split, policy="greedy", train=False,
+                                         max_regions=h.max_val_regions, **common)
+
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(dataset, batch_size=h.batch_size, shuffle=train, drop_last=train,
+                          num_workers=h.num_workers, collate_fn=collate_regions,
+                          persistent_workers=h.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise InputError("no training data: set data.train_file")
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False) if self.val_set is not None else []

@@ -1,0 +1,108 @@
+"""``DynReferModule``: the LightningModule around the pure ``DynRefer`` model (SPEC §1.5).
+
+No model logic here: the module builds the model, hands batches to ``DynRefer.forward``,
+logs the losses and configures the official optimiser: AdamW (β 0.9 / 0.999, lr 1e-4,
+weight decay 0.05, none on biases, norms and other 1-d parameters) with a cosine decay
+stepped per epoch to 0. Under data parallelism the contrastive loss sees the captions and
+regions of every process (``self.all_gather`` with gradients).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from ..errors import InputError
+from ..model.config import DynReferConfig
+from ..model.dynrefer import DynRefer
+
+
+def read_tags(path: str | None) -> list[str]:
+    if not path:
+        return []
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"cannot read tag vocabulary '{p}': no such file")
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split into decayed (≥ 2-d weights) and not decayed (biases, norms, 1-d)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith(".bias") or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class DynReferModule(L.LightningModule):
+    """Train / validate ``DynRefer``.
+
+    Args:
+        model: a config name (``tiny`` / ``mid`` / ``official``), a config file, or a
+            pretrained model folder (``save_pretrained`` output) to start from.
+        tags_file: tag vocabulary (one per line) for a model built from a config.
+        overrides: nested dict merged into the config (e.g. ``{"views": {"num_views": 1}}``).
+        lr, weight_decay, betas: AdamW settings; ``min_lr``: the cosine floor.
+    """
+
+    def __init__(self, model: str = "tiny", tags_file: str | None = None, overrides: dict | None = None,
+                 lr: float = 1e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.999),
+                 min_lr: float = 0.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = self._build(model, tags_file, overrides or {})
+
+    @staticmethod
+    def _build(model: str, tags_file, overrides: dict) -> DynRefer:
+        path = Path(model)
+        if path.is_dir():
+            if overrides:
+                raise InputError("config overrides cannot be applied to a pretrained model folder")
+            return DynRefer.from_pretrained(path)
+        cfg = DynReferConfig.from_name(model)
+        if overrides:
+            cfg = DynReferConfig.from_dict(_merge(cfg.to_dict(), overrides))
+        return DynRefer(cfg, tags=read_tags(tags_file))
+
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        gathered = self.all_gather(tensor, sync_grads=True)
+        return gathered.flatten(0, 1) if gathered.ndim > tensor.ndim else gathered
+
+    def forward(self, batch: dict) -> dict:
+        gather = self._gather if self.trainer is not None and self.trainer.world_size > 1 else None
+        return self.model(batch, gather=gather, rank=self.global_rank if gather else 0)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self(batch)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, on_step=True,
+                      batch_size=len(batch["captions"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        losses = self(batch)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, on_epoch=True, sync_dist=True,
+                      batch_size=len(batch["captions"]))
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(parameter_groups(self.model, h.weight_decay), lr=h.lr, betas=tuple(h.betas))
+        epochs = max(1, int(self.trainer.max_epochs or 1)) if self.trainer is not None else 1
+        floor = h.min_lr / h.lr if h.lr else 0.0
+
+        def cosine(epoch: int) -> float:
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,174 @@
+"""Lightning training: steps reduce the loss, resume from a checkpoint, DDP on 2 CPU processes, the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from dynrefer.train.data import RegionDataModule, RegionDataset, collate_regions
+from dynrefer.train.module import DynReferModule, parameter_groups
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A handful of 96-px images with captioned circles and squares, in the project JSONL."""
+    root = tmp_path_factory.mktemp("shapes")
+    (root / "images").mkdir()
+    rng = random.Random(0)
+    records = []
+    for i in range(8):
+        img = Image.new("RGB", (96, 96), (200, 200, 200))
+        draw = ImageDraw.Draw(img)
+        regions = []
+        for j in range(2):
+            colour, shape = rng.choice(sorted(COLOURS)), rng.choice(["circle", "square"])
+            x, y, s = rng.randint(0, 60), rng.randint(0, 60), rng.randint(12, 30)
+            (draw.ellipse if shape == "circle" else draw.rectangle)([x, y, x + s, y + s], fill=COLOURS[colour])
+            regions.append({"id": j, "box": [x, y, x + s + 1, y + s + 1], "captions": [f"a {colour} {shape}"],
+                            "tags": [colour, shape], "category": shape})
+        img.save(root / "images" / f"{i}.png")
+        records.append({"image": f"images/{i}.png", "width": 96, "height": 96,
+                        "split": "train" if i < 6 else "val", "regions": regions})
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (root / "tags.txt").write_text("red\nblue\ngreen\ncircle\nsquare\n")
+    return root
+
+
+def datamodule(root, **kw):
+    args = dict(train_file=str(root / "data.jsonl"), val_file=str(root / "data.jsonl"), size=64, batch_size=4,
+                num_workers=0)
+    args.update(kw)
+    return RegionDataModule(**args)
+
+
+def test_dataset_samples_and_collate(shapes):
+    ds = RegionDataset(shapes / "data.jsonl", split="train", size=64, policy="random", train=True)
+    assert len(ds) == 12
+    random.seed(1)
+    sample = ds[0]
+    assert sample["pixels"].shape == (3, 3, 64, 64)
+    assert sample["boxes_in_view"].shape == (3, 4)
+    assert sample["control"].endswith("|")
+    batch = collate_regions([ds[i] for i in range(4)])
+    assert batch["pixels"].shape == (12, 3, 64, 64) and len(batch["captions"]) == 4
+    val = RegionDataset(shapes / "data.jsonl", split="val", size=64, policy="greedy", train=False)
+    assert len(val) == 4 and val[0]["control"] == "|"
+
+
+def test_parameter_groups_skip_decay_on_biases_and_norms():
+    module = DynReferModule("tiny")
+    decay, no_decay = parameter_groups(module.model, 0.05)
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any(names[id(p)].endswith(".bias") for p in no_decay["params"])
+    assert any("norm" in names[id(p)].lower() for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    total = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+    assert total == sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+
+
+class LossRecorder(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_fit_reduces_loss_and_resumes(shapes, tmp_path):
+    L.seed_everything(0, workers=True)
+    module = DynReferModule("tiny", tags_file=str(shapes / "tags.txt"), lr=2e-3)
+    recorder = LossRecorder()
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[recorder, ckpt], default_root_dir=tmp_path,
+                        limit_val_batches=1)
+    trainer.fit(module, datamodule=datamodule(shapes))
+    losses = recorder.losses
+    assert len(losses) == 12  # 12 training regions / 4 per batch × 4 epochs
+    assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:3]) / 3, losses
+    # Resume: a new run from the last checkpoint starts from exactly the saved state.
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.is_file()
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    resumed = DynReferModule("tiny", tags_file=str(shapes / "tags.txt"), lr=2e-3)
+
+    class CheckStart(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.step = trainer.global_step
+            self.epoch = trainer.current_epoch
+            state = pl_module.state_dict()
+            self.same = all(torch.equal(state[k], v) for k, v in saved["state_dict"].items())
+            self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+    check = CheckStart()
+    trainer2 = L.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[check], default_root_dir=tmp_path,
+                         limit_val_batches=0)
+    trainer2.fit(resumed, datamodule=datamodule(shapes), ckpt_path=str(last))
+    assert (check.step, check.epoch) == (12, 4)
+    assert check.same
+    assert check.lr == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
+    assert trainer2.global_step == 15
+
+
+def test_cosine_schedule_per_epoch():
+    module = DynReferModule("tiny", lr=1e-3)
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False)
+    module.trainer = trainer
+    conf = module.configure_optimizers()
+    sched = conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "epoch"
+    lrs = []
+    for _ in range(5):
+        lrs.append(sched.get_last_lr()[0])
+        sched.step()
+    assert lrs == pytest.approx([1e-3, 1e-3 * (1 + 2**-0.5) / 2, 5e-4, 1e-3 * (1 - 2**-0.5) / 2, 0.0], abs=1e-12)
+
+
+class RankReport(L.Callback):
+    """Each process writes its rank, world size, steps and the gathered contrastive batch size."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def on_train_end(self, trainer, pl_module):
+        from pathlib import Path
+
+        report = {"rank": trainer.global_rank, "world": trainer.world_size, "steps": trainer.global_step}
+        Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+def test_ddp_two_cpu_processes(shapes, tmp_path):
+    module = DynReferModule("tiny", tags_file=str(shapes / "tags.txt"), lr=1e-3)
+    before = {k: v.clone() for k, v in module.model.fusion.state_dict().items()}
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        limit_val_batches=0, callbacks=[RankReport(tmp_path)])
+    trainer.fit(module, datamodule=datamodule(shapes, batch_size=2))
+    reports = sorted(json.loads((tmp_path / f"rank{r}.json").read_text())["rank"] for r in range(2))
+    assert reports == [0, 1]
+    for r in range(2):
+        report = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert (report["world"], report["steps"]) == (2, 2)
+    after = module.model.fusion.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # rank 0's trained weights came back
+
+
+def test_cli_fit(shapes, tmp_path, capsys):
+    from dynrefer.cli import main
+
+    code = main(["fit", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"),
+                 "--data.train_file", str(shapes / "data.jsonl"), "--data.size", "64", "--data.batch_size", "4",
+                 "--data.num_workers", "0", "--trainer.max_steps", "2", "--trainer.accelerator", "cpu",
+                 "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                 "--trainer.logger", "false", "--trainer.limit_val_batches", "0"])
+    assert code == 0
+    assert list(tmp_path.rglob("*.ckpt"))
