@@ -204,6 +204,32 @@ def test_config_round_trip_and_errors(tmp_path):
         DynReferConfig.from_name("huge")
 
 
+def test_shipped_config_files_equal_named_configs():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "configs" / "model"
+    for name in ("tiny", "mid", "official"):
+        assert DynReferConfig.from_file(folder / f"{name}.yaml") == DynReferConfig.from_name(name)
+        assert DynReferConfig.from_name(str(folder / f"{name}.yaml")) == DynReferConfig.from_name(name)
+
+
+def test_blip2_language_projection_is_loaded(tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    base = dynrefer.DynRefer(cfg)
+    state = {f"qformer.{k}": v.clone() for k, v in base.qformer.qformer.state_dict().items()}
+    state["query_tokens"] = torch.zeros(1, 8, 64)
+    state["language_projection.weight"] = torch.full((64, 64), 0.25)
+    state["language_projection.bias"] = torch.full((64,), -1.0)
+    save_file(state, str(tmp_path / "blip2.safetensors"))
+    cfg.qformer.init_from = str(tmp_path / "blip2.safetensors")
+    model = dynrefer.DynRefer(cfg)
+    assert torch.equal(model.language_head.proj.weight, torch.full((64, 64), 0.25))
+    assert torch.equal(model.language_head.proj.bias, torch.full((64,), -1.0))
+
+
 def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -60,7 +60,26 @@ class DynRefer(nn.Module):
             self.tag_embeddings.copy_(self.embed_texts(self.tag_names))
         self.contrastive_head = ContrastiveHead(config.contrastive, hidden, text_dim) if config.contrastive.enabled else None
         self.language_head = LanguageHead(config.language, hidden) if config.language.enabled else None
+        if self.language_head is not None and config.qformer.init_from:
+            self._load_blip2_projection(config.qformer.init_from)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def _load_blip2_projection(self, source) -> None:
+        """BLIP-2's ``language_projection`` → the LM projection, when the source has it and it fits."""
+        from pathlib import Path
+
+        from .encoder import read_state_dict
+        from .qformer import _folder_state
+
+        path = Path(source)
+        state = _folder_state(path) if path.is_dir() else read_state_dict(path)
+        weight, bias = state.get("language_projection.weight"), state.get("language_projection.bias")
+        proj = self.language_head.proj
+        if weight is not None and tuple(weight.shape) == tuple(proj.weight.shape):
+            with torch.no_grad():
+                proj.weight.copy_(weight)
+                if bias is not None:
+                    proj.bias.copy_(bias)
 
     # ------------------------------------------------------------------------- encoders
     def _text_dim(self) -> int:
