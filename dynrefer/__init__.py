@@ -5,7 +5,7 @@ and the data tools do not pay for importing transformers).
 """
 
 __version__ = "0.1.0"
-__all__ = ["DynRefer", "DynReferConfig", "__version__"]
+__all__ = ["DynRefer", "DynReferConfig", "describe", "__version__"]
 
 
 def __getattr__(name):
@@ -17,4 +17,8 @@ def __getattr__(name):
         from .model.config import DynReferConfig
 
         return DynReferConfig
+    if name == "describe":
+        from .predictor import describe
+
+        return describe
     raise AttributeError(f"module 'dynrefer' has no attribute {name!r}")

@@ -78,3 +78,36 @@ def _region_box(rv) -> list[float]:
     from .views import box_from_view
 
     return box_from_view(rv.geometry.box_in_view[:1], rv.geometry.crops[:1], rv.geometry.size)[0].tolist()
+
+
+def describe_sheet(image: torch.Tensor, record: dict, path, *, width: int = 900) -> Path:
+    """Draw every region of a ``describe`` record with its caption, category and top tags."""
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = Image.fromarray(image.detach().cpu().permute(1, 2, 0).numpy())
+    scale = width / max(full.size)
+    shown = full.resize((max(1, round(full.width * scale)), max(1, round(full.height * scale))),
+                        Image.Resampling.BICUBIC)
+    lines = []
+    canvas_draw = ImageDraw.Draw(shown)
+    for k, region in enumerate(record["regions"]):
+        colour = VIEW_COLOURS[k % len(VIEW_COLOURS)]
+        box = [v * scale for v in region["box"]]
+        canvas_draw.rectangle(box, outline=colour, width=3)
+        canvas_draw.text((box[0] + 3, box[1] + 2), str(region["id"]), fill=colour)
+        parts = [f"[{region['id']}] {region.get('caption', '')}"]
+        if region.get("category"):
+            parts.append(f"category: {region['category'][0]} ({region['category'][1]:.2f})")
+        if region.get("tags"):
+            parts.append("tags: " + ", ".join(t[0] for t in region["tags"][:5]))
+        lines.append((colour, "   ".join(parts)))
+    text_h = 16 * len(lines) + 8
+    sheet = Image.new("RGB", (shown.width, shown.height + text_h), (24, 24, 24))
+    sheet.paste(shown, (0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for i, (colour, line) in enumerate(lines):
+        draw.text((6, shown.height + 4 + 16 * i), line, fill=colour)
+    sheet.save(path)
+    return path

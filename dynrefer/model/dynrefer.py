@@ -34,13 +34,19 @@ class DynRefer(nn.Module):
 
     Args:
         config: the model configuration.
+        categories, attributes: default class names and attribute names (or OVAD-style
+            metadata dicts) used when ``predict`` is given none.
         tags: the tag vocabulary (the RAM tag list officially); embedded once by the frozen
             text tower into the ``tag_embeddings`` buffer. Empty: no tag head outputs.
     """
 
-    def __init__(self, config: DynReferConfig, tags: list[str] | None = None):
+    def __init__(self, config: DynReferConfig, tags: list[str] | None = None, categories: list[str] | None = None,
+                 attributes: list | None = None):
         super().__init__()
         self.config = config
+        #: Default vocabularies of ``predict`` / ``describe`` (saved in ``vocab.json``).
+        self.categories = list(categories or [])
+        self.attributes = list(attributes or [])
         self.encoder = FrozenCLIP(config.encoder)
         c = self.encoder.width
         grid = config.views.size // self.encoder.patch_size

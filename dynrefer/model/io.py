@@ -6,6 +6,7 @@ A folder holds:
 * ``model.safetensors``: the tensors (tied tensors stored once; their other names are
   listed in the file's metadata under ``aliases``);
 * ``tags.txt``: the tag vocabulary, one tag per line;
+* ``vocab.json``: the default category and attribute vocabularies of ``predict``;
 * ``tokenizer/``: the language model's tokenizer files;
 * ``frozen.json`` when saved with ``include_frozen=False``: for each frozen part left out
   (``encoder``, ``language``), its source path and the file's sha256, checked on loading.
@@ -75,6 +76,8 @@ def save_pretrained(model, directory, *, include_frozen: bool = True) -> Path:
     save_file(tensors, str(out / WEIGHTS), metadata={"aliases": json.dumps(aliases), "format": "pt"})
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(model.config), indent=2) + "\n")
     (out / "tags.txt").write_text("".join(f"{t}\n" for t in model.tag_names))
+    (out / "vocab.json").write_text(json.dumps({"categories": model.categories, "attributes": model.attributes},
+                                               indent=1) + "\n")
     if model.language_head is not None:
         model.language_head.tokenizer.save_pretrained(str(out / "tokenizer"))
     if frozen:
@@ -86,7 +89,7 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
     """Build a ``DynRefer`` from a folder written by :func:`save_pretrained`."""
     from safetensors import safe_open
 
-    src = Path(directory)
+    src = resolve_model_dir(directory)
     for required in ("config.json", WEIGHTS):
         if not (src / required).is_file():
             raise InputError(f"'{src}' is not a dynrefer model folder: {required} is missing")
@@ -109,7 +112,8 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
         config.language.tokenizer_path = str(src / "tokenizer")
     if "encoder" not in frozen:
         config.encoder.weights = None  # the folder's tensors hold the encoder
-    model = cls(config, tags=tags)
+    vocab = json.loads((src / "vocab.json").read_text()) if (src / "vocab.json").is_file() else {}
+    model = cls(config, tags=tags, categories=vocab.get("categories"), attributes=vocab.get("attributes"))
     with safe_open(str(src / WEIGHTS), framework="pt") as fh:
         meta = fh.metadata() or {}
         state = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -118,6 +122,25 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
     load_checked(model, state, skip_prefixes=tuple(p for n in frozen for p in FROZEN_PREFIXES[n]), strict=strict,
                  source=str(src / WEIGHTS))
     return model
+
+
+def builtin_dir() -> Path:
+    """Where the built-in model ships inside the package."""
+    return Path(__file__).resolve().parent.parent / "builtin"
+
+
+def resolve_model_dir(directory) -> Path:
+    """``"builtin"`` → the packaged built-in model; anything else → a path."""
+    if str(directory) == "builtin":
+        path = builtin_dir()
+        if not (path / "config.json").is_file():
+            raise InputError("the built-in model is not bundled with this installation "
+                             "(train it with scripts/train_builtin.sh, or pass a model folder)")
+        return path
+    path = Path(directory)
+    if not path.is_dir():
+        raise InputError(f"cannot read model folder '{path}': no such folder")
+    return path
 
 
 def load_checked(model, state: dict, *, skip_prefixes=(), strict=True, source="checkpoint") -> None:

@@ -1,0 +1,103 @@
+"""``dynrefer describe``: caption, tags, attributes and category of regions of an image.
+
+    dynrefer describe IMAGE [--box X1 Y1 X2 Y2 ...] [--box-format xyxy|xywh] [--polygon X Y X Y ...]
+                      [--mask MASK.png] [--model builtin|DIR] [--tasks caption,tags,attributes,category]
+                      [--classes a,b,c] [--attributes a,b,c] [--num-views N] [--all-scores]
+                      [--out result.json] [--viz result.png]
+
+Regions keep the order in which they are given (boxes, polygons and masks interleaved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import InputError
+
+
+class _RegionAction(argparse.Action):
+    """Append ``(kind, values)`` to ``namespace.regions`` in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        regions = getattr(namespace, "regions", None) or []
+        regions.append((self.dest, values))
+        namespace.regions = regions
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("describe", help="caption, tags, attributes and category of image regions",
+                              description=__doc__.split("\n")[0])
+    p.add_argument("image", help="image file")
+    p.add_argument("--box", nargs=4, type=float, action=_RegionAction, metavar=("X1", "Y1", "X2", "Y2"),
+                   help="a region box (repeatable); see --box-format")
+    p.add_argument("--polygon", nargs="+", type=float, action=_RegionAction, metavar="XY",
+                   help="a region polygon x0 y0 x1 y1 ... (repeatable)")
+    p.add_argument("--mask", action=_RegionAction, metavar="MASK.png",
+                   help="a binary mask image of the image's size, non-zero = region (repeatable)")
+    p.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy")
+    p.add_argument("--model", default="builtin", help="'builtin' (default) or a model folder")
+    p.add_argument("--tasks", default="caption,tags,attributes,category")
+    p.add_argument("--classes", default=None, help="comma-separated class names (default: the model's)")
+    p.add_argument("--attributes", default=None, help="comma-separated attribute names (default: the model's)")
+    p.add_argument("--num-views", type=int, default=None)
+    p.add_argument("--all-scores", action="store_true", help="list every tag and every class with its score")
+    p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
+    p.add_argument("--viz", default=None, help="draw each region with its caption into this PNG")
+    p.set_defaults(func=run, regions=None)
+
+
+def _region_specs(items, image_size) -> list:
+    import numpy as np
+
+    from .images import load_image
+
+    specs = []
+    for kind, value in items:
+        if kind == "box":
+            specs.append(list(value))
+        elif kind == "polygon":
+            if len(value) < 6 or len(value) % 2:
+                raise InputError(f"--polygon needs at least 3 x y pairs, got {len(value)} numbers")
+            specs.append({"polygon": list(value)})
+        else:
+            path = Path(value)
+            mask = load_image(path)[0].numpy() > 0  # ImageLoadError names the file on failure
+            if (mask.shape[1], mask.shape[0]) != tuple(image_size):
+                raise InputError(f"mask '{path}' is {mask.shape[1]}x{mask.shape[0]}, the image is "
+                                 f"{image_size[0]}x{image_size[1]}")
+            specs.append({"mask": np.asarray(mask)})
+    return specs
+
+
+def run(args) -> int:
+    from .images import load_image
+    from .predictor import Predictor
+
+    if not args.regions:
+        raise InputError("give at least one region with --box, --polygon or --mask")
+    if args.viz is not None and not args.viz.lower().endswith(".png"):
+        raise InputError(f"--viz must name a .png file, got {args.viz!r}")
+    image = load_image(args.image)
+    size = (int(image.shape[2]), int(image.shape[1]))
+    specs = _region_specs(args.regions, size)
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text is not None else None  # noqa: E731
+    predictor = Predictor(args.model)
+    record = predictor.describe(image, specs, tasks=args.tasks, num_views=args.num_views, box_format=args.box_format,
+                                classes=split(args.classes), attributes=split(args.attributes),
+                                all_scores=args.all_scores, image_label=str(args.image))
+    if args.viz:
+        from .visualize import describe_sheet
+
+        describe_sheet(image, record, args.viz)
+    text = json.dumps(record)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)  # atomic: an interruption never leaves a partial file
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,135 @@
+"""``describe`` (Python and CLI) with a tiny model: region forms, batching, record shape, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dynrefer
+from dynrefer.cli import main
+from dynrefer.errors import InputError
+from dynrefer.model.config import tiny_config
+from dynrefer.predictor import Predictor
+
+CLASSES = ["circle", "square", "star"]
+ATTRIBUTES = ["color:red", "color:blue/navy", "pattern:dotted"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = dynrefer.DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=CLASSES, attributes=ATTRIBUTES)
+    return model.save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("img") / "coffee.png"
+    Image.fromarray(data.coffee()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    return Predictor(model_dir)
+
+
+def test_record_shape_and_region_forms(predictor, photo):
+    mask = np.zeros((400, 600), dtype=bool)
+    mask[50:120, 200:330] = True
+    regions = [[10, 20, 200, 180], {"bbox": [300, 100, 80, 60], "score": 0.42, "id": "cup"},
+               {"polygon": [[400, 200], [550, 210], [480, 390]]}, mask]
+    record = predictor.describe(photo, regions, all_scores=True)
+    assert (record["image"], record["width"], record["height"]) == (str(photo), 600, 400)
+    assert [r["id"] for r in record["regions"]] == [0, "cup", 2, 3]
+    boxes = [r["box"] for r in record["regions"]]
+    assert boxes[1] == [300.0, 100.0, 380.0, 160.0]
+    assert boxes[2] == [400.0, 200.0, 550.0, 390.0]
+    assert boxes[3] == [200.0, 50.0, 330.0, 120.0]  # exact mask box
+    for region in record["regions"]:
+        assert [v["t"] for v in region["views"]][0] == 0.0 and len(region["views"]) == 3
+        assert isinstance(region["caption"], str) and 0.0 <= region["caption_score"] <= 1.0
+        assert sorted(a[0] for a in region["attributes"]) == sorted(ATTRIBUTES)
+        assert region["category"][0] in CLASSES
+        assert [c[0] for c in region["categories"]] and len(region["categories"]) == 3
+        assert len(region["tags"]) == 3  # --all-scores lists every tag
+    assert record["regions"][1]["score"] == 0.42
+    assert record["regions"][0]["score"] == record["regions"][0]["caption_score"]
+
+
+def test_batched_equals_one_region_at_a_time(predictor, photo):
+    regions = [[10, 20, 200, 180], [0, 0, 600, 400], [300, 100, 380, 160], [5, 5, 6, 6]]
+    together = predictor.describe(photo, regions, all_scores=True)["regions"]
+    for i, spec in enumerate(regions):
+        alone = predictor.describe(photo, [spec], all_scores=True)["regions"][0]
+        mine = together[i]
+        assert alone["views"] == mine["views"]
+        assert alone["caption"] == mine["caption"]
+        assert abs(alone["caption_score"] - mine["caption_score"]) < 1e-4
+        for key in ("attributes", "categories", "tags"):
+            got = dict(mine[key])
+            assert set(got) == {n for n, _ in alone[key]}
+            assert all(abs(got[n] - s) < 1e-4 for n, s in alone[key])
+
+
+def test_vocabularies_and_tasks(predictor, photo):
+    record = predictor.describe(photo, [[10, 20, 200, 180]], tasks="category", classes=["cup", "table"])
+    region = record["regions"][0]
+    assert set(region) == {"id", "box", "views", "score", "category"}
+    assert region["category"][0] in ("cup", "table")
+    with pytest.raises(InputError, match="unknown task"):
+        predictor.describe(photo, [[1, 1, 5, 5]], tasks="colour")
+    with pytest.raises(InputError, match="fuses 3 views"):
+        predictor.describe(photo, [[1, 1, 5, 5]], num_views=2)
+
+
+def test_describe_function_many_images(model_dir, photo):
+    out = dynrefer.describe([photo, photo], [[[10, 20, 200, 180]], [[1, 1, 50, 50], [2, 2, 60, 60]]], model=model_dir)
+    assert [len(r["regions"]) for r in out] == [1, 2]
+    with pytest.raises(InputError, match="one list of regions per image"):
+        dynrefer.describe([photo], [], model=model_dir)
+
+
+def test_cli_describe(model_dir, photo, tmp_path, capsys):
+    mask = np.zeros((400, 600), dtype=np.uint8)
+    mask[50:120, 200:330] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    code = main(["describe", str(photo), "--box", "10", "20", "200", "180", "--mask", str(tmp_path / "mask.png"),
+                 "--polygon", "400", "200", "550", "210", "480", "390", "--model", str(model_dir),
+                 "--viz", str(tmp_path / "viz.png"), "--out", str(tmp_path / "out.json")])
+    out, err = capsys.readouterr()
+    assert code == 0 and out == ""
+    record = json.loads((tmp_path / "out.json").read_text())
+    assert [r["box"] for r in record["regions"]] == [[10.0, 20.0, 200.0, 180.0], [200.0, 50.0, 330.0, 120.0],
+                                                     [400.0, 200.0, 550.0, 390.0]]
+    assert Image.open(tmp_path / "viz.png").width == 900
+    code = main(["describe", str(photo), "--box", "10", "20", "200", "180", "--model", str(model_dir),
+                 "--tasks", "caption,category", "--classes", "cup,table"])
+    out, _ = capsys.readouterr()
+    region = json.loads(out)["regions"][0]
+    assert region["category"][0] in ("cup", "table") and "tags" not in region
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--model", "{model}"], "give at least one region"),
+    (["--box", "1", "1", "5", "5"], "built-in model is not bundled"),
+    (["--box", "1", "1", "5", "5", "--model", "{missing}"], "no such folder"),
+    (["--polygon", "1", "1", "5", "5", "--model", "{model}"], "--polygon needs at least 3"),
+    (["--box", "9", "9", "5", "5", "--model", "{model}"], "inverted"),
+    (["--mask", "{small_mask}", "--model", "{model}"], "mask"),
+    (["--box", "1", "1", "5", "5", "--model", "{model}", "--tasks", "colour"], "unknown task"),
+    (["--box", "1", "1", "5", "5", "--model", "{model}", "--viz", "x.jpg"], ".png"),
+])
+def test_cli_describe_errors(args, reason, model_dir, photo, tmp_path, capsys):
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "small.png")
+    subst = {"{model}": str(model_dir), "{missing}": str(tmp_path / "nope"), "{small_mask}": str(tmp_path / "small.png")}
+    code = main(["describe", str(photo)] + [subst.get(a, a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("dynrefer: error: ") and reason in err
