@@ -5,17 +5,13 @@ split (each record with its ``split``) and returns a summary dict: images and re
 split, what was dropped and why, the tagger used and any extra file written. Bad input
 raises :class:`~dynrefer.errors.InputError` naming the file and the problem.
 
-==================  =========================================================  ==================
-name                source                                                      function
-==================  =========================================================  ==================
-``refcocog``        ``refs(umd).p`` + ``instances.json``                         :func:`convert_refcocog`
-``glamm-refcocog``  ``finetune_refcocog_val_captions.json`` (GLaMM)              :func:`convert_glamm_refcocog`
-``glamm-vg``        ``test_caption.json`` (GLaMM)                                :func:`convert_glamm_vg`
-``vg``              ``region_descriptions.json`` + ``image_data.json``           :func:`convert_vg`
-``vg-densecap``     the same + ``densecap_splits.json``                          :func:`convert_vg_densecap`
-``coco``            ``instances_*.json``                                         :func:`convert_coco`
-``ovad``            ``ovad2000.json``                                            :func:`convert_ovad`
-==================  =========================================================  ==================
+* ``refcocog`` — ``refs(umd).p`` + ``instances.json``: :func:`convert_refcocog`
+* ``glamm-refcocog`` — GLaMM's ``finetune_refcocog_val_captions.json``: :func:`convert_glamm_refcocog`
+* ``glamm-vg`` — GLaMM's ``test_caption.json``: :func:`convert_glamm_vg`
+* ``vg`` — ``region_descriptions.json`` + ``image_data.json``: :func:`convert_vg`
+* ``vg-densecap`` — the same + ``densecap_splits.json``: :func:`convert_vg_densecap`
+* ``coco`` — ``instances_*.json``: :func:`convert_coco`
+* ``ovad`` — ``ovad2000.json``: :func:`convert_ovad`
 
 The command line is ``dynrefer prepare NAME --src DIR --out OUT.jsonl`` (see
 :mod:`dynrefer.prepare.command`); ``python data_prep/<name>.py --src DIR --out OUT.jsonl``
@@ -40,7 +36,18 @@ CONVERTERS = {
 }
 
 __all__ = [
-    "CONVERTERS", "PlainUnpickler", "Tagger", "convert_coco", "convert_glamm_refcocog", "convert_glamm_vg",
-    "convert_ovad", "convert_refcocog", "convert_vg", "convert_vg_densecap", "load_plain_pickle", "loads_plain",
-    "parse_tags", "simple_tags",
+    "CONVERTERS",
+    "PlainUnpickler",
+    "Tagger",
+    "convert_coco",
+    "convert_glamm_refcocog",
+    "convert_glamm_vg",
+    "convert_ovad",
+    "convert_refcocog",
+    "convert_vg",
+    "convert_vg_densecap",
+    "load_plain_pickle",
+    "loads_plain",
+    "parse_tags",
+    "simple_tags",
 ]

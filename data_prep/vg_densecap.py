@@ -1,0 +1,17 @@
+"""Convert with the `vg-densecap` converter: `python data_prep/vg_densecap.py --src DIR --out OUT.jsonl [options]`.
+
+A thin wrapper of `dynrefer prepare vg-densecap` (same options, same JSON summary on stdout, same
+one-line error and exit status 2 on bad input); the converter lives in `dynrefer.prepare`.
+"""
+
+import sys
+from pathlib import Path
+
+try:
+    from dynrefer.cli import main
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from dynrefer.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["prepare", "vg-densecap", *sys.argv[1:]]))
