@@ -193,3 +193,14 @@ def test_save_frozen_by_reference(clip_file, tmp_path):
     torch.save(state, tampered)
     with pytest.raises(InputError, match="does not match the saved sha256"):
         dynrefer.DynRefer.from_pretrained(folder, encoder_path=tampered)
+
+
+def test_calibrate_none_threshold():
+    from dynrefer.model.vocab import calibrate_none_threshold
+
+    known = torch.arange(1.0, 101.0)  # 1..100
+    assert calibrate_none_threshold(known, keep=0.9) == pytest.approx(10.9)
+    # Unknown regions score 1..10: the best threshold keeping >= 90 % of the known ones is 11.
+    assert calibrate_none_threshold(known, torch.arange(1.0, 11.0), keep=0.9) == 11.0
+    with pytest.raises(ValueError):
+        calibrate_none_threshold([])

@@ -69,3 +69,34 @@ def max_over_prompts(logits: torch.Tensor, owner: list[int], num_items: int) -> 
     index = torch.as_tensor(owner, device=logits.device)
     out = torch.full((logits.shape[0], num_items), float("-inf"), device=logits.device, dtype=logits.dtype)
     return out.scatter_reduce(1, index[None].expand(logits.shape[0], -1), logits, reduce="amax", include_self=True)
+
+
+def calibrate_none_threshold(best_logits_known, best_logits_unknown=None, *, keep: float = 0.95) -> float:
+    """A "none of these" threshold on the best category logit.
+
+    ``best_logits_known``: the best logit of regions whose class is in the vocabulary (e.g.
+    a validation set); the threshold keeps the fraction ``keep`` of them. With
+    ``best_logits_unknown`` (regions of no listed class) the threshold is instead the one of
+    the known / unknown midpoints that maximises balanced accuracy while keeping at least
+    ``keep`` of the known regions, when such a threshold exists. Set the result as
+    ``config.contrastive.none_threshold`` (or pass ``none_threshold=`` to ``predict``).
+    """
+    known = torch.as_tensor(best_logits_known, dtype=torch.float64).flatten()
+    if known.numel() == 0:
+        raise ValueError("calibration needs at least one known-class logit")
+    base = float(torch.quantile(known, 1.0 - keep))
+    if best_logits_unknown is None:
+        return base
+    unknown = torch.as_tensor(best_logits_unknown, dtype=torch.float64).flatten()
+    if unknown.numel() == 0:
+        return base
+    candidates = torch.cat([known, unknown]).unique()
+    best, best_acc = base, -1.0
+    for thr in candidates.tolist():
+        kept = float((known >= thr).double().mean())
+        if kept < keep:
+            continue
+        acc = 0.5 * (kept + float((unknown < thr).double().mean()))
+        if acc > best_acc:
+            best, best_acc = thr, acc
+    return best
