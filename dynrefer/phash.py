@@ -76,11 +76,12 @@ def rgb_to_gray_pillow(image: torch.Tensor) -> torch.Tensor:
 
 
 def bits_to_hex(bits) -> str:
-    """64 booleans (row-major, first = most significant) → 16 hex digits."""
-    value = 0
-    for bit in np.asarray(bits, dtype=bool).reshape(-1):
-        value = (value << 1) | int(bit)
-    return f"{value:0{(np.asarray(bits).size + 3) // 4}x}"
+    """Booleans (row-major, first = most significant) → hex digits (16 for 64 bits)."""
+    flat = np.asarray(bits, dtype=bool).reshape(-1)
+    pad = (-flat.size) % 8
+    packed = np.packbits(np.concatenate([np.zeros(pad, dtype=bool), flat])) if pad else np.packbits(flat)
+    text = packed.tobytes().hex()
+    return text[len(text) - (flat.size + 3) // 4 :]
 
 
 def hex_to_bits(text: str) -> np.ndarray:
@@ -216,14 +217,17 @@ def phash_imagehash_batched(
     return bits
 
 
-def phash_views(image: torch.Tensor, crops, flavour: str = "official", *, gray=None) -> list[str]:
-    """Hex pHash of each integer crop of a (3, H, W) uint8 image, batched."""
+def phash_bits(image: torch.Tensor, crops, flavour: str = "official", *, gray=None) -> np.ndarray:
+    """pHash bits (N, 64) of each integer crop of a (3, H, W) uint8 image, batched."""
     if flavour == "official":
         if gray is None:
             gray = rgb_to_gray_official(image)
-        bits = phash_official_batched(gray, crops)
-    elif flavour == "imagehash":
-        bits = phash_imagehash_batched(image, crops)
-    else:
-        raise ValueError(f"unknown pHash flavour {flavour!r}; expected one of {FLAVOURS}")
-    return [bits_to_hex(b) for b in bits]
+        return phash_official_batched(gray, crops)
+    if flavour == "imagehash":
+        return phash_imagehash_batched(image, crops)
+    raise ValueError(f"unknown pHash flavour {flavour!r}; expected one of {FLAVOURS}")
+
+
+def phash_views(image: torch.Tensor, crops, flavour: str = "official", *, gray=None) -> list[str]:
+    """Hex pHash of each integer crop of a (3, H, W) uint8 image, batched."""
+    return [bits_to_hex(b) for b in phash_bits(image, crops, flavour, gray=gray)]

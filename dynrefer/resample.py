@@ -266,9 +266,28 @@ def _linear_resize_opencv(gray: torch.Tensor, crops, size: int) -> torch.Tensor:
     crops = np.asarray(crops, dtype=np.int64).reshape(-1, 4)
     _check_crops(crops, arr.shape[1], arr.shape[0])
     out = np.empty((len(crops), size, size), dtype=np.float32)
-    for i, (x1, y1, x2, y2) in enumerate(crops):
+
+    def work(i: int) -> None:
+        x1, y1, x2, y2 = crops[i]
         out[i] = cv2.resize(arr[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
+
+    thread_map(work, len(crops))  # OpenCV releases the GIL while resizing
     return torch.from_numpy(out)
+
+
+def thread_map(fn, count: int, workers: int = 0, min_items: int = 4) -> None:
+    """Run ``fn(i)`` for ``i < count`` on a thread pool (``workers``; 0 = torch's thread count),
+    or inline when there are fewer than ``min_items`` items or one worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or max(1, torch.get_num_threads())
+    if workers == 1 or count < min_items:
+        for i in range(count):
+            fn(i)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(fn, range(count)):
+            pass
 
 
 def linear_resize_crops(gray: torch.Tensor, crops, size: int, engine: str = "auto") -> torch.Tensor:
@@ -307,8 +326,6 @@ def pil_crops_with_pillow(image: torch.Tensor, crops, size: int, filter: str = "
     Returns:
         (N, C, S, S) uint8 tensor on the CPU.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from PIL import Image
 
     crops = np.asarray(crops, dtype=np.int64).reshape(-1, 4)
@@ -325,13 +342,7 @@ def pil_crops_with_pillow(image: torch.Tensor, crops, size: int, filter: str = "
         res = np.asarray(pil.crop(tuple(int(v) for v in crops[i])).resize((size, size), resample))
         out[i] = res.reshape(size, size, c)
 
-    workers = threads or max(1, torch.get_num_threads())
-    if workers == 1 or len(crops) == 1:
-        for i in range(len(crops)):
-            work(i)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(len(crops))))
+    thread_map(work, len(crops), threads)
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 

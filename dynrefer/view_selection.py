@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .phash import FLAVOURS, hamming, phash_views, rgb_to_gray_official
+from .phash import FLAVOURS, bits_to_hex, phash_bits, rgb_to_gray_official
 from .views import CANDIDATE_TS, DEFAULT_SIZE, ViewGeometry, render_crops, view_geometry
 
 POLICIES = ("greedy", "greedy_unique", "random", "fixed")
@@ -163,12 +163,17 @@ def select_views(
         crops = np.concatenate(crops)
         unique, inverse = np.unique(crops, axis=0, return_inverse=True)
         gray = rgb_to_gray_official(image) if hash_flavour == "official" else None
-        unique_hashes = phash_views(image, unique, hash_flavour, gray=gray)
-        hashes = [unique_hashes[i] for i in inverse.reshape(-1)]
+        unique_bits = phash_bits(image, unique, hash_flavour, gray=gray)
+        unique_hex = [bits_to_hex(b) for b in unique_bits]
+        inverse = inverse.reshape(-1)
+        hashes = [unique_hex[i] for i in inverse]
+        # Hamming distance of every candidate to its region's view 0, vectorised.
+        cand_bits = unique_bits[inverse[: len(boxes) * len(all_ts)]].reshape(len(boxes), len(all_ts), -1)
+        distances = (cand_bits[:, 1:] != cand_bits[:, :1]).sum(axis=2)
         offset = len(boxes) * len(all_ts)
         for r, g in enumerate(cand_geoms):
             region_hashes = hashes[r * len(all_ts) : (r + 1) * len(all_ts)]
-            dist = [hamming(region_hashes[0], h) for h in region_hashes[1:]]
+            dist = [int(d) for d in distances[r]]
             scores = greedy_scores(dist)
             if greedy:
                 picks = greedy_select(dist, num_extra, unique=policy == "greedy_unique")
