@@ -79,11 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_views_parser(sub)
     _add_demo_parser(sub)
+    from .data.command import register as register_synth
     from .describe_command import register as register_describe
     from .metrics.command import register as register_evaluate
     from .prepare.command import register as register_prepare
 
     register_describe(sub)
+    register_synth(sub)
     register_prepare(sub)
     register_evaluate(sub)
     for name in LIGHTNING_COMMANDS:
