@@ -204,3 +204,26 @@ def test_calibrate_none_threshold():
     assert calibrate_none_threshold(known, torch.arange(1.0, 11.0), keep=0.9) == 11.0
     with pytest.raises(ValueError):
         calibrate_none_threshold([])
+
+
+def test_timm_backed_eva_tower_drop_last_block(tmp_path):
+    """A timm-backed open_clip tower (EVA-02 tiny, random): dropping the last block gives the
+    second-to-last block's output of the full tower, without its final norm."""
+    cfg = {"embed_dim": 32,
+           "vision_cfg": {"image_size": 224, "timm_model_name": "eva02_tiny_patch14_224", "timm_model_pretrained": False,
+                          "timm_pool": "token", "timm_proj": "linear"},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    torch.save(build_open_clip(cfg).state_dict(), tmp_path / "eva.pt")
+    full = FrozenCLIP(EncoderConfig(model=cfg, weights=str(tmp_path / "eva.pt")))
+    dropped = FrozenCLIP(EncoderConfig(model=cfg, weights=str(tmp_path / "eva.pt"), drop_last_blocks=1, final_norm=False))
+    assert len(full.visual.trunk.blocks) == 12 and len(dropped.visual.trunk.blocks) == 11
+    assert (dropped.width, dropped.patch_size) == (192, 14)
+    x = torch.randn(2, 3, 224, 224)
+    cls, patches = dropped(x)
+    with torch.no_grad():
+        ref = full.visual.trunk.forward_intermediates(x, indices=[10], norm=False, output_fmt="NCHW",
+                                                      intermediates_only=True, return_prefix_tokens=True)[0]
+    assert patches.shape == (2, 192, 16, 16)
+    assert torch.allclose(patches, ref[0], atol=1e-5)
+    assert torch.allclose(cls, ref[1][:, 0], atol=1e-5)
