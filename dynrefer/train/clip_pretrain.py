@@ -1,0 +1,127 @@
+"""Stage 1 of the built-in model (SPEC §4): pretrain a small CLIP contrastively, then freeze it.
+
+Pairs are (view of a region, one of its captions): the view parameter ``t`` is drawn from
+{0, 0.1, …, 1.0}, so the encoder sees region crops (detail) as well as whole images with the
+region inside (context). The model is an open_clip ``CLIP`` built from a config dict (e.g.
+``dynrefer.model.config.TINY_CLIP`` or the built-in model's encoder config) and trained with
+open_clip's InfoNCE loss; the result is written as a safetensors file that
+``EncoderConfig.weights`` loads.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import InputError
+from ..images import load_image
+from ..model.encoder import build_open_clip
+from ..records import read_jsonl
+from ..regions import parse_region
+from ..views import CANDIDATE_TS, render_crops, view_geometry
+
+
+class ViewCaptionDataset(Dataset):
+    """(rendered view, caption) pairs from a JSONL file, one per captioned region."""
+
+    def __init__(self, path, *, split: str | None = "train", image_root=None, size: int = 64, train: bool = True):
+        self.path = Path(path)
+        self.root = Path(image_root) if image_root else self.path.parent
+        records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
+        self.records = records
+        self.items = [(i, j) for i, rec in enumerate(records) for j, reg in enumerate(rec.get("regions", []))
+                      if reg.get("captions")]
+        if not self.items:
+            raise InputError(f"'{self.path}' has no captioned regions" + (f" in split {split!r}" if split else ""))
+        self.size, self.train = size, train
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        i, j = self.items[index]
+        record, spec = self.records[i], self.records[i]["regions"][j]
+        image = load_image(self.root / record["image"])
+        region = parse_region(spec, (int(image.shape[2]), int(image.shape[1])), index=j)
+        t = random.choice((0.0,) + CANDIDATE_TS) if self.train else 0.0
+        geom = view_geometry(region.box, (int(image.shape[2]), int(image.shape[1])), [t], self.size)
+        pixels = render_crops(image, geom.crops, self.size)[0]
+        caption = random.choice(spec["captions"]) if self.train else spec["captions"][0]
+        return pixels, caption
+
+
+class ClipPretrainModule(L.LightningModule):
+    """Contrastive pretraining of an open_clip model given as a config dict."""
+
+    def __init__(self, clip_config: dict, lr: float = 5e-4, weight_decay: float = 0.1, warmup_steps: int = 100):
+        super().__init__()
+        self.save_hyperparameters()
+        import open_clip
+
+        self.clip = build_open_clip(clip_config)
+        self.loss_fn = open_clip.ClipLoss()
+        self.context_length = int(clip_config.get("text_cfg", {}).get("context_length", 77))
+
+    def _step(self, batch):
+        import open_clip
+
+        pixels, captions = batch
+        tokens = open_clip.tokenize(list(captions), context_length=self.context_length).to(pixels.device)
+        image = self.clip.encode_image(pixels, normalize=True)
+        text = self.clip.encode_text(tokens, normalize=True)
+        return self.loss_fn(image, text, self.clip.logit_scale.exp())
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch)
+        self.log("train/clip_loss", loss, prog_bar=True, batch_size=len(batch[1]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/clip_loss", self._step(batch), prog_bar=True, batch_size=len(batch[1]), sync_dist=True)
+
+    def configure_optimizers(self):
+        from .module import parameter_groups
+
+        h = self.hparams
+        opt = torch.optim.AdamW(parameter_groups(self.clip, h.weight_decay), lr=h.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer is not None else 1000
+        warm = min(h.warmup_steps, total // 2)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            import math
+
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def export(self, path) -> Path:
+        """Write the CLIP weights as safetensors (loadable as ``EncoderConfig.weights``)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.clip.state_dict().items()}
+        save_file(state, str(path))
+        return path
+
+
+def pretrain_clip(jsonl, clip_config: dict, out, *, size: int = 64, batch_size: int = 128, max_epochs: int = 1,
+                  max_steps: int = -1, num_workers: int = 2, lr: float = 5e-4, seed: int = 42, image_root=None,
+                  accelerator: str = "auto", default_root_dir=None) -> Path:
+    """Pretrain and export; returns the safetensors path."""
+    L.seed_everything(seed, workers=True)
+    module = ClipPretrainModule(clip_config, lr=lr)
+    train = ViewCaptionDataset(jsonl, split="train", image_root=image_root, size=size)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+                        persistent_workers=num_workers > 0)
+    trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, logger=False,
+                        enable_checkpointing=False, default_root_dir=default_root_dir, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=loader)
+    return module.export(out)
