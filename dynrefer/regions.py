@@ -37,6 +37,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from dynrefer.errors import InputError, RegionError
+from dynrefer.rle import decode_counts_string
 
 __all__ = ["Region", "parse_region", "parse_regions", "xywh_to_xyxy", "clip_box", "apply_min_size", "mask_to_box"]
 
@@ -213,32 +214,6 @@ def _decode(rle: dict) -> np.ndarray:
         return mask_utils.decode(rle)
 
 
-def _compressed_counts(data: bytes) -> list[int]:
-    """Decode a COCO compressed RLE counts string; ValueError if malformed."""
-    counts: list[int] = []
-    pos = 0
-    while pos < len(data):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(data):
-                raise ValueError("counts string ends in the middle of a number")
-            code = data[pos] - 48
-            if not 0 <= code <= 63:
-                raise ValueError(f"invalid character {chr(data[pos])!r} in counts string")
-            value |= (code & 0x1F) << (5 * shift)
-            more = bool(code & 0x20)
-            pos += 1
-            shift += 1
-            if not more and code & 0x10:
-                value |= -1 << (5 * shift)
-        if len(counts) > 2:
-            value += counts[-2]
-        if value < 0:
-            raise ValueError("negative run length in counts string")
-        counts.append(value)
-    return counts
-
-
 def _parse_rle(value: Any, image_size: tuple[int, int], label: str) -> np.ndarray:
     """Validate and decode a COCO RLE dict (compressed or uncompressed counts)."""
     if not isinstance(value, Mapping) or "size" not in value or "counts" not in value:
@@ -254,7 +229,7 @@ def _parse_rle(value: Any, image_size: tuple[int, int], label: str) -> np.ndarra
     try:
         if isinstance(counts, (str, bytes)):
             raw = counts.encode("ascii") if isinstance(counts, str) else counts
-            runs = _compressed_counts(raw)
+            runs = decode_counts_string(raw)
             rle = {"size": [height, width], "counts": raw}
         else:
             runs = _as_list(counts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from ..errors import InputError
+from ..rle import decode_counts_string
 
 
 def _polygons(seg: list, width: int, height: int) -> list[list[float]]:
@@ -30,33 +31,6 @@ def _polygons(seg: list, width: int, height: int) -> list[list[float]]:
             values.append(float(v))
         polys.append(values)
     return polys
-
-
-def _counts_from_string(counts: str) -> list[int]:
-    """Run lengths of a COCO compressed counts string (pycocotools' rleFrString, in Python)."""
-    data = counts.encode("ascii")
-    runs: list[int] = []
-    pos = 0
-    while pos < len(data):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(data):
-                raise ValueError("counts string ends in the middle of a number")
-            c = data[pos] - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"invalid character {chr(data[pos])!r} in counts string")
-            value |= (c & 0x1F) << shift
-            more = bool(c & 0x20)
-            pos += 1
-            shift += 5
-            if not more and c & 0x10:
-                value |= -1 << shift
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            raise ValueError("negative run length in counts string")
-        runs.append(value)
-    return runs
 
 
 def segmentation_to_rle(seg, width: int, height: int, path, where: str) -> dict | None:
@@ -77,7 +51,7 @@ def segmentation_to_rle(seg, width: int, height: int, path, where: str) -> dict 
                 raise ValueError(f"RLE size {seg['size']!r} is not the image's [height, width] {[height, width]}")
             counts = seg["counts"]
             if isinstance(counts, str):
-                runs = _counts_from_string(counts)
+                runs = decode_counts_string(counts)
             elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
                 runs = counts
             else:
