@@ -208,7 +208,7 @@ def test_shipped_config_files_equal_named_configs():
     from pathlib import Path
 
     folder = Path(__file__).resolve().parent.parent / "configs" / "model"
-    for name in ("tiny", "mid", "official"):
+    for name in ("tiny", "mid", "official", "builtin"):
         assert DynReferConfig.from_file(folder / f"{name}.yaml") == DynReferConfig.from_name(name)
         assert DynReferConfig.from_name(str(folder / f"{name}.yaml")) == DynReferConfig.from_name(name)
 

@@ -315,4 +315,34 @@ def official_config() -> DynReferConfig:
     )
 
 
-NAMED_CONFIGS = {"tiny": tiny_config, "mid": mid_config, "official": official_config}
+BUILTIN_CLIP = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+
+
+def builtin_config() -> DynReferConfig:
+    """The built-in model trained on generated scenes (SPEC §4): 64-px views, a small CLIP
+    pretrained in stage 1 (``encoder.weights``), a small T5 over a word-level tokenizer."""
+    return DynReferConfig(
+        name="builtin",
+        views=ViewsConfig(num_views=3, size=64),
+        encoder=EncoderConfig(model=BUILTIN_CLIP),
+        qformer=QFormerConfig(
+            num_query_tokens=16, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=256, vocab_size=128, max_position_embeddings=64,
+        ),
+        tags=TagHeadConfig(dim=64, num_layers=2, num_heads=4, ffn_dim=256, threshold=0.5),
+        contrastive=ContrastiveHeadConfig(dim=64, num_layers=2, num_heads=4, ffn_dim=256),
+        language=LanguageConfig(
+            kind="seq2seq",
+            model_config={"model_type": "t5", "d_model": 128, "d_kv": 32, "d_ff": 256, "num_layers": 2,
+                          "num_decoder_layers": 2, "num_heads": 4},
+            max_new_tokens=24,
+            num_beams=2,
+        ),
+    )
+
+
+NAMED_CONFIGS = {"tiny": tiny_config, "mid": mid_config, "official": official_config, "builtin": builtin_config}
