@@ -82,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.command import register as register_synth
     from .describe_command import register as register_describe
     from .metrics.command import register as register_evaluate
+    from .official_command import register as register_official
     from .prepare.command import register as register_prepare
 
     register_describe(sub)
     register_synth(sub)
     register_prepare(sub)
     register_evaluate(sub)
+    register_official(sub)
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"{name} with Lightning: dynrefer {name} --config CONFIG.yaml (see --help)",
                        add_help=False)

@@ -275,3 +275,12 @@ class DynRefer(nn.Module):
                 o["category"] = None if none else [categories[best], float(row[best])]
                 o["categories"] = sorted(([c, float(p)] for c, p in zip(categories, row)), key=lambda x: (-x[1], x[0]))
         return out
+
+    @classmethod
+    def from_official(cls, checkpoint, *, eva=None, blip2=None, llm=None, tags=None, eva_clip_text=None, config=None):
+        """The paper's model from the published files (DynRefer ``.pth``, ``eva_vit_g.pth``, BLIP-2,
+        Flan-T5-XL folder); see :mod:`dynrefer.model.official`. Nothing is unpickled freely."""
+        from .official import from_official
+
+        return from_official(checkpoint, eva=eva, blip2=blip2, llm=llm, tags=tags, eva_clip_text=eva_clip_text,
+                             config=config)
