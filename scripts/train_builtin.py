@@ -7,7 +7,8 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
    ``OUT/clip.safetensors`` (then frozen);
 4. stage 2: DynRefer's heads, fusion, alignment, Q-Former and the small LM with stochastic
    views (``DynReferModule`` / ``RegionDataModule``, Lightning checkpoints in ``OUT/stage2``),
-   exported with ``save_pretrained`` to ``OUT/model`` with the scene vocabularies as defaults.
+   exported with ``save_pretrained`` to ``OUT/model`` with the scene vocabularies as defaults (the
+   frozen CLIP stored in float16 to keep the folder small enough to ship in the package).
 
 Usage: ``python scripts/train_builtin.py --out runs/builtin [--num-images 12000] [--clip-steps 3000]
 [--epochs 4] [--batch-size 64]``; ``scripts/train_builtin.sh`` runs it with the defaults.
@@ -89,7 +90,7 @@ def main() -> None:
                                 num_workers=args.workers, max_val_regions=512)
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "stage2", save_last=True)
         trainer = L.Trainer(max_epochs=args.epochs, max_steps=args.max_steps, accelerator="cpu",
-                            default_root_dir=str(out / "stage2"), callbacks=[ckpt, ExportPretrained(str(model_dir))],
+                            default_root_dir=str(out / "stage2"), callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],
                             logger=L.pytorch.loggers.CSVLogger(str(out / "stage2"), name="logs"),
                             log_every_n_steps=20, gradient_clip_val=1.0)
         last = out / "stage2" / "last.ckpt"

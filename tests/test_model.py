@@ -262,3 +262,24 @@ def test_large_configs_build_on_meta(name):
         assert 85e6 < _count(model.encoder.visual) < 87e6  # ViT-B/16
         assert 2.2e8 < _count(model.language_head.lm) < 2.3e8  # t5-base sized
     assert model.tag_embeddings.shape == (4585, model.tag_head.text_proj.in_features)
+
+
+def test_save_frozen_towers_in_float16(tiny, tmp_path):
+    import os
+
+    tiny.eval()
+    full = tiny.save_pretrained(tmp_path / "fp32")
+    half = tiny.save_pretrained(tmp_path / "fp16", frozen_dtype="float16")
+    assert os.path.getsize(half / "model.safetensors") < 0.75 * os.path.getsize(full / "model.safetensors")
+    loaded = dynrefer.DynRefer.from_pretrained(half).eval()
+    enc = loaded.encoder.clip.visual.transformer.resblocks[0].attn.in_proj_weight
+    assert enc.dtype == torch.float32
+    assert torch.equal(enc, tiny.encoder.clip.visual.transformer.resblocks[0].attn.in_proj_weight.half().float())
+    # Trainable parts are stored exactly.
+    assert torch.equal(loaded.fusion.fc1.weight, tiny.fusion.fc1.weight)
+    batch = make_batch()
+    r1 = tiny.encode_regions(batch["pixels"], batch["boxes_in_view"])
+    r2 = loaded.encode_regions(batch["pixels"], batch["boxes_in_view"])
+    assert torch.allclose(r1, r2, atol=5e-2)
+    with pytest.raises(dynrefer.errors.InputError, match="frozen_dtype"):
+        tiny.save_pretrained(tmp_path / "x", frozen_dtype="int8")

@@ -205,7 +205,7 @@ class DynRefer(nn.Module):
         return self.language_head.generate(region, controls, **generate_kwargs)
 
     # ---------------------------------------------------------------------------- I/O
-    def save_pretrained(self, directory, *, include_frozen: bool = True):
+    def save_pretrained(self, directory, *, include_frozen: bool = True, frozen_dtype: str | None = None):
         """Write ``config.json`` + ``model.safetensors`` (+ ``tags.txt``, ``tokenizer/``).
 
         With ``include_frozen=False`` the frozen parts that came from local files (encoder
@@ -213,7 +213,7 @@ class DynRefer(nn.Module):
         """
         from .io import save_pretrained
 
-        return save_pretrained(self, directory, include_frozen=include_frozen)
+        return save_pretrained(self, directory, include_frozen=include_frozen, frozen_dtype=frozen_dtype)
 
     @classmethod
     def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_hashes: bool = True):

@@ -49,8 +49,13 @@ def _frozen_parts(model) -> dict[str, str | None]:
     return parts
 
 
-def save_pretrained(model, directory, *, include_frozen: bool = True) -> Path:
-    """Write ``model`` into ``directory`` (created). See the module docstring."""
+def save_pretrained(model, directory, *, include_frozen: bool = True, frozen_dtype: str | None = None) -> Path:
+    """Write ``model`` into ``directory`` (created). See the module docstring.
+
+    ``frozen_dtype`` (``"float16"`` / ``"bfloat16"``): store the frozen CLIP towers in that
+    dtype to halve the folder (e.g. the built-in model shipped in the package); they are cast
+    back to the model's dtype on loading.
+    """
     from safetensors.torch import save_file
 
     out = Path(directory)
@@ -65,6 +70,11 @@ def save_pretrained(model, directory, *, include_frozen: bool = True) -> Path:
             digest = sha256_of(src) if src.is_file() else None
             frozen[name] = {"path": str(src), "sha256": digest}
             state = {k: v for k, v in state.items() if not k.startswith(FROZEN_PREFIXES[name])}
+    if frozen_dtype is not None:
+        if frozen_dtype not in ("float16", "bfloat16"):
+            raise InputError(f"frozen_dtype must be 'float16' or 'bfloat16', got {frozen_dtype!r}")
+        cast = getattr(torch, frozen_dtype)
+        state = {k: (v.to(cast) if k.startswith("encoder.") and v.is_floating_point() else v) for k, v in state.items()}
     tensors, aliases, seen = {}, {}, {}
     for name, tensor in state.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
