@@ -193,3 +193,15 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert "circle" in model.categories and "color:red" in model.attributes
     assert "circle" in model.tag_names
     assert model.language_head.tokenizer("the red circle")["input_ids"][:3] != [2, 2, 2]  # words are known
+    # eval/synthetic.py on the toy model (caption metrics need Java: skipped here, covered by the metrics tests).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_synthetic", script.parent.parent / "eval" / "synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.evaluate(tmp_path / "run" / "model", tmp_path / "run" / "scenes" / "scenes.jsonl", split="train",
+                             max_images=2, caption_metrics=False)
+    assert report["images"] == 2 and report["regions"] >= 6
+    assert 0 <= report["category"] <= 100 and 0 <= report["category_majority"] <= 100
+    assert set(report["parts"]) == {"size", "color", "pattern", "shape", "position", "relation", "neighbour"}
+    assert 0 <= report["attribute_map"] <= 100
