@@ -25,19 +25,24 @@ Geometry rules
 
 from __future__ import annotations
 
-import math
-import numbers
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from dynrefer.errors import InputError, RegionError
-from dynrefer.rle import decode_counts_string
+from dynrefer.region_shapes import (
+    as_list,
+    check_mask,
+    fail,
+    is_int,
+    parse_polygon,
+    parse_rle,
+    rasterize,
+    to_float,
+)
 
 __all__ = ["Region", "parse_region", "parse_regions", "xywh_to_xyxy", "clip_box", "apply_min_size", "mask_to_box"]
 
@@ -118,37 +123,6 @@ def _box_outside(box: Box, image_size: tuple[int, int]) -> bool:
     return False
 
 
-def _fail(label: str, reason: str) -> RegionError:
-    return RegionError(f"{label}: {reason}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _to_float(value: Any, label: str, what: str) -> float:
-    """A finite float, or RegionError naming ``what``."""
-    if not _is_number(value):
-        raise _fail(label, f"{what} is not a number ({value!r})")
-    result = float(value)
-    if not math.isfinite(result):
-        raise _fail(label, f"{what} is not finite ({result})")
-    return result
-
-
-def _as_list(value: Any) -> Any:
-    """Arrays and tensors to (nested) Python lists; anything else unchanged."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def _check_box_format(box_format: Any) -> str:
     if box_format not in BOX_FORMATS:
         raise InputError(f"invalid box_format {box_format!r}; expected 'xyxy' or 'xywh'")
@@ -157,7 +131,7 @@ def _check_box_format(box_format: Any) -> str:
 
 def _check_image_size(image_size: Any) -> tuple[int, int]:
     ok = isinstance(image_size, Sequence) and len(image_size) == 2
-    ok = ok and all(_is_int(v) and v > 0 for v in image_size)
+    ok = ok and all(is_int(v) and v > 0 for v in image_size)
     if not ok:
         raise InputError(f"image_size must be (W, H) with positive integers, got {image_size!r}")
     return int(image_size[0]), int(image_size[1])
@@ -169,133 +143,25 @@ def _fmt(box: Sequence[float]) -> str:
 
 def _parse_box(value: Any, box_format: str, label: str) -> Box:
     """Validate 4 numbers in ``box_format`` and return the xyxy box."""
-    values = _as_list(value)
+    values = as_list(value)
     if not isinstance(values, (list, tuple)):
-        raise _fail(label, f"box must be a sequence of 4 numbers, got {type(value).__name__}")
+        raise fail(label, f"box must be a sequence of 4 numbers, got {type(value).__name__}")
     if len(values) != 4:
-        raise _fail(label, f"box must have 4 numbers, got {len(values)}")
-    nums = [_to_float(v, label, f"box coordinate {i}") for i, v in enumerate(values)]
+        raise fail(label, f"box must have 4 numbers, got {len(values)}")
+    nums = [to_float(v, label, f"box coordinate {i}") for i, v in enumerate(values)]
     if box_format == "xywh":
         if nums[2] < 0 or nums[3] < 0:
-            raise _fail(label, f"negative width or height in xywh box {_fmt(nums)}")
+            raise fail(label, f"negative width or height in xywh box {_fmt(nums)}")
         return xywh_to_xyxy(nums)
     if nums[2] < nums[0] or nums[3] < nums[1]:
-        raise _fail(label, f"inverted box {_fmt(nums)} (x2 < x1 or y2 < y1)")
+        raise fail(label, f"inverted box {_fmt(nums)} (x2 < x1 or y2 < y1)")
     return (nums[0], nums[1], nums[2], nums[3])
-
-
-def _check_mask(value: Any, image_size: tuple[int, int], label: str) -> np.ndarray:
-    """Validate a 2-D bool or 0/1 mask of the image's shape; return a read-only bool copy."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise _fail(label, f"mask is not a 2-D array ({exc})") from exc
-    if array.ndim != 2:
-        raise _fail(label, f"mask must be 2-D, got shape {tuple(array.shape)}")
-    if array.dtype != np.bool_:
-        if array.dtype.kind not in "uif" or not bool(((array == 0) | (array == 1)).all()):
-            raise _fail(label, f"mask must be boolean or contain only 0 and 1 (dtype {array.dtype})")
-    expected = (image_size[1], image_size[0])
-    if tuple(array.shape) != expected:
-        raise _fail(label, f"mask shape {tuple(array.shape)} does not match the image shape (H, W) = {expected}")
-    result = np.array(array, dtype=bool, order="C", copy=True)
-    if not result.any():
-        raise _fail(label, "empty mask (no pixel set)")
-    result.setflags(write=False)
-    return result
-
-
-def _decode(rle: dict) -> np.ndarray:
-    """pycocotools decode, silencing its numpy-2 ``__array__`` DeprecationWarning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"__array__ implementation", category=DeprecationWarning)
-        return mask_utils.decode(rle)
-
-
-def _parse_rle(value: Any, image_size: tuple[int, int], label: str) -> np.ndarray:
-    """Validate and decode a COCO RLE dict (compressed or uncompressed counts)."""
-    if not isinstance(value, Mapping) or "size" not in value or "counts" not in value:
-        raise _fail(label, "malformed RLE: expected a dict with 'size' and 'counts'")
-    size = _as_list(value["size"])
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
-        raise _fail(label, f"malformed RLE: 'size' must be [height, width], got {value['size']!r}")
-    height, width = int(size[0]), int(size[1])
-    expected = (image_size[1], image_size[0])
-    if (height, width) != expected:
-        raise _fail(label, f"RLE size {(height, width)} does not match the image shape (H, W) = {expected}")
-    counts = value["counts"]
-    try:
-        if isinstance(counts, (str, bytes)):
-            raw = counts.encode("ascii") if isinstance(counts, str) else counts
-            runs = decode_counts_string(raw)
-            rle = {"size": [height, width], "counts": raw}
-        else:
-            runs = _as_list(counts)
-            if not isinstance(runs, (list, tuple)) or not all(_is_int(v) and v >= 0 for v in runs):
-                raise ValueError("'counts' must be a string or a list of non-negative integers")
-            runs = [int(v) for v in runs]
-            rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
-        if sum(runs) != height * width:
-            raise ValueError(f"run lengths sum to {sum(runs)}, expected {height * width} (= H x W)")
-        decoded = _decode(rle)
-    except (ValueError, UnicodeEncodeError, TypeError) as exc:
-        raise _fail(label, f"malformed RLE: {exc}") from exc
-    return _check_mask(decoded.astype(bool), image_size, label)
-
-
-def _polygon_part(part: Any, label: str) -> list[float]:
-    """One polygon as a flat coordinate list (validated)."""
-    part = _as_list(part)
-    if not isinstance(part, (list, tuple)):
-        raise _fail(label, f"polygon must be a list of [x, y] pairs or flat coordinates, got {type(part).__name__}")
-    if part and all(isinstance(p, (list, tuple)) for p in part):
-        if any(len(p) != 2 for p in part):
-            raise _fail(label, "polygon points must be [x, y] pairs")
-        flat = [c for p in part for c in p]
-    else:
-        flat = list(part)
-    coords = [_to_float(v, label, f"polygon coordinate {i}") for i, v in enumerate(flat)]
-    if len(coords) % 2:
-        raise _fail(label, f"polygon has an odd number of coordinates ({len(coords)})")
-    if len(coords) < 6:
-        raise _fail(label, f"polygon has fewer than 3 points ({len(coords) // 2})")
-    return coords
-
-
-def _is_pair(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 2 and not any(isinstance(v, (list, tuple)) for v in value)
-
-
-def _parse_polygon(value: Any, label: str) -> list[list[float]]:
-    """A polygon (pairs or flat) or a list of polygons, as a list of flat coordinate lists."""
-    value = _as_list(value)
-    if not isinstance(value, (list, tuple)) or not value:
-        raise _fail(label, "polygon must be a non-empty list of [x, y] pairs, flat coordinates or polygons")
-    value = [_as_list(v) for v in value]
-    if not isinstance(value[0], (list, tuple)) or all(_is_pair(p) for p in value):
-        return [_polygon_part(value, label)]
-    if len(value) == 1:
-        return [_polygon_part(value[0], label)]
-    return [_polygon_part(p, f"{label}: polygon part {i}") for i, p in enumerate(value)]
-
-
-def _rasterize(parts: list[list[float]], image_size: tuple[int, int]) -> np.ndarray | None:
-    """pycocotools rasterisation of a (multi-part) polygon; ``None`` if no pixel is covered."""
-    width, height = image_size
-    rles = mask_utils.frPyObjects(parts, height, width)
-    mask = np.ascontiguousarray(_decode(mask_utils.merge(rles)).astype(bool))
-    if not mask.any():
-        return None
-    mask.setflags(write=False)
-    return mask
 
 
 def _finish(source: Box, image_size: tuple[int, int], label: str, **fields: Any) -> Region:
     """Reject boxes outside the image, clip, apply the minimum size and build the Region."""
     if _box_outside(source, image_size):
-        raise _fail(label, f"box {_fmt(source)} lies entirely outside the image ({image_size[0]}x{image_size[1]})")
+        raise fail(label, f"box {_fmt(source)} lies entirely outside the image ({image_size[0]}x{image_size[1]})")
     box = apply_min_size(clip_box(source, image_size))
     return Region(box=box, source_box=source, **fields)
 
@@ -305,18 +171,18 @@ def _parse_dict(spec: Mapping, image_size: tuple[int, int], box_format: str, ind
     rid: int | str = index
     if spec.get("id") is not None:
         raw_id = spec["id"]
-        if not (_is_int(raw_id) or isinstance(raw_id, str)):
-            raise _fail(label, f"id must be an int or a str, got {type(raw_id).__name__}")
+        if not (is_int(raw_id) or isinstance(raw_id, str)):
+            raise fail(label, f"id must be an int or a str, got {type(raw_id).__name__}")
         rid = raw_id if isinstance(raw_id, str) else int(raw_id)
         label = f"region {index} (id {rid!r})"
     score = None
     if spec.get("score") is not None:
-        score = _to_float(spec["score"], label, "score")
+        score = to_float(spec["score"], label, "score")
     box_keys = [k for k in BOX_KEYS if spec.get(k) is not None]
     shape_keys = [k for k in SHAPE_KEYS if spec.get(k) is not None]
     if len(box_keys) > 1 or len(shape_keys) > 1 or not (box_keys or shape_keys):
         found = ", ".join(repr(k) for k in box_keys + shape_keys) if box_keys or shape_keys else "none"
-        raise _fail(
+        raise fail(
             label,
             "expected at most one box key among 'box', 'bbox' and at most one shape key among "
             f"'polygon', 'mask', 'rle', 'segmentation' (at least one in all); found {found}",
@@ -326,7 +192,7 @@ def _parse_dict(spec: Mapping, image_size: tuple[int, int], box_format: str, ind
         if box_keys[0] == "box":
             fmt = spec.get("box_format", box_format)
             if fmt not in BOX_FORMATS:
-                raise _fail(label, f"invalid box_format {fmt!r}; expected 'xyxy' or 'xywh'")
+                raise fail(label, f"invalid box_format {fmt!r}; expected 'xyxy' or 'xywh'")
             source = _parse_box(spec["box"], fmt, label)
         else:
             source = _parse_box(spec["bbox"], "xywh", label)
@@ -335,18 +201,18 @@ def _parse_dict(spec: Mapping, image_size: tuple[int, int], box_format: str, ind
         key = shape_keys[0]
         value = spec[key]
         if key == "rle" or (key in ("segmentation", "mask") and isinstance(value, Mapping)):
-            mask = _parse_rle(value, image_size, label)
+            mask = parse_rle(value, image_size, label)
             shape_box = mask_to_box(mask)
         elif key == "mask":
-            mask = _check_mask(value, image_size, label)
+            mask = check_mask(value, image_size, label)
             shape_box = mask_to_box(mask)
         else:
-            parts = _parse_polygon(value, label)
+            parts = parse_polygon(value, label)
             xs = [c for p in parts for c in p[0::2]]
             ys = [c for p in parts for c in p[1::2]]
             shape_box = (min(xs), min(ys), max(xs), max(ys))
             if not _box_outside(shape_box, image_size):  # else _finish raises; skip rasterising
-                mask = _rasterize(parts, image_size)
+                mask = rasterize(parts, image_size)
         if source is None:
             source = shape_box
     return _finish(source, image_size, label, mask=mask, id=rid, score=score)
@@ -378,12 +244,12 @@ def parse_region(spec: Any, image_size: tuple[int, int], *, box_format: str = "x
     if isinstance(spec, torch.Tensor):
         spec = spec.detach().cpu().numpy()
     if isinstance(spec, np.ndarray) and spec.ndim == 2 and spec.dtype == np.bool_:
-        mask = _check_mask(spec, size, label)
+        mask = check_mask(spec, size, label)
         return _finish(mask_to_box(mask), size, label, mask=mask, id=index)
     if isinstance(spec, (np.ndarray, list, tuple)):
         return _finish(_parse_box(spec, box_format, label), size, label, id=index)
     kind = type(spec).__name__
-    raise _fail(label, f"unsupported region of type {kind}; expected 4 numbers, a dict or a 2-D boolean mask")
+    raise fail(label, f"unsupported region of type {kind}; expected 4 numbers, a dict or a 2-D boolean mask")
 
 
 def parse_regions(specs: Any, image_size: tuple[int, int], *, box_format: str = "xyxy") -> list[Region]:
