@@ -63,7 +63,7 @@ def main() -> None:
         build_word_tokenizer(sorted(set(words))).save_pretrained(str(tok_dir))
     (out / "tags.txt").write_text("".join(f"{t}\n" for t in vocab["tags"]))
 
-    from dynrefer.model.config import BUILTIN_CLIP, DynReferConfig
+    from dynrefer.model.config import BUILTIN_CLIP, DynReferConfig, merge_dicts
     from dynrefer.train.clip_pretrain import pretrain_clip
 
     clip_path = out / "clip.safetensors"
@@ -80,7 +80,7 @@ def main() -> None:
 
     overrides = {"encoder": {"weights": str(clip_path)}, "language": {"tokenizer_path": str(tok_dir)}}
     cfg_file = out / "builtin_config.yaml"
-    DynReferConfig.from_dict(_merge(DynReferConfig.from_name("builtin").to_dict(), overrides)).to_yaml(cfg_file)
+    DynReferConfig.from_dict(merge_dicts(DynReferConfig.from_name("builtin").to_dict(), overrides)).to_yaml(cfg_file)
     model_dir = out / "model"
     if not (model_dir / "config.json").is_file():
         t0 = time.time()
@@ -103,13 +103,6 @@ def main() -> None:
     log["total_seconds"] = round(time.time() - start, 1)
     (out / "train_log.json").write_text(json.dumps(log, indent=1, default=str) + "\n")
     print(json.dumps({"model": str(model_dir), **{k: v for k, v in log.items() if k != "synth"}}, default=str))
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
 
 
 if __name__ == "__main__":

@@ -215,6 +215,15 @@ class DynReferConfig:
         raise ConfigError(f"unknown model config {name!r}; expected one of {sorted(NAMED_CONFIGS)} or a .json/.yaml file")
 
 
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged in recursively (nested dicts merged, other values replaced),
+    e.g. config overrides on ``DynReferConfig.to_dict()``."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:

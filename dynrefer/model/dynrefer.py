@@ -74,11 +74,9 @@ class DynRefer(nn.Module):
         """BLIP-2's ``language_projection`` → the LM projection, when the source has it and it fits."""
         from pathlib import Path
 
-        from .encoder import read_state_dict
-        from .qformer import _folder_state
+        from .encoder import read_weights
 
-        path = Path(source)
-        state = _folder_state(path) if path.is_dir() else read_state_dict(path)
+        state = read_weights(Path(source))
         weight, bias = state.get("language_projection.weight"), state.get("language_projection.bias")
         proj = self.language_head.proj
         if weight is not None and tuple(weight.shape) == tuple(proj.weight.shape):

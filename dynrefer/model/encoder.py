@@ -81,6 +81,21 @@ def read_state_dict(path) -> dict:
         raise InputError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}") from None
 
 
+def read_weights(source, *, reader=read_state_dict, bin_glob: str = "pytorch_model*.bin") -> dict:
+    """Tensors of a checkpoint file, or of every ``*.safetensors`` (else ``bin_glob``) file of a
+    Hugging Face style folder, read with ``reader``."""
+    path = Path(source)
+    if not path.is_dir():
+        return reader(path)
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob(bin_glob))
+    if not files:
+        raise InputError(f"no model weights (*.safetensors / {bin_glob}) in '{path}'")
+    state: dict = {}
+    for f in files:
+        state.update(reader(f))
+    return state
+
+
 def _blocks(visual: nn.Module) -> tuple[nn.Module, str]:
     if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
         return visual.transformer, "resblocks"
@@ -171,15 +186,7 @@ class FrozenCLIP(nn.Module):
 def read_extra_norm(source) -> dict:
     """``weight`` / ``bias`` of BLIP-2's ``ln_vision`` from a checkpoint file or HF folder."""
     path = Path(source)
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-        if not files:
-            raise InputError(f"no safetensors / bin weights in '{path}'")
-        state = {}
-        for f in files:
-            state.update(read_state_dict(f))
-    else:
-        state = read_state_dict(path)
+    state = read_weights(path, bin_glob="*.bin")
     for prefix in ("", "ln_vision.", "vision_model.post_layernorm."):
         if f"{prefix}weight" in state and f"{prefix}bias" in state:
             return {"weight": state[f"{prefix}weight"], "bias": state[f"{prefix}bias"]}

@@ -30,6 +30,7 @@ import torch
 
 from ..errors import InputError
 from . import official_keys as K
+from .encoder import read_weights
 
 def _inert_globals() -> dict:
     """Pickled globals allowed beyond torch's defaults: plain data (no code of theirs runs on unpickling)."""
@@ -99,16 +100,7 @@ def _state_of(obj, path) -> dict[str, torch.Tensor]:
 
 def read_blip2(source) -> dict[str, torch.Tensor]:
     """A LAVIS BLIP-2 ``.pth`` or a Hugging Face BLIP-2 folder (safetensors / ``pytorch_model*.bin``)."""
-    path = Path(source)
-    if not path.is_dir():
-        return read_official_checkpoint(path)
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
-    if not files:
-        raise InputError(f"no model weights (*.safetensors / pytorch_model*.bin) in '{path}'")
-    state: dict = {}
-    for f in files:
-        state.update(read_official_checkpoint(f))
-    return state
+    return read_weights(source, reader=read_official_checkpoint)
 
 
 # ------------------------------------------------------------------------------------ key mapping
@@ -190,20 +182,20 @@ def map_lavis(state: dict, source: str, kept_blocks: int | None) -> Mapped:
     return out
 
 
-def map_hf_blip2(state: dict, source: str) -> Mapped:
+def _map_by_rules(state: dict, source: str, rules, ignored) -> Mapped:
     out = Mapped(source)
     for key, value in state.items():
-        target, reason = _match(key, K.HF_BLIP2_RULES, K.HF_BLIP2_IGNORED)
+        target, reason = _match(key, rules, ignored)
         _add(out, key, value, key, target, reason)
     return out
+
+
+def map_hf_blip2(state: dict, source: str) -> Mapped:
+    return _map_by_rules(state, source, K.HF_BLIP2_RULES, K.HF_BLIP2_IGNORED)
 
 
 def map_clip_text(state: dict, source: str) -> Mapped:
-    out = Mapped(source)
-    for key, value in state.items():
-        target, reason = _match(key, K.CLIP_TEXT_RULES, K.CLIP_TEXT_IGNORED)
-        _add(out, key, value, key, target, reason)
-    return out
+    return _map_by_rules(state, source, K.CLIP_TEXT_RULES, K.CLIP_TEXT_IGNORED)
 
 
 def map_blip2(state: dict, source: str, kept_blocks: int | None) -> Mapped:

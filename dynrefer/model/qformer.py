@@ -21,17 +21,7 @@ from torch import nn
 
 from ..errors import InputError
 from .config import QFormerConfig
-from .encoder import read_state_dict
-
-
-def _folder_state(path: Path) -> dict:
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
-    if not files:
-        raise InputError(f"no model weights (*.safetensors / pytorch_model*.bin) in '{path}'")
-    state: dict = {}
-    for f in files:
-        state.update(read_state_dict(f))
-    return state
+from .encoder import read_weights
 
 
 def bert_to_qformer(state: dict) -> dict:
@@ -80,7 +70,7 @@ class RegionQFormer(nn.Module):
         path = Path(source)
         if not path.exists():
             raise InputError(f"cannot read Q-Former weights '{path}': no such file or folder")
-        state = _folder_state(path) if path.is_dir() else read_state_dict(path)
+        state = read_weights(path)
         if any(k.startswith("qformer.") for k in state):
             sub = {k[len("qformer."):]: v for k, v in state.items() if k.startswith("qformer.")}
             missing, unexpected = self.qformer.load_state_dict(sub, strict=False)

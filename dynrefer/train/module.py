@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from ..errors import InputError
-from ..model.config import DynReferConfig
+from ..model.config import DynReferConfig, merge_dicts
 from ..model.dynrefer import DynRefer
 
 
@@ -66,7 +66,7 @@ class DynReferModule(L.LightningModule):
             return DynRefer.from_pretrained(path)
         cfg = DynReferConfig.from_name(model)
         if overrides:
-            cfg = DynReferConfig.from_dict(_merge(cfg.to_dict(), overrides))
+            cfg = DynReferConfig.from_dict(merge_dicts(cfg.to_dict(), overrides))
         return DynRefer(cfg, tags=read_tags(tags_file))
 
     def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -100,9 +100,3 @@ class DynReferModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
