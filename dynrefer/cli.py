@@ -65,8 +65,10 @@ def _add_views_parser(sub) -> None:
 
 
 def _add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run the views engine on a bundled photo (needs the 'demo' extra)")
+    p = sub.add_parser("demo", help="describe regions of a generated scene and a bundled photo with the built-in "
+                                    "model (needs the 'demo' extra)")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--model", default="builtin", help="'builtin' (default) or a model folder")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -196,10 +198,13 @@ def _cmd_views(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import format_table, run_demo
 
-    summary = run_demo(Path(args.out))
-    print(json.dumps(summary, indent=2))
+    summary = run_demo(Path(args.out), model=args.model)
+    print(format_table(summary["regions"]))
+    print(f"\nscene objects with the right category: {summary['scene']['category_correct']}")
+    print(f"wrote {args.out}/: scene.json, scene_described.png, astronaut.json, astronaut_described.png, "
+          "views.json, views_sheet.png, summary.json")
     return 0
 
 

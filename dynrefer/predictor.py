@@ -4,26 +4,23 @@
     record = dynrefer.describe("photo.jpg", [[10, 20, 200, 180], {"polygon": [...]}],
                                tasks=("caption", "tags", "attributes", "category"))
 
-Per image: the regions are parsed (boxes xyxy / xywh, polygons, masks, COCO RLE), the views
-of all regions are chosen with the model's policy (greedy pHash by default) and rendered in
-one call, identical crops are encoded once, and all regions go through the model together.
-The result is one record per image in the shape of SPEC §5.
+Per image: the regions are parsed (boxes xyxy / xywh, polygons, masks, COCO RLE); then the
+engine (:mod:`dynrefer.engine`) chooses the views of all regions of all images with the
+model's policy (greedy pHash by default), renders each image's unique crops once and runs every
+region of every image through the model together. The result is one record per image in the
+shape of SPEC §5.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from .engine import TASKS, Engine, check_tasks
 from .errors import InputError
 from .images import load_image
 from .regions import parse_regions
-from .view_selection import select_views
-from .views import render_crops
-
-TASKS = ("caption", "tags", "attributes", "category")
 
 
 def _resolve_model(model):
@@ -35,83 +32,86 @@ def _resolve_model(model):
 
 
 class Predictor:
-    """Holds a model and describes regions of images with it.
+    """Holds a model and describes regions of images with it (through :class:`~dynrefer.engine.Engine`).
 
     Args:
         model: a ``DynRefer``, a model folder, or ``"builtin"``.
         device: where to run (default: the model's device).
+        encoder_batch_size: views per encoder call; ``dtype``: optional autocast
+            (``"bfloat16"`` / ``"float16"``).
     """
 
-    def __init__(self, model="builtin", device=None):
+    def __init__(self, model="builtin", device=None, *, encoder_batch_size: int = 256, dtype: str | None = None):
         self.model = _resolve_model(model).eval()
         if device is not None:
             self.model.to(device)
+        self.engine = Engine(self.model, encoder_batch_size=encoder_batch_size, dtype=dtype)
 
     @property
     def device(self) -> torch.device:
         return self.model.tag_embeddings.device
 
-    def describe(self, image, regions, *, tasks=TASKS, num_views=None, policy=None, ts=None, box_format="xyxy",
-                 classes=None, attributes=None, all_scores=False, tag_threshold=None, image_label=None) -> dict:
-        """Describe ``regions`` of one ``image`` (path, PIL image, array or tensor); see the module doc."""
-        tasks = _check_tasks(tasks)
+    def describe(self, image, regions, *, image_label=None, box_format="xyxy", **kwargs) -> dict:
+        """Describe ``regions`` of one ``image`` (path, PIL image, array or tensor); see
+        :meth:`describe_many` for the options."""
+        return self.describe_many([image], [regions], image_labels=[image_label], box_format=box_format, **kwargs)[0]
+
+    def describe_many(self, images, regions, *, tasks=TASKS, num_views=None, policy=None, ts=None, box_format="xyxy",
+                      classes=None, attributes=None, all_scores=False, tag_threshold=None, image_labels=None,
+                      hash_flavour=None, generator=None) -> list[dict]:
+        """Describe the regions of several images in one engine pass; one record per image.
+
+        ``regions``: one list per image (boxes, polygons, masks, RLE; see
+        :func:`~dynrefer.regions.parse_regions`). ``policy`` / ``ts`` / ``hash_flavour``
+        override the model's view settings (``generator``: a ``torch.Generator`` for the
+        ``random`` policy); ``classes`` / ``attributes`` default to the model's vocabularies;
+        ``all_scores`` lists every tag and every class.
+        """
+        tasks = check_tasks(tasks)
+        if len(images) != len(regions):
+            raise InputError(f"got {len(images)} images but {len(regions)} region lists")
         cfg = self.model.config.views
-        num_views = cfg.num_views if num_views is None else num_views
-        if num_views != cfg.num_views:
+        if num_views is not None and num_views != cfg.num_views:
             raise InputError(f"this model fuses {cfg.num_views} views; num_views={num_views} is not possible")
-        policy = policy or cfg.policy
-        if policy == "fixed" and ts is None:
-            ts = cfg.fixed_ts
-        pixels = load_image(image)
-        size = (int(pixels.shape[2]), int(pixels.shape[1]))
-        parsed = parse_regions(regions, size, box_format=box_format)
-        label = image_label if image_label is not None else (str(image) if isinstance(image, (str, Path)) else None)
-        record = {"image": label, "width": size[0], "height": size[1], "regions": []}
-        if not parsed:
-            return record
-        views = select_views(pixels, [r.box for r in parsed], num_views=num_views, policy=policy, ts=ts,
-                             size=cfg.size, hash_flavour=cfg.hash_flavour, render=False)
-        crops = np.concatenate([v.geometry.crops for v in views])
-        unique, inverse = np.unique(crops, axis=0, return_inverse=True)
-        batch = {
-            "pixels": render_crops(pixels.to(self.device), unique, cfg.size),
-            "view_index": torch.as_tensor(inverse.reshape(-1), device=self.device),
-            "boxes_in_view": torch.as_tensor(np.concatenate([v.geometry.box_in_view for v in views]),
-                                             dtype=torch.float32, device=self.device),
-        }
-        classes = list(classes) if classes is not None else list(self.model.categories)
-        attributes = list(attributes) if attributes is not None else list(self.model.attributes)
-        outputs = self.model.predict(batch, tasks, attributes=attributes or None, categories=classes or None,
-                                     tag_threshold=0.0 if all_scores else tag_threshold)
+        labels = list(image_labels) if image_labels is not None else [None] * len(images)
+        pixels, parsed, records = [], [], []
+        for image, regs, label in zip(images, regions, labels):
+            px = load_image(image)
+            size = (int(px.shape[2]), int(px.shape[1]))
+            pixels.append(px)
+            parsed.append(parse_regions(regs, size, box_format=box_format))
+            label = label if label is not None else (str(image) if isinstance(image, (str, Path)) else None)
+            records.append({"image": label, "width": size[0], "height": size[1], "regions": []})
+        outputs, plan = self.engine.run(pixels, parsed, tasks=tasks, policy=policy, ts=ts, hash_flavour=hash_flavour,
+                                        classes=classes, attributes=attributes,
+                                        tag_threshold=0.0 if all_scores else tag_threshold, generator=generator)
         threshold = self.model.config.tags.threshold if tag_threshold is None else tag_threshold
-        for region, view, out in zip(parsed, views, outputs):
-            item = {"id": region.id, "box": [float(v) for v in region.box],
-                    "views": [{"t": float(t), "crop": [int(c) for c in crop]}
-                              for t, crop in zip(view.geometry.ts, view.geometry.crops)]}
-            if "caption" in tasks:
-                item["caption"] = out["caption"]
-                item["caption_score"] = out["caption_score"]
-            item["score"] = region.score if region.score is not None else item.get("caption_score")
-            if "tags" in tasks:
-                item["tags"] = out["tags"] if all_scores else [t for t in out["tags"] if t[1] > threshold]
-            if "attributes" in tasks:
-                item["attributes"] = out.get("attributes", [])
-            if "category" in tasks:
-                item["category"] = out.get("category")
-                if all_scores:
-                    item["categories"] = out.get("categories", [])
-            record["regions"].append(item)
-        return record
+        views = iter(plan.views)
+        for record, regs, outs in zip(records, parsed, outputs):
+            for region, out in zip(regs, outs):
+                record["regions"].append(region_output(region, next(views), out, tasks, all_scores, threshold))
+        return records
 
 
-def _check_tasks(tasks) -> tuple[str, ...]:
-    if isinstance(tasks, str):
-        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-    tasks = tuple(tasks)
-    bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks:
-        raise InputError(f"unknown task(s) {bad or '(none)'}; expected some of {', '.join(TASKS)}")
-    return tasks
+def region_output(region, view, out: dict, tasks, all_scores: bool, threshold: float) -> dict:
+    """One predicted region in the shape of SPEC §5."""
+    item = {"id": region.id, "box": [float(v) for v in region.box],
+            "views": [{"t": float(t), "crop": [int(c) for c in crop]}
+                      for t, crop in zip(view.geometry.ts, view.geometry.crops)]}
+    if "caption" in tasks:
+        item["caption"] = out["caption"]
+        item["caption_score"] = out["caption_score"]
+    item["score"] = region.score if region.score is not None else item.get("caption_score")
+    if "tags" in tasks:
+        item["tags"] = out["tags"] if all_scores else [t for t in out["tags"] if t[1] > threshold]
+    if "attributes" in tasks:
+        item["attributes"] = out.get("attributes", [])
+    if "category" in tasks:
+        item["category"] = out.get("category")
+        if all_scores:
+            item["categories"] = out.get("categories", [])
+    return item
+
 
 
 _PREDICTORS: dict[str, Predictor] = {}
@@ -131,5 +131,5 @@ def describe(image, regions, *, model="builtin", **kwargs):
     if isinstance(image, (list, tuple)):
         if not isinstance(regions, (list, tuple)) or len(regions) != len(image):
             raise InputError("with several images, give one list of regions per image")
-        return [predictor.describe(img, regs, **kwargs) for img, regs in zip(image, regions)]
+        return predictor.describe_many(list(image), list(regions), **kwargs)
     return predictor.describe(image, regions, **kwargs)

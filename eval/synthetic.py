@@ -12,6 +12,7 @@ baseline of each part.
 
 Usage: ``python eval/synthetic.py --model DIR --data runs/builtin/scenes/scenes.jsonl
 [--split test] [--max-images N] [--policy greedy|random|fixed|greedy_unique] [--t ...]
+[--hash-flavour official|imagehash] [--seed S]
 [--out report.json] [--no-caption-metrics]``
 """
 
@@ -22,9 +23,13 @@ import json
 import math
 from pathlib import Path
 
+from tqdm import tqdm
 
-def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None, caption_metrics=True) -> dict:
+
+def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None, caption_metrics=True,
+             hash_flavour=None, seed=0) -> dict:
     import numpy as np
+    import torch
 
     from dynrefer.data.scene_eval import majority_baseline, part_accuracy
     from dynrefer.metrics.ovad import binary_average_precision
@@ -38,15 +43,19 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
         raise SystemExit(f"no records of split {split!r} in {data}")
     threshold = predictor.model.config.tags.threshold
     preds, truths, pred_records = [], [], []
-    for record in records:
+    generator = torch.Generator().manual_seed(seed)  # the random policy's draws
+    for record in tqdm(records, desc="describe", unit="image", disable=len(records) < 20):
         out = predictor.describe(data.parent / record["image"], [r["box"] for r in record["regions"]],
-                                 policy=policy, ts=ts, all_scores=True, image_label=record["image"])
+                                 policy=policy, ts=ts, all_scores=True, image_label=record["image"],
+                                 hash_flavour=hash_flavour, generator=generator)
         for region, pred in zip(record["regions"], out["regions"]):
             pred["id"] = region["id"]
         pred_records.append({"image": record["image"], "regions": out["regions"]})
         preds += out["regions"]
         truths += record["regions"]
-    report = {"regions": len(truths), "images": len(records), "policy": policy or predictor.model.config.views.policy}
+    views = predictor.model.config.views
+    report = {"regions": len(truths), "images": len(records), "policy": policy or views.policy,
+              "hash_flavour": hash_flavour or views.hash_flavour, "ts": ts}
     report["category"] = 100 * float(np.mean([p["category"] is not None and p["category"][0] == t["category"]
                                               for p, t in zip(preds, truths)]))
     report["category_majority"] = 100 * majority_baseline([{"shape": t["category"]} for t in truths])["shape"]
@@ -88,11 +97,14 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--policy", default=None)
     parser.add_argument("--t", type=float, nargs="+", default=None)
+    parser.add_argument("--hash-flavour", choices=("official", "imagehash"), default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random policy's draws")
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-caption-metrics", action="store_true")
     args = parser.parse_args()
     report = evaluate(args.model, args.data, split=args.split, max_images=args.max_images, policy=args.policy,
-                      ts=args.t, caption_metrics=not args.no_caption_metrics)
+                      ts=args.t, caption_metrics=not args.no_caption_metrics, hash_flavour=args.hash_flavour,
+                      seed=args.seed)
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")

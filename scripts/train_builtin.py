@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--short-text-prob", type=float, default=0.5,
+                        help="how often the contrastive head sees a short 'the {attributes} {category}' text instead of the caption")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,8 @@ def main() -> None:
         L.seed_everything(args.seed, workers=True)
         module = DynReferModule(str(cfg_file), tags_file=str(out / "tags.txt"), lr=args.lr)
         data = RegionDataModule(str(jsonl), str(jsonl), size=64, batch_size=args.batch_size,
-                                num_workers=args.workers, max_val_regions=512)
+                                num_workers=args.workers, max_val_regions=512,
+                                short_text_prob=args.short_text_prob)
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "stage2", save_last=True)
         trainer = L.Trainer(max_epochs=args.epochs, max_steps=args.max_steps, accelerator="cpu",
                             default_root_dir=str(out / "stage2"), callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],

@@ -146,9 +146,21 @@ def test_console_script_error_and_demo(photo, tmp_path):
         [sys.executable, "-m", "dynrefer", "demo", "--out", str(out_dir)], capture_output=True, text=True, env=env
     )
     assert demo.returncode == 0, demo.stderr
-    summary = json.loads(demo.stdout)
-    assert [r["name"] for r in summary["regions"]] == ["face", "mission patch", "name tag", "shuttle model"]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    names = [r["region"] for r in summary["regions"]]
+    assert names[-4:] == ["face", "mission patch", "name tag", "shuttle model"]
+    assert all(name in demo.stdout for name in names)  # the printed table
+    scene = json.loads((out_dir / "scene.json").read_text())
+    assert len(scene["regions"]) == len(names) - 4 >= 2
+    for key in ("caption", "caption_score", "tags", "attributes", "category"):
+        assert all(key in r for r in scene["regions"])
+    photo = json.loads((out_dir / "astronaut.json").read_text())
+    assert [r["box"] for r in photo["regions"]] == [[150, 15, 300, 190], [132, 345, 210, 425], [278, 338, 330, 378],
+                                                   [355, 0, 470, 285]]
     record = json.loads((out_dir / "views.json").read_text())
     assert len(record["regions"]) == 4
+    for name in ("scene_described.png", "astronaut_described.png"):
+        with Image.open(out_dir / name) as picture:
+            assert picture.size[0] == 900
     with Image.open(out_dir / "views_sheet.png") as sheet:
         assert sheet.size[0] > 224 * 3

@@ -8,7 +8,8 @@ on. Inputs are batches of already-rendered views (see :mod:`dynrefer.view_select
   ``pixels`` holds the R·n views region-major;
 * ``boxes_in_view`` (R·n, 4): the region box in each view's pixels (for RoI-align);
 * training only: ``captions`` (R strings), ``controls`` (R control strings), ``tags``
-  (R lists of tag names).
+  (R lists of tag names); optional ``contrastive_texts`` (R texts the contrastive head pairs
+  with the regions instead of the captions).
 
 ``forward(batch)`` returns the weighted losses; ``predict(...)`` the per-region outputs.
 """
@@ -116,9 +117,17 @@ class DynRefer(nn.Module):
             self._text_cache[key] = hit
         return hit
 
-    def encode_regions(self, pixels, boxes_in_view, view_index=None) -> torch.Tensor:
+    def encode_views(self, pixels: torch.Tensor, batch_size: int | None = None):
+        """The frozen encoder over (P, 3, S, S) views, ``batch_size`` views at a time:
+        CLS (P, C) and patch maps (P, C, h, w)."""
+        if batch_size is None or pixels.shape[0] <= batch_size:
+            return self.encoder(pixels)
+        parts = [self.encoder(pixels[i : i + batch_size]) for i in range(0, pixels.shape[0], batch_size)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def encode_regions(self, pixels, boxes_in_view, view_index=None, encoder_batch_size=None) -> torch.Tensor:
         """Region representations R (num_regions, num_query_tokens, hidden)."""
-        cls, patches = self.encoder(pixels)
+        cls, patches = self.encode_views(pixels, encoder_batch_size)
         if view_index is not None:
             cls, patches = cls[view_index], patches[view_index]
         n = self.config.views.num_views
@@ -165,7 +174,7 @@ class DynRefer(nn.Module):
             logits = self.tag_head(region, self.tag_embeddings)
             losses["loss_tag"] = self.config.tags.loss_weight * self.tag_head.loss(logits, self.tag_targets(batch["tags"]))
         if self.contrastive_head is not None:
-            texts = self.embed_texts(list(captions))
+            texts = self.embed_texts(list(batch.get("contrastive_texts") or captions))
             extra = {}
             if gather is not None:
                 extra = dict(all_regions=gather(region), all_texts=gather(texts), offset=rank * region.shape[0])
@@ -232,6 +241,7 @@ class DynRefer(nn.Module):
         tag_threshold: float | None = None,
         none_threshold: float | None = None,
         noun: str = "object",
+        encoder_batch_size: int | None = None,
         **generate_kwargs,
     ) -> list[dict]:
         """Per-region outputs for a batch of rendered views (see the module docstring).
@@ -241,13 +251,15 @@ class DynRefer(nn.Module):
         threshold, by score); ``attributes`` ([name, sigmoid(logit)] for every queried
         attribute, max over its prompts); ``category`` ([name, softmax prob] of the argmax, or
         None when the best logit is below ``none_threshold``) and ``categories`` (every class).
+        ``encoder_batch_size`` bounds the views per encoder call.
         """
         from .vocab import attribute_prompts, category_prompts, max_over_prompts
 
         unknown = set(tasks) - {"caption", "tags", "attributes", "category"}
         if unknown:
             raise ValueError(f"unknown task(s) {sorted(unknown)}; expected caption, tags, attributes, category")
-        region = self.encode_regions(batch["pixels"], batch["boxes_in_view"], batch.get("view_index"))
+        region = self.encode_regions(batch["pixels"], batch["boxes_in_view"], batch.get("view_index"),
+                                     encoder_batch_size)
         out = [dict() for _ in range(region.shape[0])]
         tags = self.predict_tags(region, tag_threshold) if ("tags" in tasks or "caption" in tasks) else None
         if "tags" in tasks:

@@ -4,7 +4,10 @@ One training sample is one region (as in the reference recipe): its image is loa
 views are chosen (training: ``random`` policy — the ``n − 1`` extra views drawn without
 replacement from t = 0.1 … 1.0; evaluation: ``greedy``) and rendered, one of its captions is
 drawn, and a control string is formed from a random subset of its tags (empty half of the
-time). The collate function stacks regions into a model batch (``pixels``,
+time). With ``short_text_prob`` > 0 the contrastive head is paired, that often, with a
+short description built from the region's annotations instead of its caption (see
+:func:`short_description`), so that category and attribute prompts ("the star", "the red
+object") have seen their like in training. The collate function stacks regions into a model batch (``pixels``,
 ``boxes_in_view``, ``captions``, ``controls``, ``tags``, ``keys``).
 """
 
@@ -25,6 +28,20 @@ from ..regions import parse_region
 from ..view_selection import select_views
 
 
+def short_description(spec: dict, rng: random.Random, noun: str = "object") -> str | None:
+    """``"the {attr values} {category|noun}"`` from a region's ``category`` and a random subset
+    (in random order) of its positive ``attributes`` (``"color:red"`` → ``"red"``, synonyms
+    ``a/b`` → one of them); None when the region has neither."""
+    category = spec.get("category")
+    values = [str(a).split(":", 1)[-1] for a in spec.get("attributes") or []]
+    values = [rng.choice(v.split("/")) for v in values if v]
+    if not category and not values:
+        return None
+    words = rng.sample(values, rng.randint(0 if category else 1, len(values))) if values else []
+    head = str(category) if category and (not words or rng.random() < 0.75) else noun
+    return " ".join(["the", *words, head])
+
+
 class RegionDataset(Dataset):
     """Regions of a JSONL file (SPEC §5) with at least one caption.
 
@@ -35,10 +52,12 @@ class RegionDataset(Dataset):
         policy: view policy (``random`` for training, ``greedy`` for evaluation).
         control_dropout: probability of an empty control string (training).
         train: draw captions / control subsets at random (else: first caption, all tags).
+        short_text_prob: training only: probability of pairing the contrastive head with
+            :func:`short_description` instead of the caption.
     """
 
     def __init__(self, path, *, split=None, image_root=None, num_views=3, size=224, policy="random",
-                 control_dropout=0.5, train=True, max_regions=None):
+                 control_dropout=0.5, train=True, max_regions=None, short_text_prob=0.0):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         self.records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
@@ -50,6 +69,9 @@ class RegionDataset(Dataset):
             raise InputError(f"'{self.path}' has no captioned regions" + (f" in split {split!r}" if split else ""))
         self.num_views, self.size, self.policy = num_views, size, policy
         self.control_dropout, self.train = control_dropout, train
+        if not 0.0 <= float(short_text_prob) <= 1.0:
+            raise InputError(f"short_text_prob must be in [0, 1], got {short_text_prob!r}")
+        self.short_text_prob = float(short_text_prob)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -73,10 +95,14 @@ class RegionDataset(Dataset):
                 control = []
         else:
             caption, control = captions[0], []
+        text = caption
+        if self.train and self.short_text_prob > 0 and random.random() < self.short_text_prob:
+            text = short_description(spec, random.Random(random.getrandbits(62))) or caption
         return {
             "pixels": views.pixels,
             "boxes_in_view": torch.as_tensor(views.geometry.box_in_view, dtype=torch.float32),
             "caption": caption,
+            "contrastive_text": text,
             "control": control_string(control),
             "tags": tags,
             "key": (record.get("image"), spec.get("id", reg_idx)),
@@ -90,6 +116,7 @@ def collate_regions(samples: list[dict]) -> dict:
         "pixels": torch.cat([s["pixels"] for s in samples]),
         "boxes_in_view": torch.cat([s["boxes_in_view"] for s in samples]),
         "captions": [s["caption"] for s in samples],
+        "contrastive_texts": [s.get("contrastive_text", s["caption"]) for s in samples],
         "controls": [s["control"] for s in samples],
         "tags": [s["tags"] for s in samples],
         "keys": [s["key"] for s in samples],
@@ -109,7 +136,8 @@ class RegionDataModule(L.LightningDataModule):
     def __init__(self, train_file: str | None = None, val_file: str | None = None, *, train_split: str | None = "train",
                  val_split: str | None = "val", image_root: str | None = None, num_views: int = 3, size: int = 224,
                  batch_size: int = 64, num_workers: int = 2, control_dropout: float = 0.5,
-                 max_train_regions: int | None = None, max_val_regions: int | None = None):
+                 max_train_regions: int | None = None, max_val_regions: int | None = None,
+                 short_text_prob: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.train_set = self.val_set = None
@@ -120,7 +148,8 @@ class RegionDataModule(L.LightningDataModule):
         if h.train_file and stage in (None, "fit") and self.train_set is None:
             self.train_set = RegionDataset(h.train_file, split=h.train_split, policy="random",
                                            control_dropout=h.control_dropout, train=True,
-                                           max_regions=h.max_train_regions, **common)
+                                           max_regions=h.max_train_regions, short_text_prob=h.short_text_prob,
+                                           **common)
         if h.val_file and self.val_set is None:
             self.val_set = RegionDataset(h.val_file, split=h.val_split, policy="greedy", train=False,
                                          max_regions=h.max_val_regions, **common)

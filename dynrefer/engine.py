@@ -1,0 +1,165 @@
+"""The batched multi-region inference engine (one pass per batch of images).
+
+For a batch of images and all their regions:
+
+1. views are chosen per image with the model's policy (greedy pHash by default: each image's
+   candidate crops hashed in one call) — the geometry only, nothing is rendered yet;
+2. identical integer crops of one image (the ``t = 1`` whole-image view shared by every
+   region, clipped boxes that coincide) are kept once (``np.unique``) and rendered in one call
+   per image; the views of every image are stacked into one pixel tensor and
+   ``view_index`` maps each region's ``n`` views onto its rows;
+3. the encoder runs over the unique views in chunks of ``encoder_batch_size`` (memory bound),
+   then RoI-align / alignment / fusion / Q-Former and the heads see every region of the batch
+   at once; vocabulary text embeddings are cached by the model; captions are generated for
+   all regions together (beam search batched across regions);
+4. everything under ``torch.inference_mode``, optionally under autocast (``dtype``:
+   ``"bfloat16"`` / ``"float16"`` where the device supports it).
+
+The result for a region does not depend on which other regions share its batch (tests
+compare it with one region at a time).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .view_selection import select_views
+from .views import render_crops
+
+TASKS = ("caption", "tags", "attributes", "category")
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ViewPlan:
+    """Views of a batch: ``crops`` (U, 4) unique crops with ``owner`` (U,) their image index,
+    ``view_index`` (R·n,) rows of ``crops`` per region view, ``boxes_in_view`` (R·n, 4),
+    ``views`` the per-region :class:`~dynrefer.views.RegionViews` (geometry only)."""
+
+    crops: np.ndarray
+    owner: np.ndarray
+    view_index: np.ndarray
+    boxes_in_view: np.ndarray
+    views: list = field(default_factory=list)
+    regions_per_image: list = field(default_factory=list)
+
+    @property
+    def total_crops(self) -> int:
+        return int(self.view_index.shape[0])
+
+    @property
+    def unique_crops(self) -> int:
+        return int(self.crops.shape[0])
+
+
+def check_tasks(tasks) -> tuple[str, ...]:
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    tasks = tuple(tasks)
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise InputError(f"unknown task(s) {bad or '(none)'}; expected some of {', '.join(TASKS)}")
+    return tasks
+
+
+def plan_views(images, boxes, *, num_views, size, policy="greedy", ts=None, hash_flavour="official",
+               generator=None) -> ViewPlan:
+    """Choose the views of every region of every image and deduplicate their crops per image.
+
+    Args:
+        images: list of (3, H, W) uint8 tensors.
+        boxes: per image, a list of region boxes (xyxy floats).
+    """
+    crops, owner, index, biv, all_views, counts = [], [], [], [], [], []
+    offset = 0
+    for i, (image, image_boxes) in enumerate(zip(images, boxes)):
+        counts.append(len(image_boxes))
+        if not image_boxes:
+            continue
+        views = select_views(image, list(image_boxes), num_views=num_views, policy=policy, ts=ts, size=size,
+                             hash_flavour=hash_flavour, render=False, generator=generator)
+        stacked = np.concatenate([v.geometry.crops for v in views])
+        unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        crops.append(unique)
+        owner.append(np.full(len(unique), i, dtype=np.int64))
+        index.append(inverse.reshape(-1) + offset)
+        biv.append(np.concatenate([v.geometry.box_in_view for v in views]))
+        all_views.extend(views)
+        offset += len(unique)
+    if not crops:
+        empty = np.zeros((0, 4), dtype=np.int64)
+        return ViewPlan(empty, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), [], counts)
+    return ViewPlan(np.concatenate(crops), np.concatenate(owner), np.concatenate(index),
+                    np.concatenate(biv).astype(np.float32), all_views, counts)
+
+
+def render_plan(images, plan: ViewPlan, size: int, device) -> torch.Tensor:
+    """(U, 3, S, S) CLIP-normalised pixels of the plan's unique crops, image by image."""
+    parts = [render_crops(images[i].to(device), plan.crops[plan.owner == i], size)
+             for i in np.unique(plan.owner)]
+    return torch.cat(parts) if parts else torch.zeros((0, 3, size, size), device=device)
+
+
+class Engine:
+    """Runs a ``DynRefer`` over batches of images with many regions each.
+
+    Args:
+        model: a ``DynRefer`` (put it on its device first).
+        encoder_batch_size: views per encoder call (bounds peak memory).
+        dtype: ``None`` (the model's precision), ``"bfloat16"`` or ``"float16"`` autocast.
+    """
+
+    def __init__(self, model, *, encoder_batch_size: int = 256, dtype: str | None = None):
+        if int(encoder_batch_size) < 1:
+            raise InputError(f"encoder_batch_size must be at least 1, got {encoder_batch_size!r}")
+        if dtype is not None and dtype not in AUTOCAST_DTYPES:
+            raise InputError(f"unknown autocast dtype {dtype!r}; expected one of {', '.join(AUTOCAST_DTYPES)}")
+        self.model = model.eval()
+        self.encoder_batch_size = int(encoder_batch_size)
+        self.dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.tag_embeddings.device
+
+    def _autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.dtype])
+
+    def run(self, images, regions, *, tasks=TASKS, policy=None, ts=None, hash_flavour=None, classes=None,
+            attributes=None, tag_threshold=None, generator=None) -> tuple[list[list[dict]], ViewPlan]:
+        """Model outputs for ``regions`` (per image, parsed :class:`~dynrefer.regions.Region`
+        lists) of ``images`` ((3, H, W) uint8 tensors): per image, one dict per region (see
+        ``DynRefer.predict``), and the view plan."""
+        tasks = check_tasks(tasks)
+        cfg = self.model.config.views
+        policy = policy or cfg.policy
+        if policy == "fixed" and ts is None:
+            ts = cfg.fixed_ts
+        plan = plan_views(images, [[r.box for r in regs] for regs in regions], num_views=cfg.num_views,
+                          size=cfg.size, policy=policy, ts=ts, hash_flavour=hash_flavour or cfg.hash_flavour,
+                          generator=generator)
+        if plan.total_crops == 0:
+            return [[] for _ in images], plan
+        classes = list(classes) if classes is not None else list(self.model.categories)
+        attributes = list(attributes) if attributes is not None else list(self.model.attributes)
+        with torch.inference_mode(), self._autocast():
+            pixels = render_plan(images, plan, cfg.size, self.device)
+            batch = {
+                "pixels": pixels,
+                "view_index": torch.as_tensor(plan.view_index, device=self.device),
+                "boxes_in_view": torch.as_tensor(plan.boxes_in_view, dtype=torch.float32, device=self.device),
+            }
+            outputs = self.model.predict(batch, tasks, attributes=attributes or None, categories=classes or None,
+                                         tag_threshold=tag_threshold, encoder_batch_size=self.encoder_batch_size)
+        per_image, start = [], 0
+        for count in plan.regions_per_image:
+            per_image.append(outputs[start:start + count])
+            start += count
+        return per_image, plan

@@ -1,0 +1,66 @@
+"""Short 'the {attributes} {category}' texts for the contrastive head (training option)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from dynrefer.errors import InputError
+from dynrefer.model.config import DynReferConfig
+from dynrefer.model.dynrefer import DynRefer
+from dynrefer.train.data import RegionDataset, short_description
+
+SPEC = {"category": "star", "attributes": ["color:red", "pattern:dotted", "size:small"]}
+
+
+def test_short_description_uses_only_annotated_words():
+    rng = random.Random(0)
+    texts = {short_description(SPEC, rng) for _ in range(400)}
+    assert {"the star", "the red star", "the red object", "the small dotted red star"} <= texts
+    for text in texts:
+        words = text.split()
+        assert words[0] == "the" and words[-1] in ("star", "object")
+        assert set(words[1:-1]) <= {"red", "dotted", "small"} and len(set(words)) == len(words)
+        assert words[-1] == "star" or len(words) > 2  # "the object" alone would say nothing
+    assert short_description({}, rng) is None
+    assert short_description({"attributes": ["color:navy/dark blue"]}, random.Random(1)) in (
+        "the navy object", "the dark blue object")
+
+
+def test_dataset_short_text_prob(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text(
+        '{"image": "a.png", "width": 32, "height": 32, "regions": [{"id": 0, "box": [4, 4, 20, 20], '
+        '"captions": ["a long red caption"], "category": "star", "attributes": ["color:red"]}]}\n')
+    random.seed(0)
+    never = RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=0.0)
+    assert all(never[0]["contrastive_text"] == "a long red caption" for _ in range(20))
+    always = RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=1.0)
+    texts = {always[0]["contrastive_text"] for _ in range(40)}
+    assert texts <= {"the star", "the red star", "the red object"} and len(texts) >= 2
+    assert always[0]["caption"] == "a long red caption"  # the language head keeps the caption
+    evaluation = RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=1.0, train=False)
+    assert evaluation[0]["contrastive_text"] == "a long red caption"
+    with pytest.raises(InputError, match="short_text_prob"):
+        RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=1.5)
+
+
+def test_forward_pairs_contrastive_head_with_contrastive_texts():
+    torch.manual_seed(0)
+    model = DynRefer(DynReferConfig.from_name("tiny"), tags=["red"]).eval()
+    n, s = model.config.views.num_views, model.config.views.size
+    batch = {"pixels": torch.randn(2 * n, 3, s, s), "boxes_in_view": torch.tensor([[2.0, 2.0, 20.0, 20.0]] * (2 * n)),
+             "captions": ["a red star", "a blue circle"], "tags": [["red"], []]}
+    plain = model(batch)["loss_contrastive"]
+    same = model({**batch, "contrastive_texts": ["a red star", "a blue circle"]})["loss_contrastive"]
+    other = model({**batch, "contrastive_texts": ["the star", "the circle"]})["loss_contrastive"]
+    assert torch.equal(plain, same)
+    assert not torch.allclose(plain, other)
+    region = model.encode_regions(batch["pixels"], batch["boxes_in_view"])
+    expected = model.config.contrastive.loss_weight * model.contrastive_head.loss(
+        region, model.embed_texts(["the star", "the circle"]))
+    torch.testing.assert_close(other, expected)
