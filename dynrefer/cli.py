@@ -85,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .describe_command import register as register_describe
     from .metrics.command import register as register_evaluate
     from .official_command import register as register_official
+    from .predict_command import register as register_predict
     from .prepare.command import register as register_prepare
 
     register_describe(sub)
+    register_predict(sub)
     register_synth(sub)
     register_prepare(sub)
     register_evaluate(sub)

@@ -1,0 +1,122 @@
+"""``dynrefer predict``: describe every region of a JSONL dataset into a predictions JSONL.
+
+    dynrefer predict --model builtin|DIR --data IN.jsonl --out OUT.jsonl [--tasks caption,tags,...]
+                     [--image-root DIR] [--devices N] [--accelerator cpu|gpu|auto] [--config C.yaml]
+                     [--all-scores] [--classes a,b,c] [--attributes a,b,c] [--tag-threshold T]
+                     [--batch-size IMAGES] [--num-workers W] [--encoder-batch-size V] [--dtype bfloat16|float16]
+
+Runs through Lightning's ``Trainer.predict`` (several devices: DDP splits the images);
+resumable — a rerun skips the regions already written (see :mod:`dynrefer.train.predict`).
+``--config`` is a YAML file whose ``predict:`` section (or top level) holds any of these options
+with underscores (``tag_threshold: 0.8``, ``classes: [...]``, or ``classes_file`` /
+``attributes_file``: one name per line or a JSON list); command-line options win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import InputError
+
+DEFAULTS = {
+    "model": "builtin", "data": None, "out": None, "tasks": "caption,tags,attributes,category", "image_root": None,
+    "devices": 1, "accelerator": "cpu", "all_scores": False, "classes": None, "attributes": None,
+    "classes_file": None, "attributes_file": None, "tag_threshold": None, "batch_size": 4, "num_workers": 2,
+    "encoder_batch_size": 256, "dtype": None,
+}  # fmt: skip
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="describe every region of a JSONL dataset (resumable, multi-device)",
+                              description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=None, help="YAML file with defaults for these options")
+    p.add_argument("--model", default=None, help="'builtin' (default) or a model folder")
+    p.add_argument("--data", default=None, help="input JSONL (SPEC §5)")
+    p.add_argument("--out", default=None, help="predictions JSONL to write")
+    p.add_argument("--tasks", default=None, help="comma-separated: caption,tags,attributes,category (default: all)")
+    p.add_argument("--image-root", default=None, help="image paths are relative to this (default: the JSONL's folder)")
+    p.add_argument("--devices", type=int, default=None, help="processes / devices (DDP when > 1)")
+    p.add_argument("--accelerator", default=None, help="cpu (default), gpu or auto")
+    p.add_argument("--all-scores", action="store_true", default=None, help="every tag and every class with its score")
+    p.add_argument("--classes", default=None, help="comma-separated class names (default: the model's)")
+    p.add_argument("--attributes", default=None, help="comma-separated attribute names (default: the model's)")
+    p.add_argument("--tag-threshold", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="images per engine pass (default 4)")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding images (default 2)")
+    p.add_argument("--encoder-batch-size", type=int, default=None, help="views per encoder call (default 256)")
+    p.add_argument("--dtype", default=None, choices=("bfloat16", "float16"), help="autocast precision")
+    p.set_defaults(func=run)
+
+
+def _read_names(path, option: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"cannot read {option} '{p}': no such file")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):  # a JSON list: names, or OVAD-style attribute dicts (kept whole)
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{option} '{p}': not valid JSON ({exc.msg})") from None
+        if not all(isinstance(n, str) or (isinstance(n, dict) and "name" in n) for n in names):
+            raise InputError(f"{option} '{p}': expected names or objects with a 'name'")
+        return names
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def resolve_options(args) -> dict:
+    """Defaults ← ``--config`` ← command line; names lists resolved; required options checked."""
+    opts = dict(DEFAULTS)
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise InputError(f"cannot read --config '{path}': no such file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = loaded.get("predict", loaded) if isinstance(loaded, dict) else loaded
+        if not isinstance(loaded, dict):
+            raise InputError(f"--config '{path}': expected a mapping of options")
+        unknown = sorted(set(loaded) - set(DEFAULTS))
+        if unknown:
+            raise InputError(f"--config '{path}': unknown option(s) {', '.join(unknown)}")
+        base = path.parent
+        for key in ("classes_file", "attributes_file"):
+            if loaded.get(key) and not Path(loaded[key]).is_absolute() and (base / loaded[key]).exists():
+                loaded[key] = str(base / loaded[key])
+        opts.update(loaded)
+    for key, value in vars(args).items():
+        if key in opts and value is not None:
+            opts[key] = value
+    for key in ("data", "out"):
+        if not opts[key]:
+            raise InputError(f"--{key} is required (or set it in --config)")
+    for key in ("classes", "attributes"):
+        value = opts[key]
+        if isinstance(value, str):
+            opts[key] = [t.strip() for t in value.split(",") if t.strip()]
+        if opts[key] is None and opts[f"{key}_file"]:
+            opts[key] = _read_names(opts[f"{key}_file"], f"{key}_file")
+    for key in ("devices", "batch_size", "encoder_batch_size"):
+        if int(opts[key]) < 1:
+            raise InputError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
+    if int(opts["num_workers"]) < 0:
+        raise InputError(f"--num-workers must be 0 or more, got {opts['num_workers']}")
+    return opts
+
+
+def run(args) -> int:
+    from .engine import check_tasks
+    from .train.predict import run_predict
+
+    opts = resolve_options(args)
+    summary = run_predict(opts["model"], opts["data"], opts["out"], image_root=opts["image_root"],
+                          tasks=check_tasks(opts["tasks"]), all_scores=bool(opts["all_scores"]),
+                          classes=opts["classes"], attributes=opts["attributes"], tag_threshold=opts["tag_threshold"],
+                          devices=int(opts["devices"]), accelerator=opts["accelerator"],
+                          batch_size=int(opts["batch_size"]), num_workers=int(opts["num_workers"]),
+                          encoder_batch_size=int(opts["encoder_batch_size"]), dtype=opts["dtype"])
+    print(json.dumps(summary))
+    return 0

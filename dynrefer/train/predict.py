@@ -1,0 +1,216 @@
+"""Batch prediction over a JSONL dataset with Lightning's ``Trainer.predict`` (SPEC §5).
+
+* :class:`RecordDataset` — the images of a JSONL file that still have regions to describe
+  (decoded in DataLoader workers);
+* :class:`PredictModule` — a ``LightningModule`` whose ``predict_step`` hands a batch of images
+  with all their regions to the engine (:class:`~dynrefer.predictor.Predictor`);
+* :class:`JsonlPredictionWriter` — a ``BasePredictionWriter`` that appends every finished
+  region, per process, to ``OUT.parts/rank{r}.jsonl`` (flushed and fsync'ed after each batch),
+  then, when every process is done, assembles ``OUT`` (records and regions in input order)
+  with an atomic rename and removes the parts.
+
+A rerun reads the parts (a line cut short by an interruption is ignored) and an existing
+``OUT``, and skips the regions already there: an interrupted run resumes, and ``OUT`` is
+never a partial file. Several processes (``--devices N``: DDP) split the images; the merge
+keeps one prediction per region.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+from ..images import load_image
+from ..records import read_jsonl, write_jsonl
+
+REGION_INPUT_KEYS = ("id", "box", "bbox", "mask", "polygon", "segmentation", "rle", "score")
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def read_parts(out: Path) -> dict[tuple[int, int], dict]:
+    """Finished regions ``{(record index, region index): prediction}`` from an earlier run's parts."""
+    done: dict[tuple[int, int], dict] = {}
+    folder = parts_dir(out)
+    for part in sorted(folder.glob("rank*.jsonl")) if folder.is_dir() else []:
+        for line in part.read_text(encoding="utf-8").splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of an interrupted write
+            if isinstance(item, dict) and {"record", "region", "prediction"} <= set(item):
+                done[(int(item["record"]), int(item["region"]))] = item["prediction"]
+    return done
+
+
+def read_finished(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]:
+    """Regions already in ``out`` (a finished earlier run), matched to the input by (image, id)."""
+    if not out.is_file():
+        return {}
+    where = {(rec.get("image"), reg.get("id", j)): (i, j)
+             for i, rec in enumerate(records) for j, reg in enumerate(rec.get("regions", []))}
+    done = {}
+    for rec in read_jsonl(out):
+        for reg in rec.get("regions", []):
+            key = where.get((rec.get("image"), reg.get("id")))
+            if key is not None:
+                done[key] = reg
+    return done
+
+
+class RecordDataset(Dataset):
+    """Images of ``records`` with the regions not in ``done``; an item is one image."""
+
+    def __init__(self, records: list[dict], root: Path, done=frozenset()):
+        self.records, self.root = records, Path(root)
+        self.items = []
+        for i, rec in enumerate(records):
+            if rec.get("image") is None:
+                raise InputError(f"record {i} has no image path")
+            todo = [j for j in range(len(rec.get("regions", []))) if (i, j) not in done]
+            if todo:
+                self.items.append((i, todo))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict:
+        i, todo = self.items[k]
+        rec = self.records[i]
+        regions = []
+        for j in todo:
+            spec = rec["regions"][j]
+            regions.append({key: spec[key] for key in REGION_INPUT_KEYS if key in spec} | {"id": spec.get("id", j)})
+        return {"record": i, "regions_index": todo, "image": load_image(self.root / rec["image"]),
+                "label": rec["image"], "regions": regions}
+
+
+def collate_images(items: list[dict]) -> list[dict]:
+    return items
+
+
+class PredictModule(L.LightningModule):
+    """``predict_step``: all regions of a batch of images through the engine in one pass.
+
+    Args:
+        model: a model folder or ``"builtin"``; ``tasks``, ``all_scores``, ``classes``,
+            ``attributes``, ``tag_threshold``: as :meth:`~dynrefer.predictor.Predictor.describe_many`.
+    """
+
+    def __init__(self, model="builtin", *, tasks=("caption", "tags", "attributes", "category"), all_scores=False,
+                 classes=None, attributes=None, tag_threshold=None, encoder_batch_size=256, dtype=None):
+        super().__init__()
+        from ..predictor import Predictor
+
+        self.predictor = Predictor(model, encoder_batch_size=encoder_batch_size, dtype=dtype)
+        self.model = self.predictor.model
+        self.options = dict(tasks=tasks, all_scores=all_scores, classes=classes, attributes=attributes,
+                            tag_threshold=tag_threshold)
+
+    def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
+        records = self.predictor.describe_many([b["image"] for b in batch], [b["regions"] for b in batch],
+                                               image_labels=[b["label"] for b in batch], **self.options)
+        out = []
+        for item, record in zip(batch, records):
+            for j, region in zip(item["regions_index"], record["regions"]):
+                out.append({"record": item["record"], "region": j, "prediction": region})
+        return out
+
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Appends each batch's regions to this process's part file; assembles ``out`` at the end."""
+
+    def __init__(self, out, records: list[dict], finished: dict | None = None):
+        super().__init__(write_interval="batch")
+        self.out, self.records, self.finished = Path(out), records, dict(finished or {})
+        self.written = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        folder = parts_dir(self.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f"rank{trainer.global_rank}.jsonl"
+        cut = False
+        if part.is_file() and part.stat().st_size:
+            with open(part, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                cut = fh.read(1) != b"\n"  # an earlier run stopped mid-line: start a fresh line
+        with open(part, "a", encoding="utf-8") as fh:
+            fh.write("\n" if cut else "")
+            fh.write("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prediction))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.written += len(prediction)
+
+    def on_predict_end(self, trainer, pl_module):
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            assemble(self.out, self.records, self.finished)
+        trainer.strategy.barrier()
+
+
+def assemble(out: Path, records: list[dict], finished: dict | None = None) -> int:
+    """Write ``out`` from the parts and ``finished`` (input order); returns the region count.
+    The parts are removed once ``out`` is complete."""
+    done = dict(finished or {})
+    done.update(read_parts(out))
+    result = []
+    for i, rec in enumerate(records):
+        regions = [done[(i, j)] for j in range(len(rec.get("regions", []))) if (i, j) in done]
+        if len(regions) != len(rec.get("regions", [])):
+            raise RuntimeError(f"record {i} ({rec.get('image')}): {len(regions)} of {len(rec['regions'])} regions "
+                               "predicted; rerun to finish")
+        result.append({"image": rec.get("image"), "width": rec.get("width"), "height": rec.get("height"),
+                       "regions": regions} | ({"split": rec["split"]} if "split" in rec else {}))
+    write_jsonl(out, result)
+    folder = parts_dir(out)
+    for part in folder.glob("rank*.jsonl") if folder.is_dir() else []:
+        part.unlink()
+    if folder.is_dir():
+        folder.rmdir()
+    return sum(len(r["regions"]) for r in result)
+
+
+def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", "attributes", "category"),
+                all_scores=False, classes=None, attributes=None, tag_threshold=None, devices=1, accelerator="cpu",
+                batch_size=4, num_workers=2, encoder_batch_size=256, dtype=None, progress=True) -> dict:
+    """Describe every region of ``data`` (JSONL) into ``out`` (JSONL); resumable. Returns a summary."""
+    data, out = Path(data), Path(out)
+    if out.resolve() == data.resolve():
+        raise InputError(f"--out '{out}' would overwrite the input file")
+    records = read_jsonl(data)
+    root = Path(image_root) if image_root else data.parent
+    finished = read_finished(out, records)
+    done = set(finished) | set(read_parts(out))
+    dataset = RecordDataset(records, root, done)
+    total = sum(len(r.get("regions", [])) for r in records)
+    summary = {"out": str(out), "images": len(records), "regions": total, "skipped": len(done)}
+    if len(dataset) == 0:
+        summary["predicted"] = 0
+        assemble(out, records, finished)
+        return summary
+    module = PredictModule(model, tasks=tasks, all_scores=all_scores, classes=classes, attributes=attributes,
+                           tag_threshold=tag_threshold, encoder_batch_size=encoder_batch_size, dtype=dtype)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=collate_images, persistent_workers=False)
+    writer = JsonlPredictionWriter(out, records, finished)
+    strategy = "auto" if int(devices) == 1 else ("ddp_spawn" if accelerator == "cpu" else "ddp")
+    callbacks = [writer]
+    if progress:
+        from .progress import RegionsProgressBar
+
+        callbacks.append(RegionsProgressBar())
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, logger=False,
+                        enable_progress_bar=progress, enable_model_summary=False, callbacks=callbacks,
+                        inference_mode=True)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    summary["predicted"] = total - len(done)
+    return summary

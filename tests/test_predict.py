@@ -1,0 +1,152 @@
+"""``dynrefer predict``: batch prediction over JSONL with Trainer.predict — equal to describe,
+resumable after an interruption, 2-process DDP, the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+import dynrefer
+from dynrefer.cli import main
+from dynrefer.model.config import tiny_config
+from dynrefer.predictor import Predictor
+from dynrefer.train import predict as predict_mod
+from dynrefer.train.predict import parts_dir, run_predict
+
+CLASSES = ["circle", "square", "star"]
+ATTRIBUTES = ["color:red", "color:blue/navy", "pattern:dotted"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = dynrefer.DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=CLASSES, attributes=ATTRIBUTES)
+    return model.save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "img").mkdir()
+    rng = np.random.default_rng(0)
+    records = []
+    photos = [data.coffee(), data.astronaut(), data.chelsea(), data.rocket()]
+    for i, photo in enumerate(photos):
+        photo = photo[::2, ::2]
+        Image.fromarray(photo).save(root / "img" / f"{i}.png")
+        h, w = photo.shape[:2]
+        regions = []
+        for j in range(2 + i):
+            x1, y1 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
+            box = [round(float(x1), 2), round(float(y1), 2), round(float(x1 + rng.uniform(8, w / 2)), 2),
+                   round(float(y1 + rng.uniform(8, h / 2)), 2)]
+            regions.append({"id": f"r{j}", "box": box, "captions": ["unused"], "score": 0.5 + j / 10})
+        records.append({"image": f"img/{i}.png", "width": w, "height": h, "split": "test", "regions": regions})
+    (root / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root, records
+
+
+def _regions(path):
+    return {(rec["image"], reg["id"]): reg for rec in map(json.loads, path.read_text().splitlines())
+            for reg in rec["regions"]}
+
+
+def _assert_close(a: dict, b: dict):
+    assert set(a) == set(b)
+    for key, ra in a.items():
+        rb = b[key]
+        assert ra["views"] == rb["views"] and ra["caption"] == rb["caption"] and ra["box"] == rb["box"]
+        assert abs(ra["caption_score"] - rb["caption_score"]) < 1e-4 and ra["score"] == rb["score"]
+        for name in ("attributes", "tags"):
+            got = dict(ra[name])
+            assert max((abs(got[n] - s) for n, s in rb[name]), default=0.0) < 1e-4
+
+
+def test_predict_equals_describe_and_keeps_input_order(model_dir, dataset, tmp_path):
+    root, records = dataset
+    out = tmp_path / "pred.jsonl"
+    summary = run_predict(model_dir, root / "in.jsonl", out, batch_size=3, num_workers=0, progress=False)
+    assert summary == {"out": str(out), "images": 4, "regions": 14, "skipped": 0, "predicted": 14}
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"] for r in got] == [r["image"] for r in records]
+    assert [[g["id"] for g in r["regions"]] for r in got] == [[g["id"] for g in r["regions"]] for r in records]
+    assert all(r["split"] == "test" for r in got)
+    assert not parts_dir(out).exists()
+    predictor = Predictor(model_dir)
+    for rec, pred in zip(records, got):
+        ref = predictor.describe(root / rec["image"], [{"box": r["box"], "id": r["id"], "score": r["score"]}
+                                                       for r in rec["regions"]])
+        _assert_close({r["id"]: r for r in pred["regions"]}, {r["id"]: r for r in ref["regions"]})
+
+
+def test_resume_after_interruption_gives_the_same_file(model_dir, dataset, tmp_path, monkeypatch):
+    root, _ = dataset
+    clean = tmp_path / "clean.jsonl"
+    run_predict(model_dir, root / "in.jsonl", clean, batch_size=1, num_workers=0, progress=False)
+    out = tmp_path / "pred.jsonl"
+    original = predict_mod.PredictModule.predict_step
+
+    def failing(self, batch, batch_idx=0):
+        if batch_idx == 2:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
+    assert not out.exists()  # never a partial output file
+    part = parts_dir(out) / "rank0.jsonl"
+    assert len(part.read_text().splitlines()) == 2 + 3  # the first two images' regions
+    with part.open("a") as fh:
+        fh.write('{"record": 3, "region": 0, "predic')  # a write cut short
+    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", original)
+    summary = run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
+    assert (summary["skipped"], summary["predicted"]) == (5, 9)
+    assert out.read_bytes() == clean.read_bytes()
+    again = run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
+    assert (again["skipped"], again["predicted"]) == (14, 0)
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def test_ddp_two_processes_equal_one(model_dir, dataset, tmp_path):
+    root, _ = dataset
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    run_predict(model_dir, root / "in.jsonl", one, batch_size=1, num_workers=0, progress=False)
+    summary = run_predict(model_dir, root / "in.jsonl", two, batch_size=1, num_workers=0, devices=2, progress=False)
+    assert summary["predicted"] == 14
+    _assert_close(_regions(two), _regions(one))
+
+
+def test_cli_predict_with_config_and_errors(model_dir, dataset, tmp_path, capsys):
+    root, _ = dataset
+    (tmp_path / "classes.txt").write_text("circle\nstar\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"predict:\n  model: {model_dir}\n  tasks: category\n  all_scores: true\n"
+                   "  classes_file: classes.txt\n  num_workers: 0\n")
+    out = tmp_path / "p.jsonl"
+    code = main(["predict", "--config", str(cfg), "--data", str(root / "in.jsonl"), "--out", str(out)])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predicted"] == 14
+    for region in _regions(out).values():
+        assert set(region) == {"id", "box", "views", "score", "category", "categories"}
+        assert sorted(c for c, _ in region["categories"]) == ["circle", "star"]
+    for argv, reason in [
+        (["predict", "--data", str(root / "in.jsonl")], "--out is required"),
+        (["predict", "--data", str(tmp_path / "nope.jsonl"), "--out", str(out)], "nope.jsonl"),
+        (["predict", "--data", str(root / "in.jsonl"), "--out", str(root / "in.jsonl")], "overwrite"),
+        (["predict", "--config", str(tmp_path / "none.yaml"), "--out", str(out)], "none.yaml"),
+        (["predict", "--data", str(root / "in.jsonl"), "--out", str(out), "--tasks", "poem"], "poem"),
+        (["predict", "--data", str(root / "in.jsonl"), "--out", str(out), "--batch-size", "0"], "--batch-size"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("dynrefer: error: ") and reason in err, (argv, err)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("predict:\n  colour: red\n")
+    assert main(["predict", "--config", str(bad), "--data", str(root / "in.jsonl"), "--out", str(out)]) == 2
+    assert "unknown option(s) colour" in capsys.readouterr().err
