@@ -99,6 +99,8 @@ def resolve_options(args) -> dict:
             opts[key] = [t.strip() for t in value.split(",") if t.strip()]
         if opts[key] is None and opts[f"{key}_file"]:
             opts[key] = _read_names(opts[f"{key}_file"], f"{key}_file")
+            if key == "classes":  # e.g. a COCO categories.json: the names only
+                opts[key] = [n if isinstance(n, str) else str(n["name"]) for n in opts[key]]
     for key in ("devices", "batch_size", "encoder_batch_size"):
         if int(opts[key]) < 1:
             raise InputError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")

@@ -70,3 +70,40 @@ def test_eval_configs_step(recipe, fixture_data, tmp_path):
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump(stand_in(config, data, model_dir, tmp_path / "export")))
     assert main(["validate", "--config", str(path)]) == 0
+
+
+PREDICT_TASKS = {"ovad.yaml": {"attributes"}, "coco.yaml": {"category", "categories"},
+                 "vg_densecap.yaml": {"caption", "caption_score", "tags"}, "vg_caption.yaml": {"caption", "tags"},
+                 "refcocog.yaml": {"caption", "tags"}}
+
+
+@pytest.mark.parametrize("recipe", sorted(PREDICT_TASKS))
+def test_predict_configs_run(recipe, fixture_data, tmp_path):
+    """configs/predict/*.yaml (the benchmark prediction recipes) with a tiny model on fixture scenes."""
+    root, data, model_dir = fixture_data
+    config = yaml.safe_load((CONFIGS / "predict" / recipe).read_text())
+    opts = config["predict"]
+    assert opts["model"] == ("checkpoints/refcocog_ft" if recipe == "refcocog.yaml" else "checkpoints/vg1.2_5e")
+    assert opts.get("tag_threshold") == {"vg_caption.yaml": 0.8, "refcocog.yaml": 0.76}.get(recipe)
+    (tmp_path / "attributes.json").write_text(json.dumps([
+        {"id": 0, "name": "color:red", "type": "color", "parent_type": "color", "is_has_att": "is", "freq_set": "head"},
+        {"id": 1, "name": "pattern:dotted/spotted", "type": "pattern", "parent_type": "pattern", "is_has_att": "has",
+         "freq_set": "tail"}]))
+    (tmp_path / "categories.json").write_text(json.dumps([{"id": 1, "name": "circle"}, {"id": 2, "name": "star"}]))
+    opts.update(model=str(model_dir), data=str(data), out=str(tmp_path / "pred.jsonl"), image_root=None,
+                accelerator="cpu", num_workers=0, batch_size=2)
+    for key in ("attributes_file", "classes_file"):
+        if key in opts:
+            opts[key] = str(tmp_path / ("attributes.json" if key == "attributes_file" else "categories.json"))
+    path = tmp_path / "predict.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["predict", "--config", str(path)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in data.read_text().splitlines()]
+    assert [len(r["regions"]) for r in records] == [len(r["regions"]) for r in expected]
+    for region in (g for r in records for g in r["regions"]):
+        assert PREDICT_TASKS[recipe] <= set(region)
+        if "attributes" in region:
+            assert sorted(a for a, _ in region["attributes"]) == ["color:red", "pattern:dotted/spotted"]
+        if "categories" in region:
+            assert sorted(c for c, _ in region["categories"]) == ["circle", "star"]
