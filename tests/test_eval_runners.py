@@ -1,0 +1,103 @@
+"""The benchmark runners in eval/ end to end on fixture scenes with a tiny model:
+prepared data + model → predict → evaluate → report."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dynrefer
+from dynrefer.model.config import tiny_config
+
+EVAL = Path(__file__).resolve().parent.parent / "eval"
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    from dynrefer.data.synthetic import generate_dataset, vocabulary
+
+    root = tmp_path_factory.mktemp("runners")
+    summary = generate_dataset(root / "scenes", num_images=4, seed=11, workers=1, splits=(0.5, 0.0, 0.5))
+    vocab = vocabulary()
+    torch.manual_seed(0)
+    model = dynrefer.DynRefer(tiny_config(), tags=vocab["tags"][:8], categories=vocab["categories"],
+                              attributes=vocab["attributes"])
+    folder = model.save_pretrained(root / "model")
+    (root / "attributes.json").write_text(json.dumps([
+        {"id": i, "name": a, "type": a.split(":")[0], "parent_type": a.split(":")[0], "is_has_att": "is",
+         "freq_set": ("head", "medium", "tail")[i % 3]} for i, a in enumerate(vocab["attributes"])]))
+    (root / "categories.json").write_text(json.dumps([{"id": i + 1, "name": c}
+                                                      for i, c in enumerate(vocab["categories"])]))
+    return root, Path(summary["jsonl"]), folder
+
+
+def run_runner(name: str, argv: list[str], monkeypatch) -> dict:
+    monkeypatch.setattr(sys, "argv", [str(EVAL / name), *argv])
+    monkeypatch.syspath_prepend(str(EVAL))
+    runpy.run_path(str(EVAL / name), run_name="__main__")
+    return json.loads((Path(argv[argv.index("--out-dir") + 1]) / "report.json").read_text())
+
+
+def _test_regions(data: Path) -> list[dict]:
+    return [g for r in map(json.loads, data.read_text().splitlines()) if r["split"] == "test" for g in r["regions"]]
+
+
+@pytest.mark.parametrize("name", ["refcocog.py", "vg_caption.py"])
+def test_captioning_runners(name, fixture, tmp_path, monkeypatch):
+    root, data, model = fixture
+    report = run_runner(name, ["--model", str(model), "--data", str(data), "--out-dir", str(tmp_path),
+                               "--num-workers", "0"], monkeypatch)
+    assert report["task"] == "caption" and 0 <= report["meteor"] <= 100 and report["cider"] >= 0
+    assert report["settings"]["tag_threshold"] == (0.76 if name == "refcocog.py" else 0.8)
+    assert report["settings"]["regions"] == len(_test_regions(data))
+    preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert all(isinstance(g["caption"], str) for r in preds for g in r["regions"])
+
+
+def test_densecap_runner_with_ground_truth_and_proposal_boxes(fixture, tmp_path, monkeypatch):
+    root, data, model = fixture
+    common = ["--model", str(model), "--data", str(data), "--num-workers", "0"]
+    gt = run_runner("vg_densecap.py", [*common, "--out-dir", str(tmp_path / "gt")], monkeypatch)
+    assert gt["task"] == "densecap" and gt["npos"] > 0 and 0 <= gt["map"] <= 100 and set(gt["ap"]) >= {"0.3", "0.7"}
+    rng = np.random.default_rng(0)
+    proposals = []
+    for rec in map(json.loads, data.read_text().splitlines()):
+        if rec["split"] == "test":
+            regions = [{"id": k, "box": [float(v + rng.uniform(-2, 2)) for v in g["box"]], "score": float(rng.random())}
+                       for k, g in enumerate(rec["regions"][:2])]
+            proposals.append({**rec, "regions": regions})
+    (tmp_path / "proposals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in proposals))
+    pred = run_runner("vg_densecap.py", [*common, "--out-dir", str(tmp_path / "pr"), "--proposals",
+                                         str(tmp_path / "proposals.jsonl")], monkeypatch)
+    out = [json.loads(line) for line in (tmp_path / "pr" / "predictions.jsonl").read_text().splitlines()]
+    assert [[g["score"] for g in r["regions"]] for r in out] == [[g["score"] for g in r["regions"]] for r in proposals]
+    assert pred["npos"] == gt["npos"] and 0 <= pred["map"] <= 100
+
+
+def test_ovad_runner(fixture, tmp_path, monkeypatch):
+    root, data, model = fixture
+    report = run_runner("ovad.py", ["--model", str(model), "--data", str(data), "--out-dir", str(tmp_path),
+                                    "--attributes", str(root / "attributes.json"), "--num-workers", "0"], monkeypatch)
+    assert report["task"] == "ovad" and 0 <= report["map"] <= 100
+    preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(g["attributes"]) == len(json.loads((root / "attributes.json").read_text()))
+               for r in preds for g in r["regions"])
+
+
+def test_coco_runner_accuracy_matches_the_predictions(fixture, tmp_path, monkeypatch):
+    root, data, model = fixture
+    report = run_runner("coco.py", ["--model", str(model), "--data", str(data), "--out-dir", str(tmp_path),
+                                    "--classes", str(root / "categories.json"), "--num-workers", "0"], monkeypatch)
+    preds = [g for line in (tmp_path / "predictions.jsonl").read_text().splitlines()
+             for g in json.loads(line)["regions"]]
+    truth = _test_regions(data)
+    assert len(preds) == len(truth)
+    expected = 100 * np.mean([p["category"][0] == t["category"] for p, t in zip(preds, truth)])
+    assert report["task"] == "recognition" and report["accuracy"] == pytest.approx(expected)
+    assert all(len(p["categories"]) == 12 for p in preds)
