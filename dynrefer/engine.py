@@ -68,7 +68,7 @@ def check_tasks(tasks) -> tuple[str, ...]:
 
 
 def plan_views(images, boxes, *, num_views, size, policy="greedy", ts=None, hash_flavour="official",
-               generator=None) -> ViewPlan:
+               generator=None, base_t=0.0) -> ViewPlan:
     """Choose the views of every region of every image and deduplicate their crops per image.
 
     Args:
@@ -82,7 +82,7 @@ def plan_views(images, boxes, *, num_views, size, policy="greedy", ts=None, hash
         if not image_boxes:
             continue
         views = select_views(image, list(image_boxes), num_views=num_views, policy=policy, ts=ts, size=size,
-                             hash_flavour=hash_flavour, render=False, generator=generator)
+                             hash_flavour=hash_flavour, render=False, generator=generator, base_t=base_t)
         stacked = np.concatenate([v.geometry.crops for v in views])
         unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
         crops.append(unique)
@@ -144,7 +144,7 @@ class Engine:
             ts = cfg.fixed_ts
         plan = plan_views(images, [[r.box for r in regs] for regs in regions], num_views=cfg.num_views,
                           size=cfg.size, policy=policy, ts=ts, hash_flavour=hash_flavour or cfg.hash_flavour,
-                          generator=generator)
+                          generator=generator, base_t=cfg.base_t)
         if plan.total_crops == 0:
             return [[] for _ in images], plan
         classes = list(classes) if classes is not None else list(self.model.categories)

@@ -114,6 +114,7 @@ def select_views(
     render: bool = True,
     renderer: str = "batched",
     describe_candidates: bool | None = None,
+    base_t: float = 0.0,
 ) -> list[RegionViews]:
     """Choose (and render) the views of every region of one image.
 
@@ -129,6 +130,8 @@ def select_views(
         generator: random source of the ``random`` policy.
         render: also render the selected views (``RegionViews.pixels``).
         renderer: ``"batched"`` or ``"reference"`` (see :func:`dynrefer.views.render_crops`).
+        base_t: the ``t`` of view 0 (default 0, the region itself; SPEC §1.1). Another value
+            (e.g. 1.0: a whole-image-only ablation) is for the ``fixed`` and ``random`` policies.
         describe_candidates: hash every candidate and the selected views and fill
             ``RegionViews.candidates`` / ``phash``; default: only for greedy policies (which
             need the hashes anyway).
@@ -142,15 +145,20 @@ def select_views(
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     image_size = (int(image.shape[2]), int(image.shape[1]))
     greedy = policy in ("greedy", "greedy_unique")
+    base_t = float(base_t)
+    if not 0.0 <= base_t <= 1.0:
+        raise ValueError(f"base_t must lie in [0, 1], got {base_t}")
+    if base_t != 0.0 and greedy and num_views > 1:
+        raise ValueError(f"policy {policy!r} compares views with the t = 0 view; base_t={base_t} needs 'fixed' or 'random'")
     num_extra = num_views - 1
     if describe_candidates is None:
         describe_candidates = greedy
     chosen: list[list[float] | None] = []
     for _ in boxes:
         if policy == "fixed":
-            chosen.append([0.0] + list(extra_fixed))
+            chosen.append([base_t] + list(extra_fixed))
         elif policy == "random":
-            chosen.append([0.0] + [CANDIDATE_TS[i] for i in random_select(num_extra, generator=generator)])
+            chosen.append([base_t] + [CANDIDATE_TS[i] for i in random_select(num_extra, generator=generator)])
         else:
             chosen.append(None)  # decided below from the hashes
     candidates: list[list[dict]] = [[] for _ in boxes]
@@ -196,7 +204,7 @@ def select_views(
             ]
     results = []
     for r, b in enumerate(boxes):
-        ts_r = chosen[r] if chosen[r] is not None else [0.0]
+        ts_r = chosen[r] if chosen[r] is not None else [base_t]
         rv = RegionViews(geometry=view_geometry(b, image_size, ts_r, size), phash=selected_hashes[r])
         rv.candidates = candidates[r]
         results.append(rv)

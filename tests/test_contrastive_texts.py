@@ -64,3 +64,21 @@ def test_forward_pairs_contrastive_head_with_contrastive_texts():
     expected = model.config.contrastive.loss_weight * model.contrastive_head.loss(
         region, model.embed_texts(["the star", "the circle"]))
     torch.testing.assert_close(other, expected)
+
+
+def test_base_t_views_for_the_whole_image_arm():
+    from dynrefer.view_selection import select_views
+
+    image = torch.zeros((3, 40, 60), dtype=torch.uint8)
+    box = [[10.0, 5.0, 30.0, 25.0]]
+    whole = select_views(image, box, num_views=1, policy="fixed", ts=[], size=16, base_t=1.0, render=False)[0]
+    assert whole.ts == [1.0] and whole.geometry.crops.tolist() == [[0, 0, 60, 40]]
+    np_box = whole.geometry.box_in_view[0].tolist()
+    assert np_box == pytest.approx([10 * 16 / 60, 5 * 16 / 40, 30 * 16 / 60, 25 * 16 / 40])
+    rand = select_views(image, box, num_views=3, policy="random", size=16, base_t=1.0, render=False,
+                        generator=torch.Generator().manual_seed(0))[0]
+    assert rand.ts[0] == 1.0 and len(rand.ts) == 3
+    with pytest.raises(ValueError, match="base_t"):
+        select_views(image, box, num_views=3, policy="greedy", size=16, base_t=1.0)
+    with pytest.raises(ValueError, match="base_t"):
+        select_views(image, box, num_views=1, policy="fixed", ts=[], size=16, base_t=1.5)

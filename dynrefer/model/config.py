@@ -39,6 +39,7 @@ class ViewsConfig:
     fixed_ts: list[float] | None = None
     hash_flavour: str = "official"
     train_policy: str = "random"
+    base_t: float = 0.0  # t of view 0: 0 = the region (SPEC); 1.0 only for the whole-image ablation arm
 
 
 @dataclass

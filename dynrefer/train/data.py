@@ -52,12 +52,13 @@ class RegionDataset(Dataset):
         policy: view policy (``random`` for training, ``greedy`` for evaluation).
         control_dropout: probability of an empty control string (training).
         train: draw captions / control subsets at random (else: first caption, all tags).
+        base_t, ts: view 0's ``t`` and, for ``policy="fixed"``, the extra views' ``t`` (ablations).
         short_text_prob: training only: probability of pairing the contrastive head with
             :func:`short_description` instead of the caption.
     """
 
     def __init__(self, path, *, split=None, image_root=None, num_views=3, size=224, policy="random",
-                 control_dropout=0.5, train=True, max_regions=None, short_text_prob=0.0):
+                 control_dropout=0.5, train=True, max_regions=None, short_text_prob=0.0, base_t=0.0, ts=None):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         self.records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
@@ -68,6 +69,7 @@ class RegionDataset(Dataset):
         if not self.items:
             raise InputError(f"'{self.path}' has no captioned regions" + (f" in split {split!r}" if split else ""))
         self.num_views, self.size, self.policy = num_views, size, policy
+        self.base_t, self.ts = float(base_t), ts
         self.control_dropout, self.train = control_dropout, train
         if not 0.0 <= float(short_text_prob) <= 1.0:
             raise InputError(f"short_text_prob must be in [0, 1], got {short_text_prob!r}")
@@ -84,7 +86,7 @@ class RegionDataset(Dataset):
         region = parse_region(spec, (int(image.shape[2]), int(image.shape[1])), index=reg_idx)
         generator = torch.Generator().manual_seed(random.getrandbits(62)) if self.train else None
         views = select_views(image, [region.box], num_views=self.num_views, policy=self.policy, size=self.size,
-                             generator=generator)[0]
+                             generator=generator, base_t=self.base_t, ts=self.ts)[0]
         captions = spec["captions"]
         tags = [str(t) for t in spec.get("tags", [])]
         if self.train:
@@ -131,27 +133,31 @@ class RegionDataModule(L.LightningDataModule):
         train_file / val_file: JSONL files (SPEC §5); ``train_split`` / ``val_split`` select
             records by their ``split`` (one file may hold every split).
         batch_size: regions per batch (per process); training drops the last partial batch.
+        base_t: view 0's ``t`` (0: the region; 1.0 for a whole-image-only ablation);
+            ``val_policy`` / ``val_ts``: the validation views (default greedy).
+        short_text_prob: see :class:`RegionDataset`.
     """
 
     def __init__(self, train_file: str | None = None, val_file: str | None = None, *, train_split: str | None = "train",
                  val_split: str | None = "val", image_root: str | None = None, num_views: int = 3, size: int = 224,
                  batch_size: int = 64, num_workers: int = 2, control_dropout: float = 0.5,
                  max_train_regions: int | None = None, max_val_regions: int | None = None,
-                 short_text_prob: float = 0.0):
+                 short_text_prob: float = 0.0, base_t: float = 0.0, val_policy: str = "greedy",
+                 val_ts: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.train_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
-        common = dict(image_root=h.image_root, num_views=h.num_views, size=h.size)
+        common = dict(image_root=h.image_root, num_views=h.num_views, size=h.size, base_t=h.base_t)
         if h.train_file and stage in (None, "fit") and self.train_set is None:
             self.train_set = RegionDataset(h.train_file, split=h.train_split, policy="random",
                                            control_dropout=h.control_dropout, train=True,
                                            max_regions=h.max_train_regions, short_text_prob=h.short_text_prob,
                                            **common)
         if h.val_file and self.val_set is None:
-            self.val_set = RegionDataset(h.val_file, split=h.val_split, policy="greedy", train=False,
+            self.val_set = RegionDataset(h.val_file, split=h.val_split, policy=h.val_policy, ts=h.val_ts, train=False,
                                          max_regions=h.max_val_regions, **common)
 
     def _loader(self, dataset, train: bool) -> DataLoader:
