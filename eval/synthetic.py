@@ -44,10 +44,13 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
     threshold = predictor.model.config.tags.threshold
     preds, truths, pred_records = [], [], []
     generator = torch.Generator().manual_seed(seed)  # the random policy's draws
+    m = predictor.model
+    tasks = [t for t, head in (("caption", m.language_head), ("tags", m.tag_head), ("attributes", m.contrastive_head),
+                               ("category", m.contrastive_head)) if head is not None]
     for record in tqdm(records, desc="describe", unit="image", disable=len(records) < 20):
         out = predictor.describe(data.parent / record["image"], [r["box"] for r in record["regions"]],
                                  policy=policy, ts=ts, all_scores=True, image_label=record["image"],
-                                 hash_flavour=hash_flavour, generator=generator)
+                                 hash_flavour=hash_flavour, generator=generator, tasks=tasks)
         for region, pred in zip(record["regions"], out["regions"]):
             pred["id"] = region["id"]
         pred_records.append({"image": record["image"], "regions": out["regions"]})
@@ -56,8 +59,9 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
     views = predictor.model.config.views
     report = {"regions": len(truths), "images": len(records), "policy": policy or views.policy,
               "hash_flavour": hash_flavour or views.hash_flavour, "ts": ts}
+    report["tasks"] = tasks
     report["category"] = 100 * float(np.mean([p["category"] is not None and p["category"][0] == t["category"]
-                                              for p, t in zip(preds, truths)]))
+                                              for p, t in zip(preds, truths)])) if "category" in tasks else None
     report["category_majority"] = 100 * majority_baseline([{"shape": t["category"]} for t in truths])["shape"]
     aps = []
     for name in sorted({a for t in truths for a in t.get("attributes", []) + t.get("negative_attributes", [])}):
@@ -65,17 +69,17 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
         for p, t in zip(preds, truths):
             if name in t.get("attributes", []) or name in t.get("negative_attributes", []):
                 labels.append(name in t.get("attributes", []))
-                scores.append(dict(p["attributes"]).get(name, 0.0))
+                scores.append(dict(p.get("attributes", [])).get(name, 0.0))
         ap = binary_average_precision(labels, scores)
         if not math.isnan(ap):
             aps.append(ap)
-    report["attribute_map"] = 100 * float(np.mean(aps)) if aps else None
+    report["attribute_map"] = 100 * float(np.mean(aps)) if aps and "attributes" in tasks else None
     tp = fp = fn = 0
     for p, t in zip(preds, truths):
-        got = {n for n, s in p["tags"] if s > threshold}
+        got = {n for n, s in p.get("tags", []) if s > threshold}
         want = set(t.get("tags", []))
         tp, fp, fn = tp + len(got & want), fp + len(got - want), fn + len(want - got)
-    report["tag_f1"] = 100 * (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else None
+    report["tag_f1"] = 100 * (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn and "tags" in tasks else None
     parts = part_accuracy([p["caption"] for p in preds], [t["parts"] for t in truths])
     report["parts"] = {k: 100 * v for k, v in parts.items()}
     report["parts_majority"] = {k: 100 * v for k, v in majority_baseline([t["parts"] for t in truths]).items()}

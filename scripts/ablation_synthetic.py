@@ -1,0 +1,177 @@
+"""The paper's ablation on the synthetic scene benchmark (SPEC §4), in two groups.
+
+*Trained arms*: stage 2 of the built-in recipe retrained from the same frozen stage-1 CLIP, on
+the same scenes, with the same seed, learning rate, batch size and number of optimiser steps
+(``--steps``, a shorter schedule than the built-in model's), one arm per setting:
+
+* ``multiview``: n = 3 views, the extra two drawn at random during training, greedy pHash at
+  inference (the method);
+* ``t0``: n = 1, the region crop only (t = 0);
+* ``t1``: n = 1, the whole image only (t = 1; the region RoI-aligned out of it);
+* ``caption_only``: n = 3 like ``multiview``, but the tag and contrastive heads switched off
+  (language loss only) — against ``multiview``'s multi-task training.
+
+*Inference arms* on the built-in model (no retraining): the greedy policy with the official
+pHash, greedy with the ``imagehash`` flavour, ``greedy_unique``, random views (seeded) and fixed
+views (t = 0, 0.5, 1.0).
+
+Every arm is scored by ``eval/synthetic.py`` on the same held-out test images. Writes
+``OUT/ablation.json`` and ``OUT/ablation.md`` (the README table) and prints the JSON.
+
+Usage: ``python scripts/ablation_synthetic.py --run runs/builtin --out runs/ablation
+[--steps 600] [--arms multiview,t0,t1,caption_only] [--inference] [--max-images 200]``
+(``--run``: a finished ``scripts/train_builtin.py`` folder: its scenes, tokenizer, tag list and
+stage-1 CLIP are reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ARMS = {
+    "multiview": ({}, dict(num_views=3)),
+    "t0": ({"views": {"num_views": 1, "policy": "fixed", "fixed_ts": []}},
+           dict(num_views=1, val_policy="fixed", val_ts=[])),
+    "t1": ({"views": {"num_views": 1, "policy": "fixed", "fixed_ts": [], "base_t": 1.0}},
+           dict(num_views=1, base_t=1.0, val_policy="fixed", val_ts=[])),
+    "caption_only": ({"tags": {"enabled": False}, "contrastive": {"enabled": False}}, dict(num_views=3)),
+}  # fmt: skip
+INFERENCE_ARMS = {
+    "greedy (official pHash)": dict(policy="greedy", hash_flavour="official"),
+    "greedy (imagehash)": dict(policy="greedy", hash_flavour="imagehash"),
+    "greedy_unique": dict(policy="greedy_unique"),
+    "random views": dict(policy="random"),
+    "fixed views (0, 0.5, 1)": dict(policy="fixed", ts=[0.5, 1.0]),
+}
+COLUMNS = ("category", "color", "pattern", "size", "position", "shape", "relation", "neighbour")
+
+
+def load_eval():
+    spec = importlib.util.spec_from_file_location("eval_synthetic", ROOT / "eval" / "synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: float, seed: int, workers: int,
+              short_text_prob: float) -> Path:
+    import lightning as L
+
+    from dynrefer.train.callbacks import ExportPretrained
+    from dynrefer.train.data import RegionDataModule
+    from dynrefer.train.module import DynReferModule
+
+    overrides, data_kw = ARMS[name]
+    model_dir = out / name / "model"
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    L.seed_everything(seed, workers=True)
+    module = DynReferModule(str(run / "builtin_config.yaml"), tags_file=str(run / "tags.txt"), lr=lr,
+                            overrides=overrides or None)
+    jsonl = str(run / "scenes" / "scenes.jsonl")
+    data = RegionDataModule(jsonl, jsonl, size=module.model.config.views.size, batch_size=batch_size,
+                            num_workers=workers, max_val_regions=256, short_text_prob=short_text_prob, **data_kw)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / name / "ckpt", save_last=True)
+    trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", default_root_dir=str(out / name),
+                        callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],
+                        logger=L.pytorch.loggers.CSVLogger(str(out / name), name="logs"), log_every_n_steps=20,
+                        gradient_clip_val=1.0, val_check_interval=min(steps, 200), check_val_every_n_epoch=None)
+    last = out / name / "ckpt" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    vocab = json.loads((run / "model" / "vocab.json").read_text()) if (run / "model" / "vocab.json").is_file() else None
+    if vocab is not None:
+        (model_dir / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
+    return model_dir
+
+
+def row(name: str, report: dict, multitask: bool = True) -> dict:
+    parts = report["parts"]
+    caption = report.get("caption") or {}
+    return {
+        "arm": name,
+        "category": report["category"] if multitask else None,
+        "attribute_map": report["attribute_map"] if multitask else None,
+        **{k: parts.get(k) for k in COLUMNS[1:]},
+        "parts_mean": report["parts_mean"],
+        "meteor": caption.get("meteor"),
+        "cider": caption.get("cider"),
+    }
+
+
+def markdown(rows: list[dict], baseline: dict) -> str:
+    head = ["arm", "category", "attr mAP", *COLUMNS[1:], "parts mean", "METEOR", "CIDEr"]
+    keys = ["arm", "category", "attribute_map", *COLUMNS[1:], "parts_mean", "meteor", "cider"]
+    fmt = lambda v: "–" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in [baseline, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default="runs/builtin")
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=7e-4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--short-text-prob", type=float, default=0.5)
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--inference", action="store_true", help="also the inference arms on --model")
+    parser.add_argument("--model", default="builtin", help="the multi-view model of the inference arms")
+    parser.add_argument("--max-images", type=int, default=200)
+    args = parser.parse_args()
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluation = load_eval()
+    data = run / "scenes" / "scenes.jsonl"
+    results = json.loads((out / "ablation.json").read_text()) if (out / "ablation.json").is_file() else {}
+    results.setdefault("trained", {})
+    results.setdefault("inference", {})
+    results["settings"] = {k: v for k, v in vars(args).items()}
+    for name in [a.strip() for a in args.arms.split(",") if a.strip()]:
+        if name not in ARMS:
+            raise SystemExit(f"unknown arm {name!r}; expected some of {', '.join(ARMS)}")
+        if name in results["trained"]:
+            continue
+        t0 = time.time()
+        model_dir = train_arm(name, run, out, args.steps, args.batch_size, args.lr, args.seed, args.workers,
+                              args.short_text_prob)
+        seconds = round(time.time() - t0, 1)
+        report = evaluation.evaluate(str(model_dir), data, max_images=args.max_images)
+        results["trained"][name] = {"report": report, "train_seconds": seconds,
+                                    "row": row(name, report, multitask=name != "caption_only")}
+        (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+    if args.inference:
+        from dynrefer.predictor import Predictor
+
+        predictor = Predictor(args.model)
+        for name, kw in INFERENCE_ARMS.items():
+            if name in results["inference"]:
+                continue
+            report = evaluation.evaluate(predictor, data, max_images=args.max_images, **kw)
+            results["inference"][name] = {"report": report, "row": row(name, report)}
+            (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+    any_report = next(iter([*results["trained"].values(), *results["inference"].values()]), None)
+    if any_report is not None:
+        rep = any_report["report"]
+        baseline = {"arm": "majority class", "category": rep["category_majority"],
+                    **{k: rep["parts_majority"].get(k) for k in COLUMNS[1:]}}
+        text = "Trained arms (same data, seed and steps):\n\n"
+        text += markdown([v["row"] for v in results["trained"].values()], baseline)
+        text += "\nInference arms (the built-in model, no retraining):\n\n"
+        text += markdown([v["row"] for v in results["inference"].values()], baseline)
+        (out / "ablation.md").write_text(text)
+        print(text)
+    (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
