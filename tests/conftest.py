@@ -80,3 +80,15 @@ def random_boxes(rng: np.random.Generator, width: int, height: int, count: int, 
             box[3] = min(float(height), box[1] + max(1.0, float(np.round(bh))))
         out.append(box)
     return np.asarray(out, dtype=np.float64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random tiny DynRefer with small vocabularies (3 tags, 3 classes, 3 attributes), saved."""
+    import dynrefer
+    from dynrefer.model.config import tiny_config
+
+    torch.manual_seed(0)
+    model = dynrefer.DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=["circle", "square", "star"],
+                              attributes=["color:red", "color:blue/navy", "pattern:dotted"])
+    return model.save_pretrained(tmp_path_factory.mktemp("tiny_model") / "tiny")

@@ -20,10 +20,8 @@ ATTRIBUTES = ["color:red", "color:blue/navy", "pattern:dotted"]
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    torch.manual_seed(0)
-    model = dynrefer.DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=CLASSES, attributes=ATTRIBUTES)
-    return Predictor(model)
+def predictor(tiny_model_dir):
+    return Predictor(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -7,26 +7,18 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data
 
-import dynrefer
 from dynrefer.cli import main
-from dynrefer.model.config import tiny_config
 from dynrefer.predictor import Predictor
 from dynrefer.train import predict as predict_mod
 from dynrefer.train.predict import parts_dir, run_predict
 
-CLASSES = ["circle", "square", "star"]
-ATTRIBUTES = ["color:red", "color:blue/navy", "pattern:dotted"]
-
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = dynrefer.DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=CLASSES, attributes=ATTRIBUTES)
-    return model.save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
