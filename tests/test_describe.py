@@ -118,7 +118,7 @@ def test_cli_describe(model_dir, photo, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, reason", [
     (["--model", "{model}"], "give at least one region"),
-    (["--box", "1", "1", "5", "5"], "built-in model is not bundled"),
+    (["--box", "5000", "5000", "6000", "6000", "--model", "{model}"], "outside"),
     (["--box", "1", "1", "5", "5", "--model", "{missing}"], "no such folder"),
     (["--polygon", "1", "1", "5", "5", "--model", "{model}"], "--polygon needs at least 3"),
     (["--box", "9", "9", "5", "5", "--model", "{model}"], "inverted"),
@@ -133,3 +133,12 @@ def test_cli_describe_errors(args, reason, model_dir, photo, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("dynrefer: error: ") and reason in err
+
+
+def test_missing_builtin_model_is_a_clear_error(photo, tmp_path, monkeypatch, capsys):
+    from dynrefer.model import io
+
+    monkeypatch.setattr(io, "builtin_dir", lambda: tmp_path / "not_installed")
+    assert main(["describe", str(photo), "--box", "1", "1", "5", "5"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "built-in model is not bundled" in err
