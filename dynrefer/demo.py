@@ -52,13 +52,14 @@ def _row(name: str, region: dict, truth: str = "") -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table of the demo rows (one line a region)."""
-    head = ("region", "category", "top attributes", "caption")
-    cells = [(r["region"], r["category"] or "", ", ".join(r["attributes"]), r["caption"] or "") for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head[:3])]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head[:3], widths)) + "  " + head[3]]
+    """A plain-text table of the demo rows (one line a region; ``truth`` for generated objects)."""
+    head = ("region", "truth", "category", "top attributes", "caption")
+    cells = [(r["region"], r.get("truth") or "", r["category"] or "", ", ".join(r["attributes"]), r["caption"] or "")
+             for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head[:-1])]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  " + head[-1]]
     for c in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(c[:3], widths)) + "  " + c[3])
+        lines.append("  ".join(v.ljust(w) for v, w in zip(c, widths)) + "  " + c[-1])
     return "\n".join(lines)
 
 
