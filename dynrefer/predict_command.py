@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read_names(path, option: str) -> list[str]:
+def read_names(path, option: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"cannot read {option} '{p}': no such file")
@@ -64,6 +64,11 @@ def _read_names(path, option: str) -> list[str]:
             raise InputError(f"{option} '{p}': expected names or objects with a 'name'")
         return names
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_class_names(path, option: str) -> list[str]:
+    """Class names from a file (one a line, a JSON list of names, or COCO-style ``{"name": ...}`` objects)."""
+    return [n if isinstance(n, str) else str(n["name"]) for n in read_names(path, option)]
 
 
 def resolve_options(args) -> dict:
@@ -98,9 +103,8 @@ def resolve_options(args) -> dict:
         if isinstance(value, str):
             opts[key] = [t.strip() for t in value.split(",") if t.strip()]
         if opts[key] is None and opts[f"{key}_file"]:
-            opts[key] = _read_names(opts[f"{key}_file"], f"{key}_file")
-            if key == "classes":  # e.g. a COCO categories.json: the names only
-                opts[key] = [n if isinstance(n, str) else str(n["name"]) for n in opts[key]]
+            read = read_class_names if key == "classes" else read_names
+            opts[key] = read(opts[f"{key}_file"], f"{key}_file")
     for key in ("devices", "batch_size", "encoder_batch_size"):
         if int(opts[key]) < 1:
             raise InputError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")

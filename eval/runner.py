@@ -44,7 +44,7 @@ def run(task: str, *, model, data, out_dir, split="test", image_root=None, propo
         batch_size=4, num_workers=2, dtype=None, strict=False) -> dict:
     """Predict and evaluate one benchmark; returns the report (also ``out_dir/report.json``)."""
     from dynrefer.metrics.command import run_evaluation
-    from dynrefer.predict_command import _read_names
+    from dynrefer.predict_command import read_names, read_class_names
     from dynrefer.records import write_jsonl
     from dynrefer.train.predict import run_predict
 
@@ -53,9 +53,8 @@ def run(task: str, *, model, data, out_dir, split="test", image_root=None, propo
     root = Path(image_root) if image_root else data.parent
     inputs = out_dir / "input.jsonl"
     write_jsonl(inputs, _input_records(data, split, Path(proposals) if proposals else None))
-    classes = [n if isinstance(n, str) else n["name"] for n in _read_names(classes_file, "--classes")] \
-        if classes_file else None
-    attributes = _read_names(attributes_file, "--attributes") if attributes_file else None
+    classes = read_class_names(classes_file, "--classes") if classes_file else None
+    attributes = read_names(attributes_file, "--attributes") if attributes_file else None
     predictions = out_dir / "predictions.jsonl"
     summary = run_predict(model, inputs, predictions, image_root=root, tasks=tasks, all_scores=all_scores,
                           classes=classes, attributes=attributes, tag_threshold=tag_threshold, devices=devices,

@@ -43,21 +43,12 @@ import numpy as np
 import psutil
 import torch
 
+from bench_views import random_boxes  # scripts/ is on sys.path when run as a script
 from dynrefer.engine import plan_views
 from dynrefer.phash import bits_to_hex, hamming, phash_official_single, rgb_to_gray_official
 from dynrefer.predictor import Predictor
 from dynrefer.view_selection import greedy_select
 from dynrefer.views import CANDIDATE_TS, render_crops, view_geometry
-
-
-def random_boxes(width: int, height: int, count: int, seed: int = 0) -> list[list[float]]:
-    rng = np.random.default_rng(seed)
-    boxes = []
-    for _ in range(count):
-        w, h = rng.uniform(8, width / 2), rng.uniform(8, height / 2)
-        x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
-        boxes.append([float(x1), float(y1), float(x1 + w), float(y1 + h)])
-    return boxes
 
 
 def official_style(predictor: Predictor, image: torch.Tensor, boxes, chunk: int = 20) -> list[str]:
@@ -144,7 +135,7 @@ def build(config: str, device: str) -> Predictor:
 
 
 def bench_setting(predictor: Predictor, config: str, image: torch.Tensor, k: int, runs: int) -> dict:
-    boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k)
+    boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k).tolist()
     views = predictor.model.config.views
     plan = plan_views([image], [boxes], num_views=views.num_views, size=views.size, policy=views.policy)
     with PeakMemory(predictor.device) as mem:
@@ -173,7 +164,7 @@ def flops_row(predictor: Predictor, image: torch.Tensor, k: int = 16, repeats: i
 
     model, device = predictor.model, predictor.device
     views = model.config.views
-    boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k)
+    boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k).tolist()
     plan = plan_views([image], [boxes], num_views=views.num_views, size=views.size, policy=views.policy)
     pixels = render_crops(image.to(device), plan.crops, views.size)
     with torch.inference_mode():
