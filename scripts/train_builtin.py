@@ -3,8 +3,8 @@
 Steps (each skipped when its output exists, so an interrupted run resumes):
 1. ``dynrefer synth``: ``--num-images`` scenes into ``OUT/scenes``;
 2. a word-level tokenizer over the scene vocabulary → ``OUT/tokenizer``;
-3. stage 1: contrastive pretraining of the small CLIP on (region view, caption) pairs →
-   ``OUT/clip.safetensors`` (then frozen);
+3. stage 1: contrastive pretraining of the small CLIP on (region view, caption) pairs and
+   (close view, "the {colour} {pattern} {category}") pairs → ``OUT/clip.safetensors`` (then frozen);
 4. stage 2: DynRefer's heads, fusion, alignment, Q-Former and the small LM with stochastic
    views (``DynReferModule`` / ``RegionDataModule``, Lightning checkpoints in ``OUT/stage2``),
    exported with ``save_pretrained`` to ``OUT/model`` with the scene vocabularies as defaults (the
@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--clip-steps", type=int, default=3000)
     parser.add_argument("--clip-batch-size", type=int, default=128)
+    parser.add_argument("--clip-lr", type=float, default=1e-3)
+    parser.add_argument("--detail-text-prob", type=float, default=0.75,
+                        help="stage 1: how often a close view is paired with its 'the {colour} {pattern} {category}' text")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -73,7 +76,8 @@ def main() -> None:
         t0 = time.time()
         pretrain_clip(jsonl, BUILTIN_CLIP, clip_path, size=64, batch_size=args.clip_batch_size,
                       max_steps=args.clip_steps, max_epochs=-1, num_workers=args.workers, seed=args.seed,
-                      accelerator="cpu", default_root_dir=str(out / "stage1"))
+                      accelerator="cpu", default_root_dir=str(out / "stage1"), lr=args.clip_lr,
+                      detail_text_prob=args.detail_text_prob)
         log["stage1_seconds"] = round(time.time() - t0, 1)
 
     from dynrefer.train.callbacks import ExportPretrained

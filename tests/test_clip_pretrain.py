@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -47,3 +48,47 @@ def test_pretrain_reduces_loss_and_exports(tmp_path):
                                                        intermediates_only=True, output_fmt="NCHW")
     cls, patches = encoder(batch[0][:2])
     assert torch.allclose(patches, ref["image_intermediates"][-1], atol=1e-5)
+
+
+def test_detail_description_and_multi_positive_loss():
+    import open_clip
+
+    from dynrefer.train.clip_pretrain import detail_description, multi_positive_clip_loss
+
+    spec = {"category": "star", "attributes": ["pattern:dotted", "color:red/crimson", "size:small"]}
+    assert detail_description(spec) == "the dotted red star"
+    assert detail_description({"attributes": ["color:red"]}) is None
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    scale = torch.tensor(7.0)
+    unique = [f"t{i}" for i in range(5)]
+    torch.testing.assert_close(multi_positive_clip_loss(image, text, scale, unique),
+                               open_clip.ClipLoss()(image, text, scale))
+    # texts 0 and 3 are the same: each of the pair is a positive of both images (targets 1/2).
+    texts = ["a", "b", "c", "a", "d"]
+    logits = scale * image @ text.t()
+    ref = 0.0
+    for mat in (logits, logits.t()):
+        logp = torch.log_softmax(mat, dim=1)
+        for i in range(5):
+            pos = [j for j in range(5) if texts[j] == texts[i]]
+            ref = ref - sum(logp[i, j] for j in pos) / len(pos) / 5
+    torch.testing.assert_close(multi_positive_clip_loss(image, text, scale, texts), ref / 2)
+
+
+def test_detail_pairs_use_close_views(tmp_path):
+    import random
+
+    from dynrefer.errors import InputError
+
+    summary = generate_dataset(tmp_path / "scenes", num_images=3, seed=5, workers=1, splits=(1.0, 0.0, 0.0))
+    random.seed(0)
+    ds = ViewCaptionDataset(summary["jsonl"], split="train", size=32, detail_text_prob=1.0)
+    spec = ds.records[ds.items[0][0]]["regions"][ds.items[0][1]]
+    texts = {ds[0][1] for _ in range(5)}
+    assert texts == {f"the {spec['parts']['color']} {spec['parts']['pattern']} {spec['category']}"}
+    captions = ViewCaptionDataset(summary["jsonl"], split="train", size=32, detail_text_prob=0.0)
+    assert {captions[0][1] for _ in range(10)} <= set(spec["captions"])
+    with pytest.raises(InputError, match="detail_text_prob"):
+        ViewCaptionDataset(summary["jsonl"], split="train", size=32, detail_text_prob=2)

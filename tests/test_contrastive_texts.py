@@ -82,3 +82,42 @@ def test_base_t_views_for_the_whole_image_arm():
         select_views(image, box, num_views=3, policy="greedy", size=16, base_t=1.0)
     with pytest.raises(ValueError, match="base_t"):
         select_views(image, box, num_views=1, policy="fixed", ts=[], size=16, base_t=1.5)
+
+
+def test_positives_mark_every_region_a_short_text_is_true_of():
+    from dynrefer.train.data import contrastive_positives, describes, region_facts
+
+    red_star = region_facts({"category": "star", "attributes": ["color:red", "pattern:dotted"]})
+    red_ring = region_facts({"category": "ring", "attributes": ["color:red/crimson"]})
+    blue_star = region_facts({"category": "star", "attributes": ["color:blue"]})
+    assert describes((None, ("crimson",)), red_ring) and describes(("star", ()), blue_star)
+    assert not describes(("star", ("red",)), blue_star) and not describes((None, ("dotted",)), red_ring)
+    samples = [
+        {"text_facts": (None, ("red",)), "region_facts": red_star},  # "the red object"
+        {"text_facts": None, "region_facts": red_ring},  # a caption: only its own region
+        {"text_facts": ("star", ()), "region_facts": blue_star},  # "the star"
+    ]
+    expected = torch.tensor([[1, 0, 1], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(contrastive_positives(samples), expected)
+
+
+def test_contrastive_loss_with_positives_equals_pairwise_reference():
+    torch.manual_seed(0)
+    model = DynRefer(DynReferConfig.from_name("tiny"), tags=["red"]).eval()
+    head = model.contrastive_head
+    region = torch.randn(4, model.config.qformer.num_query_tokens, model.config.qformer.hidden_size)
+    texts = torch.randn(4, model.tag_embeddings.shape[1])
+    positives = torch.eye(4, dtype=torch.bool)
+    positives[0, 2] = positives[3, 1] = True
+    logits = head(region, texts)
+    reference = 0.0
+    for i in range(4):
+        for j in range(4):
+            label = 1.0 if positives[i, j] else -1.0
+            reference -= torch.nn.functional.logsigmoid(label * logits[i, j])
+    torch.testing.assert_close(head.loss(region, texts, positives=positives), reference / 4)
+    plain = head.loss(region, texts)
+    assert not torch.allclose(plain, reference / 4)
+    torch.testing.assert_close(head.loss(region, texts, positives=torch.eye(4, dtype=torch.bool)), plain)
+    with pytest.raises(ValueError, match="positives"):
+        head.loss(region, texts, positives=torch.eye(3, dtype=torch.bool))

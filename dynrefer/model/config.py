@@ -342,6 +342,7 @@ def builtin_config() -> DynReferConfig:
         qformer=QFormerConfig(
             num_query_tokens=16, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
             intermediate_size=256, vocab_size=128, max_position_embeddings=64,
+            freeze_query_tokens=False,  # trained from scratch: random frozen queries would only cost capacity
         ),
         tags=TagHeadConfig(dim=64, num_layers=2, num_heads=4, ffn_dim=256, threshold=0.5),
         contrastive=ContrastiveHeadConfig(dim=64, num_layers=2, num_heads=4, ffn_dim=256),

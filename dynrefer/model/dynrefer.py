@@ -9,7 +9,9 @@ on. Inputs are batches of already-rendered views (see :mod:`dynrefer.view_select
 * ``boxes_in_view`` (R·n, 4): the region box in each view's pixels (for RoI-align);
 * training only: ``captions`` (R strings), ``controls`` (R control strings), ``tags``
   (R lists of tag names); optional ``contrastive_texts`` (R texts the contrastive head pairs
-  with the regions instead of the captions).
+  with the regions instead of the captions) and ``contrastive_positives`` ((R, R) bool: extra
+  matching region/text pairs; used on one process, ignored when the loss is gathered across
+  processes, where only each region's own text is its positive).
 
 ``forward(batch)`` returns the weighted losses; ``predict(...)`` the per-region outputs.
 """
@@ -178,6 +180,8 @@ class DynRefer(nn.Module):
             extra = {}
             if gather is not None:
                 extra = dict(all_regions=gather(region), all_texts=gather(texts), offset=rank * region.shape[0])
+            elif batch.get("contrastive_positives") is not None:
+                extra = dict(positives=batch["contrastive_positives"])
             loss = self.contrastive_head.loss(region, texts, **extra)
             losses["loss_contrastive"] = self.config.contrastive.loss_weight * loss
         losses["loss"] = sum(losses.values()) if losses else region.sum() * 0

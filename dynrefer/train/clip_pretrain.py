@@ -2,9 +2,14 @@
 
 Pairs are (view of a region, one of its captions): the view parameter ``t`` is drawn from
 {0, 0.1, …, 1.0}, so the encoder sees region crops (detail) as well as whole images with the
-region inside (context). The model is an open_clip ``CLIP`` built from a config dict (e.g.
+region inside (context). With ``detail_text_prob`` > 0 a pair is, that often, a close view (t ≤ 0.2)
+with the region's *detail description* instead ("the striped red circle": its non-size attribute values
+and its category, see :func:`detail_description`): whole captions can be told apart by colour and
+position words alone, so without these pairs the encoder never has to see shape or pattern. The loss
+is open_clip's InfoNCE with every identical text of the batch counted as a positive
+(:func:`multi_positive_clip_loss`; the same as ``open_clip.ClipLoss`` when all texts differ). The model is an open_clip ``CLIP`` built from a config dict (e.g.
 ``dynrefer.model.config.TINY_CLIP`` or the built-in model's encoder config) and trained with
-open_clip's InfoNCE loss; the result is written as a safetensors file that
+that loss; the result is written as a safetensors file that
 ``EncoderConfig.weights`` loads.
 """
 
@@ -25,10 +30,41 @@ from ..regions import parse_region
 from ..views import CANDIDATE_TS, render_crops, view_geometry
 
 
-class ViewCaptionDataset(Dataset):
-    """(rendered view, caption) pairs from a JSONL file, one per captioned region."""
+DETAIL_TS = (0.0, 0.1, 0.2)
 
-    def __init__(self, path, *, split: str | None = "train", image_root=None, size: int = 64, train: bool = True):
+
+def detail_description(spec: dict, skip_prefixes: tuple[str, ...] = ("size:",)) -> str | None:
+    """``"the {attribute values} {category}"`` of a region (attributes in their stored order, those
+    with a prefix in ``skip_prefixes`` left out: a close crop cannot show absolute size); None
+    without a category."""
+    category = spec.get("category")
+    if not category:
+        return None
+    values = [str(a).split(":", 1)[-1].split("/")[0] for a in spec.get("attributes") or []
+              if not str(a).startswith(skip_prefixes)]
+    return " ".join(["the", *[v for v in values if v], str(category)])
+
+
+def multi_positive_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+                             texts: list[str]) -> torch.Tensor:
+    """Symmetric InfoNCE of normalised ``image`` / ``text`` (B, D) where pair (i, j) is a positive
+    when ``texts[i] == texts[j]`` (targets spread evenly over the positives)."""
+    logits = scale * image @ text.t()
+    ids = {t: k for k, t in enumerate(dict.fromkeys(texts))}
+    key = torch.tensor([ids[t] for t in texts], device=image.device)
+    same = (key[:, None] == key[None, :]).to(logits.dtype)
+    target = same / same.sum(1, keepdim=True)
+    loss_i = -(target * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_t = -(target * torch.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
+
+
+class ViewCaptionDataset(Dataset):
+    """(rendered view, text) pairs from a JSONL file, one per captioned region: a caption with a
+    view at random t, or (``detail_text_prob``) the detail description with a close view."""
+
+    def __init__(self, path, *, split: str | None = "train", image_root=None, size: int = 64, train: bool = True,
+                 detail_text_prob: float = 0.0):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
@@ -38,6 +74,9 @@ class ViewCaptionDataset(Dataset):
         if not self.items:
             raise InputError(f"'{self.path}' has no captioned regions" + (f" in split {split!r}" if split else ""))
         self.size, self.train = size, train
+        if not 0.0 <= float(detail_text_prob) <= 1.0:
+            raise InputError(f"detail_text_prob must be in [0, 1], got {detail_text_prob!r}")
+        self.detail_text_prob = float(detail_text_prob)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -47,11 +86,17 @@ class ViewCaptionDataset(Dataset):
         record, spec = self.records[i], self.records[i]["regions"][j]
         image = load_image(self.root / record["image"])
         region = parse_region(spec, (int(image.shape[2]), int(image.shape[1])), index=j)
-        t = random.choice((0.0,) + CANDIDATE_TS) if self.train else 0.0
+        detail = None
+        if self.train and self.detail_text_prob > 0 and random.random() < self.detail_text_prob:
+            detail = detail_description(spec)
+        if detail is not None:
+            t, text = random.choice(DETAIL_TS), detail
+        else:
+            t = random.choice((0.0,) + CANDIDATE_TS) if self.train else 0.0
+            text = random.choice(spec["captions"]) if self.train else spec["captions"][0]
         geom = view_geometry(region.box, (int(image.shape[2]), int(image.shape[1])), [t], self.size)
         pixels = render_crops(image, geom.crops, self.size)[0]
-        caption = random.choice(spec["captions"]) if self.train else spec["captions"][0]
-        return pixels, caption
+        return pixels, text
 
 
 class ClipPretrainModule(L.LightningModule):
@@ -60,10 +105,7 @@ class ClipPretrainModule(L.LightningModule):
     def __init__(self, clip_config: dict, lr: float = 5e-4, weight_decay: float = 0.1, warmup_steps: int = 100):
         super().__init__()
         self.save_hyperparameters()
-        import open_clip
-
         self.clip = build_open_clip(clip_config)
-        self.loss_fn = open_clip.ClipLoss()
         self.context_length = int(clip_config.get("text_cfg", {}).get("context_length", 77))
 
     def _step(self, batch):
@@ -73,7 +115,7 @@ class ClipPretrainModule(L.LightningModule):
         tokens = open_clip.tokenize(list(captions), context_length=self.context_length).to(pixels.device)
         image = self.clip.encode_image(pixels, normalize=True)
         text = self.clip.encode_text(tokens, normalize=True)
-        return self.loss_fn(image, text, self.clip.logit_scale.exp())
+        return multi_positive_clip_loss(image, text, self.clip.logit_scale.exp(), list(captions))
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch)
@@ -114,11 +156,12 @@ class ClipPretrainModule(L.LightningModule):
 
 def pretrain_clip(jsonl, clip_config: dict, out, *, size: int = 64, batch_size: int = 128, max_epochs: int = 1,
                   max_steps: int = -1, num_workers: int = 2, lr: float = 5e-4, seed: int = 42, image_root=None,
-                  accelerator: str = "auto", default_root_dir=None) -> Path:
+                  accelerator: str = "auto", default_root_dir=None, detail_text_prob: float = 0.0) -> Path:
     """Pretrain and export; returns the safetensors path."""
     L.seed_everything(seed, workers=True)
     module = ClipPretrainModule(clip_config, lr=lr)
-    train = ViewCaptionDataset(jsonl, split="train", image_root=image_root, size=size)
+    train = ViewCaptionDataset(jsonl, split="train", image_root=image_root, size=size,
+                               detail_text_prob=detail_text_prob)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
                         persistent_workers=num_workers > 0)
     trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, logger=False,

@@ -6,7 +6,8 @@ replacement from t = 0.1 … 1.0; evaluation: ``greedy``) and rendered, one of i
 drawn, and a control string is formed from a random subset of its tags (empty half of the
 time). With ``short_text_prob`` > 0 the contrastive head is paired, that often, with a
 short description built from the region's annotations instead of its caption (see
-:func:`short_description`), so that category and attribute prompts ("the star", "the red
+:func:`short_description`; every region of the batch the description is true of counts as its
+positive, :func:`contrastive_positives`), so that category and attribute prompts ("the star", "the red
 object") have seen their like in training. The collate function stacks regions into a model batch (``pixels``,
 ``boxes_in_view``, ``captions``, ``controls``, ``tags``, ``keys``).
 """
@@ -28,18 +29,39 @@ from ..regions import parse_region
 from ..view_selection import select_views
 
 
-def short_description(spec: dict, rng: random.Random, noun: str = "object") -> str | None:
-    """``"the {attr values} {category|noun}"`` from a region's ``category`` and a random subset
-    (in random order) of its positive ``attributes`` (``"color:red"`` → ``"red"``, synonyms
-    ``a/b`` → one of them); None when the region has neither."""
+def short_description_facts(spec: dict, rng: random.Random, noun: str = "object"):
+    """:func:`short_description` and what it claims: ``(text, head, words)`` with ``head`` the
+    category named (None for ``noun``) and ``words`` the attribute values named; None when the
+    region has neither a category nor attributes."""
     category = spec.get("category")
     values = [str(a).split(":", 1)[-1] for a in spec.get("attributes") or []]
     values = [rng.choice(v.split("/")) for v in values if v]
     if not category and not values:
         return None
     words = rng.sample(values, rng.randint(0 if category else 1, len(values))) if values else []
-    head = str(category) if category and (not words or rng.random() < 0.75) else noun
-    return " ".join(["the", *words, head])
+    head = str(category) if category and (not words or rng.random() < 0.75) else None
+    return " ".join(["the", *words, head or noun]), head, tuple(words)
+
+
+def short_description(spec: dict, rng: random.Random, noun: str = "object") -> str | None:
+    """``"the {attr values} {category|noun}"`` from a region's ``category`` and a random subset
+    (in random order) of its positive ``attributes`` (``"color:red"`` → ``"red"``, synonyms
+    ``a/b`` → one of them); None when the region has neither."""
+    facts = short_description_facts(spec, rng, noun)
+    return None if facts is None else facts[0]
+
+
+def region_facts(spec: dict) -> tuple:
+    """``(category, attribute values)`` of a region, every synonym of ``a/b`` values included."""
+    values = {v for a in spec.get("attributes") or [] for v in str(a).split(":", 1)[-1].split("/") if v}
+    return spec.get("category"), frozenset(values)
+
+
+def describes(facts, region) -> bool:
+    """Whether a short description's ``(head, words)`` is true of a region's :func:`region_facts`."""
+    head, words = facts
+    category, values = region
+    return (head is None or head == category) and set(words) <= values
 
 
 class RegionDataset(Dataset):
@@ -97,14 +119,18 @@ class RegionDataset(Dataset):
                 control = []
         else:
             caption, control = captions[0], []
-        text = caption
+        text, facts = caption, None
         if self.train and self.short_text_prob > 0 and random.random() < self.short_text_prob:
-            text = short_description(spec, random.Random(random.getrandbits(62))) or caption
+            short = short_description_facts(spec, random.Random(random.getrandbits(62)))
+            if short is not None:
+                text, facts = short[0], short[1:]
         return {
             "pixels": views.pixels,
             "boxes_in_view": torch.as_tensor(views.geometry.box_in_view, dtype=torch.float32),
             "caption": caption,
             "contrastive_text": text,
+            "text_facts": facts,
+            "region_facts": region_facts(spec),
             "control": control_string(control),
             "tags": tags,
             "key": (record.get("image"), spec.get("id", reg_idx)),
@@ -112,9 +138,26 @@ class RegionDataset(Dataset):
         }
 
 
+def contrastive_positives(samples: list[dict]) -> torch.Tensor:
+    """(R, R) bool: region ``i`` and contrastive text ``j`` match — ``i == j``, or text ``j`` is a
+    short description true of region ``i`` (so "the red object" of one region is not a negative
+    for every other red region of the batch)."""
+    r = len(samples)
+    out = torch.eye(r, dtype=torch.bool)
+    for j, s in enumerate(samples):
+        facts = s.get("text_facts")
+        if facts is None:
+            continue
+        for i, other in enumerate(samples):
+            if i != j and other.get("region_facts") is not None and describes(facts, other["region_facts"]):
+                out[i, j] = True
+    return out
+
+
 def collate_regions(samples: list[dict]) -> dict:
     """Stack region samples into a model batch."""
     return {
+        "contrastive_positives": contrastive_positives(samples),
         "pixels": torch.cat([s["pixels"] for s in samples]),
         "boxes_in_view": torch.cat([s["boxes_in_view"] for s in samples]),
         "captions": [s["caption"] for s in samples],

@@ -50,14 +50,21 @@ class ContrastiveHead(nn.Module):
         all_regions: torch.Tensor | None = None,
         all_texts: torch.Tensor | None = None,
         offset: int = 0,
+        positives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """SigLIP loss of local regions/captions ``(B, ...)``; ``all_*`` are the gathered
-        global batches (default: the local ones) and ``offset`` the local batch's position in them."""
+        global batches (default: the local ones) and ``offset`` the local batch's position in them.
+        ``positives`` (B, B) bool, without gathering only: region ``i`` / text ``j`` pairs labelled
+        +1 besides the diagonal (texts true of several regions)."""
         b = region.shape[0]
         all_regions = region if all_regions is None else all_regions
         all_texts = text_embeddings if all_texts is None else all_texts
         labels_r2t = -torch.ones((b, all_texts.shape[0]), device=region.device, dtype=region.dtype)
         labels_r2t[torch.arange(b), offset + torch.arange(b)] = 1
+        if positives is not None:
+            if all_texts is not text_embeddings or tuple(positives.shape) != (b, b):
+                raise ValueError(f"positives must be ({b}, {b}) and used without gathering, got {tuple(positives.shape)}")
+            labels_r2t = labels_r2t.masked_fill(positives.to(region.device), 1.0)
         r2t = self.forward(region, all_texts)  # (B, B_all)
         loss_r2t = -F.logsigmoid(labels_r2t * r2t).sum() / b
         if all_regions is region and all_texts is text_embeddings:
