@@ -113,11 +113,21 @@ def resolve_options(args) -> dict:
     return opts
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up notices (accelerator lines, product tips) off a command's stderr;
+    warnings and errors still show."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(args) -> int:
     from .engine import check_tasks
     from .train.predict import run_predict
 
     opts = resolve_options(args)
+    quiet_lightning()
     summary = run_predict(opts["model"], opts["data"], opts["out"], image_root=opts["image_root"],
                           tasks=check_tasks(opts["tasks"]), all_scores=bool(opts["all_scores"]),
                           classes=opts["classes"], attributes=opts["attributes"], tag_threshold=opts["tag_threshold"],

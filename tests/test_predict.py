@@ -124,6 +124,9 @@ def test_cli_predict_with_config_and_errors(model_dir, dataset, tmp_path, capsys
     code = main(["predict", "--config", str(cfg), "--data", str(root / "in.jsonl"), "--out", str(out)])
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predicted"] == 14
+    import logging
+
+    assert logging.getLogger("lightning.pytorch").getEffectiveLevel() == logging.WARNING  # no start-up tips
     for region in _regions(out).values():
         assert set(region) == {"id", "box", "views", "score", "category", "categories"}
         assert sorted(c for c, _ in region["categories"]) == ["circle", "star"]

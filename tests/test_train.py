@@ -133,6 +133,21 @@ def test_cosine_schedule_per_epoch():
     assert lrs == pytest.approx([1e-3, 1e-3 * (1 + 2**-0.5) / 2, 5e-4, 1e-3 * (1 - 2**-0.5) / 2, 0.0], abs=1e-12)
 
 
+def test_cosine_schedule_per_step_with_only_a_step_budget():
+    module = DynReferModule("tiny", lr=1e-3, min_lr=1e-4)
+    module.trainer = L.Trainer(max_epochs=-1, max_steps=4, accelerator="cpu", logger=False)
+    conf = module.configure_optimizers()
+    sched = conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        sched.step()
+    mid = 1e-4 + 9e-4 * 0.5
+    assert lrs == pytest.approx([1e-3, 1e-4 + 9e-4 * (1 + 2**-0.5) / 2, mid, 1e-4 + 9e-4 * (1 - 2**-0.5) / 2,
+                                 1e-4, 1e-4], abs=1e-12)
+
+
 class RankReport(L.Callback):
     """Each process writes its rank, world size, steps and the gathered contrastive batch size."""
 
