@@ -3,7 +3,8 @@
 No model logic here: the module builds the model, hands batches to ``DynRefer.forward``,
 logs the losses and configures the official optimiser: AdamW (β 0.9 / 0.999, lr 1e-4,
 weight decay 0.05, none on biases, norms and other 1-d parameters) with a cosine decay
-stepped per epoch to 0 (per step over ``max_steps`` when the trainer has only a step budget). Under data parallelism the contrastive loss sees the captions and
+stepped per epoch to 0 (per step over ``max_steps`` when the trainer has only a step budget).
+Under data parallelism the contrastive loss sees the captions and
 regions of every process (``self.all_gather`` with gradients).
 """
 
@@ -97,7 +98,10 @@ class DynReferModule(L.LightningModule):
             trainer.max_steps is not None and trainer.max_steps > 0)
         # Per epoch (official) when training for a number of epochs; per step over max_steps when
         # only a step budget is given (an epoch schedule would otherwise stay at lr forever).
-        total = int(trainer.max_steps) if by_steps else (max(1, int(trainer.max_epochs or 1)) if trainer is not None else 1)
+        if by_steps:
+            total = int(trainer.max_steps)
+        else:
+            total = max(1, int(trainer.max_epochs or 1)) if trainer is not None else 1
 
         def cosine(i: int) -> float:
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
