@@ -133,7 +133,7 @@ class Engine:
         return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.dtype])
 
     def run(self, images, regions, *, tasks=TASKS, policy=None, ts=None, hash_flavour=None, classes=None,
-            attributes=None, tag_threshold=None, generator=None) -> tuple[list[list[dict]], ViewPlan]:
+            attributes=None, tag_threshold=None, all_tags=False, generator=None) -> tuple[list[list[dict]], ViewPlan]:
         """Model outputs for ``regions`` (per image, parsed :class:`~dynrefer.regions.Region`
         lists) of ``images`` ((3, H, W) uint8 tensors): per image, one dict per region (see
         ``DynRefer.predict``), and the view plan."""
@@ -157,7 +157,8 @@ class Engine:
                 "boxes_in_view": torch.as_tensor(plan.boxes_in_view, dtype=torch.float32, device=self.device),
             }
             outputs = self.model.predict(batch, tasks, attributes=attributes or None, categories=classes or None,
-                                         tag_threshold=tag_threshold, encoder_batch_size=self.encoder_batch_size)
+                                         tag_threshold=tag_threshold, all_tags=all_tags,
+                                         encoder_batch_size=self.encoder_batch_size)
         per_image, start = [], 0
         for count in plan.regions_per_image:
             per_image.append(outputs[start:start + count])

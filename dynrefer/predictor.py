@@ -65,7 +65,8 @@ class Predictor:
         :func:`~dynrefer.regions.parse_regions`). ``policy`` / ``ts`` / ``hash_flavour``
         override the model's view settings (``generator``: a ``torch.Generator`` for the
         ``random`` policy); ``classes`` / ``attributes`` default to the model's vocabularies;
-        ``all_scores`` lists every tag and every class.
+        ``all_scores`` lists every tag and every class (the captions are the same either way: their
+        control string is the tags above the threshold).
         """
         tasks = check_tasks(tasks)
         if len(images) != len(regions):
@@ -84,7 +85,7 @@ class Predictor:
             records.append({"image": label, "width": size[0], "height": size[1], "regions": []})
         outputs, plan = self.engine.run(pixels, parsed, tasks=tasks, policy=policy, ts=ts, hash_flavour=hash_flavour,
                                         classes=classes, attributes=attributes,
-                                        tag_threshold=0.0 if all_scores else tag_threshold, generator=generator)
+                                        tag_threshold=tag_threshold, all_tags=all_scores, generator=generator)
         threshold = self.model.config.tags.threshold if tag_threshold is None else tag_threshold
         views = iter(plan.views)
         for record, regs, outs in zip(records, parsed, outputs):

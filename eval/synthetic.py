@@ -12,8 +12,14 @@ baseline of each part.
 
 Usage: ``python eval/synthetic.py --model DIR --data runs/builtin/scenes/scenes.jsonl
 [--split test] [--max-images N] [--policy greedy|random|fixed|greedy_unique] [--t ...]
-[--hash-flavour official|imagehash] [--seed S]
+[--hash-flavour official|imagehash] [--seed S] [--tag-threshold T]
 [--out report.json] [--no-caption-metrics]``
+
+Tag threshold: the tags above it are the control string of the caption (SPEC §1.4), so it
+shapes the captions as well as ``tag_f1``. ``--tune-tag-threshold`` picks it on the *val* split
+(``tune_tag_threshold``: the grid value with the best mean caption-part accuracy, ties to the
+smaller threshold) and, with ``--write``, stores it in the model folder's ``config.json``;
+``scripts/train_builtin.py`` does this for the built-in model.
 """
 
 from __future__ import annotations
@@ -26,18 +32,40 @@ from pathlib import Path
 from tqdm import tqdm
 
 
+TAG_THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
 def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None, caption_metrics=True,
-             hash_flavour=None, seed=0) -> dict:
+             hash_flavour=None, seed=0, tag_threshold=None, tasks=None) -> dict:
+    """The report of the module docstring. ``tag_threshold`` overrides the model's for this call
+    only; ``tasks`` limits the tasks run (default: every task the model has)."""
+    from dynrefer.predictor import Predictor
+
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    if tag_threshold is not None and not 0.0 <= float(tag_threshold) <= 1.0:
+        raise ValueError(f"tag_threshold must be in [0, 1], got {tag_threshold}")
+    unknown = set(tasks or ()) - {"caption", "tags", "attributes", "category"}
+    if unknown:
+        raise ValueError(f"unknown task(s) {sorted(unknown)}; expected caption, tags, attributes, category")
+    tag_config = predictor.model.config.tags
+    original = tag_config.threshold
+    if tag_threshold is not None:
+        tag_config.threshold = float(tag_threshold)
+    try:
+        return _evaluate(predictor, Path(data), split, max_images, policy, ts, caption_metrics, hash_flavour, seed,
+                         tasks)
+    finally:
+        tag_config.threshold = original
+
+
+def _evaluate(predictor, data, split, max_images, policy, ts, caption_metrics, hash_flavour, seed, tasks) -> dict:
     import numpy as np
     import torch
 
     from dynrefer.data.scene_eval import majority_baseline, part_accuracy
     from dynrefer.metrics.ovad import binary_average_precision
-    from dynrefer.predictor import Predictor
     from dynrefer.records import read_jsonl
 
-    predictor = model if isinstance(model, Predictor) else Predictor(model)
-    data = Path(data)
     records = [r for r in read_jsonl(data) if split is None or r.get("split") == split][:max_images]
     if not records:
         raise SystemExit(f"no records of split {split!r} in {data}")
@@ -45,8 +73,9 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
     preds, truths, pred_records = [], [], []
     generator = torch.Generator().manual_seed(seed)  # the random policy's draws
     m = predictor.model
+    wanted = tasks
     tasks = [t for t, head in (("caption", m.language_head), ("tags", m.tag_head), ("attributes", m.contrastive_head),
-                               ("category", m.contrastive_head)) if head is not None]
+                               ("category", m.contrastive_head)) if head is not None and (wanted is None or t in wanted)]
     for record in tqdm(records, desc="describe", unit="image", disable=len(records) < 20):
         out = predictor.describe(data.parent / record["image"], [r["box"] for r in record["regions"]],
                                  policy=policy, ts=ts, all_scores=True, image_label=record["image"],
@@ -80,17 +109,47 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
         want = set(t.get("tags", []))
         tp, fp, fn = tp + len(got & want), fp + len(got - want), fn + len(want - got)
     report["tag_f1"] = 100 * (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn and "tags" in tasks else None
-    parts = part_accuracy([p["caption"] for p in preds], [t["parts"] for t in truths])
-    report["parts"] = {k: 100 * v for k, v in parts.items()}
     report["parts_majority"] = {k: 100 * v for k, v in majority_baseline([t["parts"] for t in truths]).items()}
-    report["parts_mean"] = float(np.mean(list(report["parts"].values())))
-    if caption_metrics:
+    report["parts"] = report["parts_mean"] = None
+    if "caption" in tasks:
+        parts = part_accuracy([p["caption"] for p in preds], [t["parts"] for t in truths])
+        report["parts"] = {k: 100 * v for k, v in parts.items()}
+        report["parts_mean"] = float(np.mean(list(report["parts"].values())))
+    if caption_metrics and "caption" in tasks:
         from dynrefer.metrics.captioning import evaluate_captioning
 
         gt_records = [{"image": r["image"], "width": r["width"], "height": r["height"], "regions": r["regions"]}
                       for r in records]
         report["caption"] = evaluate_captioning(pred_records, gt_records)
     return report
+
+
+def tune_tag_threshold(model, data, *, split="val", max_images=50, grid=TAG_THRESHOLDS) -> tuple[float, list]:
+    """The tag threshold of ``grid`` with the best mean caption-part accuracy on ``split``
+    (ties: the smaller threshold) and one row ``{"threshold", "parts_mean", "tag_f1"}`` per value.
+    The model's own threshold is left as it was."""
+    from dynrefer.predictor import Predictor
+
+    if not grid:
+        raise ValueError("the threshold grid is empty")
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    rows = []
+    for thr in sorted(float(t) for t in grid):
+        report = evaluate(predictor, data, split=split, max_images=max_images, caption_metrics=False,
+                          tag_threshold=thr, tasks=("caption", "tags"))
+        rows.append({"threshold": thr, "parts_mean": report["parts_mean"], "tag_f1": report["tag_f1"]})
+    best = max(rows, key=lambda r: (r["parts_mean"], -r["threshold"]))
+    return best["threshold"], rows
+
+
+def write_tag_threshold(model_dir, threshold: float) -> None:
+    """Store ``threshold`` as ``tags.threshold`` in a model folder's ``config.json``."""
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text())
+    config["tags"]["threshold"] = float(threshold)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -105,10 +164,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random policy's draws")
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-caption-metrics", action="store_true")
+    parser.add_argument("--tag-threshold", type=float, default=None, help="override the model's tag threshold")
+    parser.add_argument("--tune-tag-threshold", action="store_true",
+                        help="pick the tag threshold on the val split (best mean caption-part accuracy)")
+    parser.add_argument("--write", action="store_true", help="with --tune-tag-threshold: save it in MODEL/config.json")
     args = parser.parse_args()
+    if args.tune_tag_threshold:
+        best, rows = tune_tag_threshold(args.model, args.data, max_images=args.max_images or 50)
+        if args.write:
+            write_tag_threshold(args.model, best)
+        print(json.dumps({"tag_threshold": best, "grid": rows}, indent=1))
+        return
     report = evaluate(args.model, args.data, split=args.split, max_images=args.max_images, policy=args.policy,
                       ts=args.t, caption_metrics=not args.no_caption_metrics, hash_flavour=args.hash_flavour,
-                      seed=args.seed)
+                      seed=args.seed, tag_threshold=args.tag_threshold)
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -8,7 +8,10 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
 4. stage 2: DynRefer's heads, fusion, alignment, Q-Former and the small LM with stochastic
    views (``DynReferModule`` / ``RegionDataModule``, Lightning checkpoints in ``OUT/stage2``),
    exported with ``save_pretrained`` to ``OUT/model`` with the scene vocabularies as defaults (the
-   frozen CLIP stored in float16 to keep the folder small enough to ship in the package).
+   frozen CLIP stored in float16 to keep the folder small enough to ship in the package);
+5. the tag threshold (the tags above it are the caption's control string) picked on the val
+   split by mean caption-part accuracy (``eval/synthetic.py``'s ``tune_tag_threshold``) and
+   written into ``OUT/model/config.json``.
 
 Usage: ``python scripts/train_builtin.py --out runs/builtin [--num-images 12000] [--clip-steps 3000]
 [--epochs 4] [--batch-size 64]``; ``scripts/train_builtin.sh`` runs it with the defaults.
@@ -39,6 +42,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tune-images", type=int, default=50,
+                        help="val images for picking the tag threshold (0: keep the config's)")
     parser.add_argument("--short-text-prob", type=float, default=0.5,
                         help="how often the contrastive head sees a short 'the {attributes} {category}' text instead of the caption")
     args = parser.parse_args()
@@ -107,6 +112,16 @@ def main() -> None:
             a for a in vocab["attributes"] if a.startswith("size:")]
         (model_dir / "vocab.json").write_text(json.dumps({"categories": vocab["categories"],
                                                           "attributes": attributes}, indent=1) + "\n")
+    has_val = any(r.get("split") == "val" for r in iter_jsonl(jsonl))
+    if args.tune_images > 0 and has_val:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("eval_synthetic", Path(__file__).parent.parent / "eval" / "synthetic.py")
+        evaluation = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(evaluation)
+        threshold, grid = evaluation.tune_tag_threshold(str(model_dir), jsonl, max_images=args.tune_images)
+        evaluation.write_tag_threshold(model_dir, threshold)
+        log["tag_threshold"], log["tag_threshold_grid"] = threshold, grid
     log["total_seconds"] = round(time.time() - start, 1)
     (out / "train_log.json").write_text(json.dumps(log, indent=1, default=str) + "\n")
     print(json.dumps({"model": str(model_dir), **{k: v for k, v in log.items() if k != "synth"}}, default=str))

@@ -179,6 +179,27 @@ def test_zero_at_init_and_gradients_at_step0():
     assert torch.count_nonzero(mod.offset_mask.weight.grad[3 * g * n :]) == 0  # padding rows: never used
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_identity_init_passes_the_view_through(kernel):
+    """init="identity": modulation 1 at the centre point of every group and 0 elsewhere, offsets 0, so the
+    output equals output_proj(value_proj(view)) exactly, whatever the reference; the slow reference agrees."""
+    torch.manual_seed(3)
+    c, g = 16, 4
+    mod = DeformableAlignment(c, groups=g, kernel_size=kernel, init="identity").double()
+    view, ref = torch.randn(2, c, 5, 6, dtype=torch.float64), torch.randn(2, c, 5, 6, dtype=torch.float64)
+    offset, mask = mod.unpack_offset_mask(mod.packed_offset_mask(view, ref))
+    assert torch.count_nonzero(offset) == 0
+    centre = (kernel // 2) * kernel + kernel // 2
+    expected = torch.zeros_like(mask)
+    expected[:, [gi * kernel * kernel + centre for gi in range(g)]] = 1.0
+    assert torch.equal(mask, expected)
+    passed = mod.output_proj(mod.value_proj(view.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+    torch.testing.assert_close(mod(view, ref), passed, rtol=0, atol=1e-12)
+    torch.testing.assert_close(mod(view, ref), reference_forward(mod, view, ref), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="init"):
+        DeformableAlignment(8, groups=2, init="ones")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hw", [(1, 1), (3, 1), (5, 7), (16, 16)])
 def test_shapes_and_dtypes(dtype, hw):

@@ -121,3 +121,12 @@ def test_contrastive_loss_with_positives_equals_pairwise_reference():
     torch.testing.assert_close(head.loss(region, texts, positives=torch.eye(4, dtype=torch.bool)), plain)
     with pytest.raises(ValueError, match="positives"):
         head.loss(region, texts, positives=torch.eye(3, dtype=torch.bool))
+
+
+def test_attribute_synonyms():
+    from dynrefer.train.data import attribute_synonyms
+
+    assert attribute_synonyms("color:red/crimson") == ["red", "crimson"]
+    assert attribute_synonyms("striped") == ["striped"]
+    assert attribute_synonyms("texture:a:b") == ["a:b"]  # only the first colon separates the type
+    assert attribute_synonyms("color:") == [] and attribute_synonyms("color:/red") == ["red"]

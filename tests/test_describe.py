@@ -63,6 +63,29 @@ def test_record_shape_and_region_forms(predictor, photo):
     assert record["regions"][0]["score"] == record["regions"][0]["caption_score"]
 
 
+def test_all_scores_does_not_change_the_control_string(predictor, photo, monkeypatch):
+    """The caption's control string is the tags above the threshold, with or without all_scores (which
+    only lists every tag in the output): same controls, same captions."""
+    from dynrefer.model.heads.language import control_string
+
+    head = predictor.model.language_head
+    seen, generate = [], head.generate
+    monkeypatch.setattr(head, "generate", lambda region, controls, **kw: seen.append(list(controls))
+                        or generate(region, controls, **kw))
+    regions = [[10, 20, 200, 180], [300, 100, 380, 160], [0, 0, 600, 400]]
+    full = predictor.describe(photo, regions, all_scores=True)["regions"]
+    scores = sorted(s for r in full for _, s in r["tags"])
+    threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # some tags above, some below
+    seen.clear()
+    full = predictor.describe(photo, regions, all_scores=True, tag_threshold=threshold)["regions"]
+    plain = predictor.describe(photo, regions, tag_threshold=threshold)["regions"]
+    above = [[n for n, s in sorted(r["tags"], key=lambda x: (-x[1], x[0])) if s > threshold] for r in full]
+    assert any(above) and any(len(a) < 3 for a in above)
+    assert seen[0] == seen[1] == [control_string(a) for a in above]
+    assert [r["caption"] for r in full] == [r["caption"] for r in plain]
+    assert all(len(r["tags"]) == 3 for r in full) and [[n for n, _ in r["tags"]] for r in plain] == above
+
+
 def test_batched_equals_one_region_at_a_time(predictor, photo):
     regions = [[10, 20, 200, 180], [0, 0, 600, 400], [300, 100, 380, 160], [5, 5, 6, 6]]
     together = predictor.describe(photo, regions, all_scores=True)["regions"]

@@ -220,3 +220,18 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert 0 <= report["category"] <= 100 and 0 <= report["category_majority"] <= 100
     assert set(report["parts"]) == {"size", "color", "pattern", "shape", "position", "relation", "neighbour"}
     assert 0 <= report["attribute_map"] <= 100
+    # step 5: the tag threshold picked on the val split and stored in the exported config; the chosen row is the
+    # best of the grid, and evaluating the val split at that threshold again gives the same mean part accuracy.
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    grid = log["tag_threshold_grid"]
+    assert [r["threshold"] for r in grid] == sorted(module.TAG_THRESHOLDS)
+    best = max(grid, key=lambda r: (r["parts_mean"], -r["threshold"]))
+    assert model.config.tags.threshold == log["tag_threshold"] == best["threshold"]
+    again = module.evaluate(tmp_path / "run" / "model", tmp_path / "run" / "scenes" / "scenes.jsonl", split="val",
+                            max_images=50, caption_metrics=False, tag_threshold=best["threshold"],
+                            tasks=("caption", "tags"))
+    assert again["parts_mean"] == pytest.approx(best["parts_mean"]) and again["tag_f1"] == pytest.approx(best["tag_f1"])
+    assert again["category"] is None and again["attribute_map"] is None  # tasks not asked for
+    with pytest.raises(ValueError, match="tag_threshold"):
+        module.evaluate(tmp_path / "run" / "model", tmp_path / "run" / "scenes" / "scenes.jsonl", split="val",
+                        max_images=1, caption_metrics=False, tag_threshold=1.5)

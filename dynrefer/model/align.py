@@ -27,6 +27,9 @@ corners outside the map count as 0). The modulation ``m`` is used raw: no softma
   until they are learned in. At step 0 only the modulation rows of ``offset_mask`` and ``output_proj.bias``
   get a gradient (see ``tests/test_align.py``).
 * ``value_proj`` / ``output_proj``: ``Linear(C, C)``, xavier-uniform weight, zero bias.
+* ``init="identity"`` (not official; for small models trained from scratch): the same, except that the
+  modulation bias of the centre kernel point is 1 in every group, so at init ``m`` is 1 there and 0
+  elsewhere, the offsets are 0 and the module returns ``output_proj(value_proj(view))``.
 
 Packed ``offset_mask`` layout (the DCNv4 layout, kept so official weights load without reshuffling)
 --------------------------------------------------------------------------------------------------
@@ -112,6 +115,7 @@ class DeformableAlignment(nn.Module):
         kernel_size: int = 3,
         dw_kernel_size: int = 3,
         *,
+        init: str = "zero",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -121,6 +125,9 @@ class DeformableAlignment(nn.Module):
         for name, size in (("kernel_size", kernel_size), ("dw_kernel_size", dw_kernel_size)):
             if size < 1 or size % 2 == 0:
                 raise ValueError(f"{name} must be a positive odd integer, got {size}")
+        if init not in ("zero", "identity"):
+            raise ValueError(f"init must be 'zero' or 'identity', got {init!r}")
+        self.init = init
         self.channels = channels
         self.groups = groups
         self.kernel_size = kernel_size
@@ -143,6 +150,12 @@ class DeformableAlignment(nn.Module):
     def _reset_parameters(self) -> None:
         nn.init.zeros_(self.offset_mask.weight)
         nn.init.zeros_(self.offset_mask.bias)
+        if self.init == "identity":
+            n = self.num_points
+            centre = (self.kernel_size // 2) * self.kernel_size + self.kernel_size // 2  # p = ix*k + iy
+            with torch.no_grad():
+                for g in range(self.groups):
+                    self.offset_mask.bias[g * 3 * n + 2 * n + centre] = 1.0
         for proj in (self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
@@ -150,7 +163,7 @@ class DeformableAlignment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, groups={self.groups}, kernel_size={self.kernel_size}, "
-            f"dw_kernel_size={self.dw_kernel_size}"
+            f"dw_kernel_size={self.dw_kernel_size}, init={self.init}"
         )
 
     def packed_offset_mask(self, view: Tensor, reference: Tensor) -> Tensor:

@@ -56,7 +56,8 @@ class DynRefer(nn.Module):
         self.roi = ViewRoIAlign(config.roi.output_size or grid, self.encoder.patch_size,
                                 config.roi.sampling_ratio, config.roi.aligned)
         n = config.views.num_views
-        self.align = (DeformableAlignment(c, groups=config.align.groups, kernel_size=config.align.kernel_size)
+        self.align = (DeformableAlignment(c, groups=config.align.groups, kernel_size=config.align.kernel_size,
+                                          init=config.align.init)
                       if config.align.enabled and n > 1 else None)
         self.fusion = ViewFusion(c, n)
         self.qformer = RegionQFormer(config.qformer, c)
@@ -243,6 +244,7 @@ class DynRefer(nn.Module):
         attributes=None,
         categories=None,
         tag_threshold: float | None = None,
+        all_tags: bool = False,
         none_threshold: float | None = None,
         noun: str = "object",
         encoder_batch_size: int | None = None,
@@ -251,8 +253,9 @@ class DynRefer(nn.Module):
         """Per-region outputs for a batch of rendered views (see the module docstring).
 
         Returns one dict per region with the keys of the requested tasks: ``caption`` and
-        ``caption_score`` (``exp`` of the beam score); ``tags`` ([name, prob] above the
-        threshold, by score); ``attributes`` ([name, sigmoid(logit)] for every queried
+        ``caption_score`` (``exp`` of the beam score; the control string is always the tags
+        above the threshold); ``tags`` ([name, prob] above the threshold, by score; every tag
+        with ``all_tags``); ``attributes`` ([name, sigmoid(logit)] for every queried
         attribute, max over its prompts); ``category`` ([name, softmax prob] of the argmax, or
         None when the best logit is below ``none_threshold``) and ``categories`` (every class).
         ``encoder_batch_size`` bounds the views per encoder call.
@@ -265,9 +268,13 @@ class DynRefer(nn.Module):
         region = self.encode_regions(batch["pixels"], batch["boxes_in_view"], batch.get("view_index"),
                                      encoder_batch_size)
         out = [dict() for _ in range(region.shape[0])]
-        tags = self.predict_tags(region, tag_threshold) if ("tags" in tasks or "caption" in tasks) else None
+        tags = None
+        if "tags" in tasks or "caption" in tasks:
+            thr = self.config.tags.threshold if tag_threshold is None else tag_threshold
+            scored = self.predict_tags(region, float("-inf") if all_tags else thr)
+            tags = [[(n, s) for n, s in t if s > thr] for t in scored] if all_tags else scored
         if "tags" in tasks:
-            for o, t in zip(out, tags):
+            for o, t in zip(out, scored):
                 o["tags"] = [[n, s] for n, s in t]
         if "caption" in tasks:
             captions, scores = self.caption(region, [[n for n, _ in t] for t in tags], **generate_kwargs)

@@ -28,6 +28,7 @@ from ..model.encoder import build_open_clip
 from ..records import read_jsonl
 from ..regions import parse_region
 from ..views import CANDIDATE_TS, render_crops, view_geometry
+from .data import attribute_synonyms
 
 
 DETAIL_TS = (0.0, 0.1, 0.2)
@@ -40,9 +41,9 @@ def detail_description(spec: dict, skip_prefixes: tuple[str, ...] = ("size:",)) 
     category = spec.get("category")
     if not category:
         return None
-    values = [str(a).split(":", 1)[-1].split("/")[0] for a in spec.get("attributes") or []
-              if not str(a).startswith(skip_prefixes)]
-    return " ".join(["the", *[v for v in values if v], str(category)])
+    values = [words[0] for a in spec.get("attributes") or [] if not str(a).startswith(skip_prefixes)
+              for words in [attribute_synonyms(a)] if words]
+    return " ".join(["the", *values, str(category)])
 
 
 def multi_positive_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,

@@ -29,13 +29,18 @@ from ..regions import parse_region
 from ..view_selection import select_views
 
 
+def attribute_synonyms(attribute) -> list[str]:
+    """The value words of an attribute name: ``"color:red/crimson"`` → ``["red", "crimson"]``,
+    ``"striped"`` → ``["striped"]`` (empty parts dropped)."""
+    return [v for v in str(attribute).split(":", 1)[-1].split("/") if v]
+
+
 def short_description_facts(spec: dict, rng: random.Random, noun: str = "object"):
     """:func:`short_description` and what it claims: ``(text, head, words)`` with ``head`` the
     category named (None for ``noun``) and ``words`` the attribute values named; None when the
     region has neither a category nor attributes."""
     category = spec.get("category")
-    values = [str(a).split(":", 1)[-1] for a in spec.get("attributes") or []]
-    values = [rng.choice(v.split("/")) for v in values if v]
+    values = [rng.choice(words) for words in map(attribute_synonyms, spec.get("attributes") or []) if words]
     if not category and not values:
         return None
     words = rng.sample(values, rng.randint(0 if category else 1, len(values))) if values else []
@@ -53,7 +58,7 @@ def short_description(spec: dict, rng: random.Random, noun: str = "object") -> s
 
 def region_facts(spec: dict) -> tuple:
     """``(category, attribute values)`` of a region, every synonym of ``a/b`` values included."""
-    values = {v for a in spec.get("attributes") or [] for v in str(a).split(":", 1)[-1].split("/") if v}
+    values = {v for a in spec.get("attributes") or [] for v in attribute_synonyms(a)}
     return spec.get("category"), frozenset(values)
 
 
