@@ -15,7 +15,8 @@ the same scenes, with the same seed, learning rate, batch size and number of opt
 pHash, greedy with the ``imagehash`` flavour, ``greedy_unique``, random views (seeded) and fixed
 views (t = 0, 0.5, 1.0).
 
-Every arm is scored by ``eval/synthetic.py`` on the same held-out test images. Writes
+Every trained arm's tag threshold is picked on the val split as the built-in model's is
+(``--tune-images``); every arm is scored by ``eval/synthetic.py`` on the same held-out test images. Writes
 ``OUT/ablation.json`` and ``OUT/ablation.md`` (the README table) and prints the JSON.
 
 Usage: ``python scripts/ablation_synthetic.py --run runs/builtin --out runs/ablation
@@ -127,6 +128,9 @@ def main() -> None:
     parser.add_argument("--inference", action="store_true", help="also the inference arms on --model")
     parser.add_argument("--model", default="builtin", help="the multi-view model of the inference arms")
     parser.add_argument("--max-images", type=int, default=200)
+    parser.add_argument("--no-caption-metrics", action="store_true", help="skip METEOR / CIDEr (no Java)")
+    parser.add_argument("--tune-images", type=int, default=50,
+                        help="val images for picking each trained arm's tag threshold (0: the config's)")
     args = parser.parse_args()
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,12 @@ def main() -> None:
         model_dir = train_arm(name, run, out, args.steps, args.batch_size, args.lr, args.seed, args.workers,
                               args.short_text_prob)
         seconds = round(time.time() - t0, 1)
-        report = evaluation.evaluate(str(model_dir), data, max_images=args.max_images)
+        if args.tune_images > 0 and ARMS[name][0].get("tags", {}).get("enabled", True):
+            # as the built-in recipe: each arm's tag threshold (its caption control string) picked on val
+            threshold, _ = evaluation.tune_tag_threshold(str(model_dir), data, max_images=args.tune_images)
+            evaluation.write_tag_threshold(model_dir, threshold)
+        report = evaluation.evaluate(str(model_dir), data, max_images=args.max_images,
+                                     caption_metrics=not args.no_caption_metrics)
         results["trained"][name] = {"report": report, "train_seconds": seconds,
                                     "row": row(name, report, multitask=name != "caption_only")}
         (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -156,7 +165,8 @@ def main() -> None:
         for name, kw in INFERENCE_ARMS.items():
             if name in results["inference"]:
                 continue
-            report = evaluation.evaluate(predictor, data, max_images=args.max_images, **kw)
+            report = evaluation.evaluate(predictor, data, max_images=args.max_images,
+                                         caption_metrics=not args.no_caption_metrics, **kw)
             results["inference"][name] = {"report": report, "row": row(name, report)}
             (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
     any_report = next(iter([*results["trained"].values(), *results["inference"].values()]), None)

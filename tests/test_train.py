@@ -235,3 +235,16 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     with pytest.raises(ValueError, match="tag_threshold"):
         module.evaluate(tmp_path / "run" / "model", tmp_path / "run" / "scenes" / "scenes.jsonl", split="val",
                         max_images=1, caption_metrics=False, tag_threshold=1.5)
+    # scripts/ablation_synthetic.py on the toy run: one trained arm (threshold tuned on val) and the inference arms.
+    ablation = script.parent / "ablation_synthetic.py"
+    done = subprocess.run([sys.executable, str(ablation), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "abl"),
+                           "--steps", "2", "--batch-size", "4", "--workers", "0", "--arms", "t0", "--inference",
+                           "--model", str(tmp_path / "run" / "model"), "--max-images", "1", "--tune-images", "1",
+                           "--no-caption-metrics"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert list(results["trained"]) == ["t0"] and len(results["inference"]) == 5
+    arm = dynrefer.DynRefer.from_pretrained(tmp_path / "abl" / "t0" / "model")
+    assert arm.config.views.num_views == 1 and arm.config.tags.threshold in module.TAG_THRESHOLDS
+    assert "| t0 |" in (tmp_path / "abl" / "ablation.md").read_text()
