@@ -343,9 +343,6 @@ def builtin_config() -> DynReferConfig:
         name="builtin",
         views=ViewsConfig(num_views=3, size=64),
         encoder=EncoderConfig(model=BUILTIN_CLIP),
-        # trained from scratch: with the official zero init the extra views add nothing at first and the
-        # heads learn to do without their context (position read at chance); identity lets it in from step 0
-        align=AlignConfig(init="identity"),
         qformer=QFormerConfig(
             num_query_tokens=16, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
             intermediate_size=256, vocab_size=128, max_position_embeddings=64,
