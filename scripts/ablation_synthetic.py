@@ -28,12 +28,10 @@ stage-1 CLIP are reused).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 
 ARMS = {
     "multiview": ({}, dict(num_views=3)),
@@ -51,13 +49,6 @@ INFERENCE_ARMS = {
     "fixed views (0, 0.5, 1)": dict(policy="fixed", ts=[0.5, 1.0]),
 }
 COLUMNS = ("category", "color", "pattern", "size", "position", "shape", "relation", "neighbour")
-
-
-def load_eval():
-    spec = importlib.util.spec_from_file_location("eval_synthetic", ROOT / "eval" / "synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: float, seed: int, workers: int,
@@ -134,7 +125,8 @@ def main() -> None:
     args = parser.parse_args()
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    evaluation = load_eval()
+    from dynrefer.data import scene_benchmark as evaluation
+
     data = run / "scenes" / "scenes.jsonl"
     results = json.loads((out / "ablation.json").read_text()) if (out / "ablation.json").is_file() else {}
     results.setdefault("trained", {})

@@ -114,13 +114,10 @@ def main() -> None:
                                                           "attributes": attributes}, indent=1) + "\n")
     has_val = any(r.get("split") == "val" for r in iter_jsonl(jsonl))
     if args.tune_images > 0 and has_val:
-        import importlib.util
+        from dynrefer.data.scene_benchmark import tune_tag_threshold, write_tag_threshold
 
-        spec = importlib.util.spec_from_file_location("eval_synthetic", Path(__file__).parent.parent / "eval" / "synthetic.py")
-        evaluation = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(evaluation)
-        threshold, grid = evaluation.tune_tag_threshold(str(model_dir), jsonl, max_images=args.tune_images)
-        evaluation.write_tag_threshold(model_dir, threshold)
+        threshold, grid = tune_tag_threshold(str(model_dir), jsonl, max_images=args.tune_images)
+        write_tag_threshold(model_dir, threshold)
         log["tag_threshold"], log["tag_threshold_grid"] = threshold, grid
     log["total_seconds"] = round(time.time() - start, 1)
     (out / "train_log.json").write_text(json.dumps(log, indent=1, default=str) + "\n")

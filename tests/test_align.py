@@ -81,11 +81,13 @@ def _randomise(mod: DeformableAlignment, offset_px: float = 2.5, seed: int = 0) 
         mod.value_proj.bias.copy_(torch.randn(mod.value_proj.bias.shape, generator=gen) * 0.1)
 
 
+@pytest.mark.parametrize("sampler", ["grid_sample", "deform_conv2d"])
 @pytest.mark.parametrize(("groups", "kernel", "hw"), [(4, 3, (6, 5)), (2, 5, (4, 7)), (4, 1, (3, 3)), (1, 3, (1, 1))])
-def test_matches_slow_reference_forward_and_backward(groups, kernel, hw):
+def test_matches_slow_reference_forward_and_backward(groups, kernel, hw, sampler):
     torch.manual_seed(0)
     c, b = 8, 2
     mod = DeformableAlignment(c, groups=groups, kernel_size=kernel).double()
+    mod.sampler = sampler
     _randomise(mod)
     view = torch.randn(b, c, *hw, dtype=torch.float64, requires_grad=True)
     ref = torch.randn(b, c, *hw, dtype=torch.float64, requires_grad=True)
@@ -107,6 +109,26 @@ def test_matches_slow_reference_forward_and_backward(groups, kernel, hw):
         torch.testing.assert_close(gg, ww, rtol=0, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
     # Both the offset rows and the modulation rows of offset_mask are exercised.
     assert got[2 + [n for n, _ in mod.named_parameters()].index("offset_mask.weight")].abs().sum() > 0
+
+
+def test_cpu_uses_grid_sample_and_it_equals_deform_conv2d(monkeypatch):
+    import dynrefer.model.align as align_module
+
+    torch.manual_seed(4)
+    mod = DeformableAlignment(32, groups=4)
+    _randomise(mod, seed=7, offset_px=4.0)
+    view, ref = torch.randn(2, 6, 32, 8, 8)
+    mod.sampler = "deform_conv2d"
+    expected = mod(view, ref)
+    mod.sampler = "auto"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("deform_conv2d called on CPU with sampler='auto'")
+
+    monkeypatch.setattr(align_module, "deform_conv2d", refuse)
+    got = mod(view, ref)
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
 
 
 def test_packed_layout_is_dcnv4():

@@ -62,6 +62,24 @@ def test_dataset_samples_and_collate(shapes):
     assert len(val) == 4 and val[0]["control"] == "|"
 
 
+def test_datamodule_training_views_follow_train_policy(shapes):
+    """train_policy='fixed' (t = 0.5, 1): every sample's last view is the whole image, i.e. the box in
+    that view is the region box scaled by 64/96; the default random policy draws other views."""
+    dm = datamodule(shapes, train_policy="fixed", train_ts=[0.5, 1.0])
+    dm.setup("fit")
+    random.seed(0)
+    for i in range(6):
+        sample = dm.train_set[i]
+        rec_idx, reg_idx = dm.train_set.items[i]
+        box = torch.tensor(dm.train_set.records[rec_idx]["regions"][reg_idx]["box"], dtype=torch.float32)
+        torch.testing.assert_close(sample["boxes_in_view"][2], box * 64 / 96)
+    default = datamodule(shapes)
+    default.setup("fit")
+    last_views = [default.train_set[i]["boxes_in_view"][2] for i in range(12)]
+    whole = [torch.tensor(default.train_set.records[r]["regions"][j]["box"]) * 64 / 96 for r, j in default.train_set.items]
+    assert sum(torch.allclose(v, w.float()) for v, w in zip(last_views, whole)) < 12
+
+
 def test_parameter_groups_skip_decay_on_biases_and_norms():
     module = DynReferModule("tiny")
     decay, no_decay = parameter_groups(module.model, 0.05)
@@ -209,11 +227,8 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert "circle" in model.tag_names
     assert model.language_head.tokenizer("the red circle")["input_ids"][:3] != [2, 2, 2]  # words are known
     # eval/synthetic.py on the toy model (caption metrics need Java: skipped here, covered by the metrics tests).
-    import importlib.util
+    from dynrefer.data import scene_benchmark as module
 
-    spec = importlib.util.spec_from_file_location("eval_synthetic", script.parent.parent / "eval" / "synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     report = module.evaluate(tmp_path / "run" / "model", tmp_path / "run" / "scenes" / "scenes.jsonl", split="train",
                              max_images=2, caption_metrics=False)
     assert report["images"] == 2 and report["regions"] >= 6
@@ -235,6 +250,14 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     with pytest.raises(ValueError, match="tag_threshold"):
         module.evaluate(tmp_path / "run" / "model", tmp_path / "run" / "scenes" / "scenes.jsonl", split="val",
                         max_images=1, caption_metrics=False, tag_threshold=1.5)
+    # the command line users run gives the same report
+    cli = subprocess.run([sys.executable, str(script.parent.parent / "eval" / "synthetic.py"), "--model",
+                          str(tmp_path / "run" / "model"), "--data", str(tmp_path / "run" / "scenes" / "scenes.jsonl"),
+                          "--split", "train", "--max-images", "2", "--no-caption-metrics"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    cli_report = json.loads(cli.stdout)
+    assert cli_report["parts"] == pytest.approx(report["parts"]) and cli_report["category"] == report["category"]
     # scripts/ablation_synthetic.py on the toy run: one trained arm (threshold tuned on val) and the inference arms.
     ablation = script.parent / "ablation_synthetic.py"
     done = subprocess.run([sys.executable, str(ablation), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "abl"),

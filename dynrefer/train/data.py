@@ -182,7 +182,8 @@ class RegionDataModule(L.LightningDataModule):
             records by their ``split`` (one file may hold every split).
         batch_size: regions per batch (per process); training drops the last partial batch.
         base_t: view 0's ``t`` (0: the region; 1.0 for a whole-image-only ablation);
-            ``val_policy`` / ``val_ts``: the validation views (default greedy).
+            ``val_policy`` / ``val_ts``: the validation views (default greedy); ``train_policy`` /
+            ``train_ts``: the training views (default random, the method's stochastic views).
         short_text_prob: see :class:`RegionDataset`.
     """
 
@@ -191,7 +192,7 @@ class RegionDataModule(L.LightningDataModule):
                  batch_size: int = 64, num_workers: int = 2, control_dropout: float = 0.5,
                  max_train_regions: int | None = None, max_val_regions: int | None = None,
                  short_text_prob: float = 0.0, base_t: float = 0.0, val_policy: str = "greedy",
-                 val_ts: list[float] | None = None):
+                 val_ts: list[float] | None = None, train_policy: str = "random", train_ts: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.train_set = self.val_set = None
@@ -200,7 +201,7 @@ class RegionDataModule(L.LightningDataModule):
         h = self.hparams
         common = dict(image_root=h.image_root, num_views=h.num_views, size=h.size, base_t=h.base_t)
         if h.train_file and stage in (None, "fit") and self.train_set is None:
-            self.train_set = RegionDataset(h.train_file, split=h.train_split, policy="random",
+            self.train_set = RegionDataset(h.train_file, split=h.train_split, policy=h.train_policy, ts=h.train_ts,
                                            control_dropout=h.control_dropout, train=True,
                                            max_regions=h.max_train_regions, short_text_prob=h.short_text_prob,
                                            **common)
