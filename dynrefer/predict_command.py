@@ -24,7 +24,7 @@ DEFAULTS = {
     "model": "builtin", "data": None, "out": None, "tasks": "caption,tags,attributes,category", "image_root": None,
     "devices": 1, "accelerator": "cpu", "all_scores": False, "classes": None, "attributes": None,
     "classes_file": None, "attributes_file": None, "tag_threshold": None, "batch_size": 4, "num_workers": 2,
-    "encoder_batch_size": 256, "dtype": None,
+    "encoder_batch_size": None, "dtype": None,
 }  # fmt: skip
 
 
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--tag-threshold", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="images per engine pass (default 4)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding images (default 2)")
-    p.add_argument("--encoder-batch-size", type=int, default=None, help="views per encoder call (default 256)")
+    p.add_argument("--encoder-batch-size", type=int, default=None, help="views per encoder call (default: 256 on a GPU, sized to the cache on CPU)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16"), help="autocast precision")
     p.set_defaults(func=run)
 
@@ -106,6 +106,8 @@ def resolve_options(args) -> dict:
             read = read_class_names if key == "classes" else read_names
             opts[key] = read(opts[f"{key}_file"], f"{key}_file")
     for key in ("devices", "batch_size", "encoder_batch_size"):
+        if opts[key] is None and key == "encoder_batch_size":
+            continue  # chosen for the device (dynrefer.engine.auto_encoder_batch_size)
         if int(opts[key]) < 1:
             raise InputError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
     if int(opts["num_workers"]) < 0:
@@ -133,6 +135,10 @@ def run(args) -> int:
                           classes=opts["classes"], attributes=opts["attributes"], tag_threshold=opts["tag_threshold"],
                           devices=int(opts["devices"]), accelerator=opts["accelerator"],
                           batch_size=int(opts["batch_size"]), num_workers=int(opts["num_workers"]),
-                          encoder_batch_size=int(opts["encoder_batch_size"]), dtype=opts["dtype"])
+                          encoder_batch_size=_optional_int(opts["encoder_batch_size"]), dtype=opts["dtype"])
     print(json.dumps(summary))
     return 0
+
+
+def _optional_int(value):
+    return None if value is None else int(value)

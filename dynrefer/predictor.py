@@ -37,11 +37,12 @@ class Predictor:
     Args:
         model: a ``DynRefer``, a model folder, or ``"builtin"``.
         device: where to run (default: the model's device).
-        encoder_batch_size: views per encoder call; ``dtype``: optional autocast
+        encoder_batch_size: views per encoder call (``None``: chosen for the device, see
+            :func:`dynrefer.engine.auto_encoder_batch_size`); ``dtype``: optional autocast
             (``"bfloat16"`` / ``"float16"``).
     """
 
-    def __init__(self, model="builtin", device=None, *, encoder_batch_size: int = 256, dtype: str | None = None):
+    def __init__(self, model="builtin", device=None, *, encoder_batch_size: int | None = None, dtype: str | None = None):
         self.model = _resolve_model(model).eval()
         if device is not None:
             self.model.to(device)

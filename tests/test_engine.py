@@ -93,6 +93,27 @@ def test_encoder_chunks_equal_one_call(images):
             assert max(abs(x[1] - y[1]) for x, y in zip(ra["categories"], rb["categories"])) < 1e-5
 
 
+def test_default_encoder_chunk_is_sized_for_the_device():
+    from types import SimpleNamespace
+
+    from dynrefer.engine import CPU_ENCODER_BUDGET, auto_encoder_batch_size
+
+    def fake(size, patch, width):
+        return SimpleNamespace(config=SimpleNamespace(views=SimpleNamespace(size=size)),
+                               encoder=SimpleNamespace(patch_size=patch, width=width))
+
+    assert auto_encoder_batch_size(fake(224, 16, 768), "cpu") == 8  # ViT-B/16: 197 tokens x 768
+    assert auto_encoder_batch_size(fake(64, 8, 128), "cpu") == 150  # built-in: 65 tokens x 128
+    assert auto_encoder_batch_size(fake(16, 4, 16), "cpu") == 256  # capped
+    assert auto_encoder_batch_size(fake(448, 14, 1408), "cpu") == 1  # EVA-g at 448 px: one view at a time
+    assert auto_encoder_batch_size(fake(224, 16, 768), "cuda") == 256
+    assert 8 * 197 * 768 <= CPU_ENCODER_BUDGET < 9 * 197 * 768
+    torch.manual_seed(0)
+    model = dynrefer.DynRefer(tiny_config(), tags=["red"], categories=CLASSES, attributes=ATTRIBUTES)
+    assert Engine(model).encoder_batch_size == auto_encoder_batch_size(model, "cpu")
+    assert Engine(model, encoder_batch_size=3).encoder_batch_size == 3
+
+
 def test_empty_and_bad_input(predictor, images):
     records = predictor.describe_many(images[:2], [[], [[1, 1, 30, 30]]], tasks="category")
     assert records[0]["regions"] == [] and len(records[1]["regions"]) == 1

@@ -107,7 +107,7 @@ class PredictModule(L.LightningModule):
     """
 
     def __init__(self, model="builtin", *, tasks=("caption", "tags", "attributes", "category"), all_scores=False,
-                 classes=None, attributes=None, tag_threshold=None, encoder_batch_size=256, dtype=None):
+                 classes=None, attributes=None, tag_threshold=None, encoder_batch_size=None, dtype=None):
         super().__init__()
         from ..predictor import Predictor
 
@@ -181,7 +181,7 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
 
 def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", "attributes", "category"),
                 all_scores=False, classes=None, attributes=None, tag_threshold=None, devices=1, accelerator="cpu",
-                batch_size=4, num_workers=2, encoder_batch_size=256, dtype=None, progress=True) -> dict:
+                batch_size=4, num_workers=2, encoder_batch_size=None, dtype=None, progress=True) -> dict:
     """Describe every region of ``data`` (JSONL) into ``out`` (JSONL); resumable. Returns a summary."""
     data, out = Path(data), Path(out)
     if out.resolve() == data.resolve():
