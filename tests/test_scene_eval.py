@@ -34,3 +34,47 @@ def test_part_accuracy_and_baseline():
     assert majority_baseline(truth)["color"] == 1.0 and majority_baseline(truth)["shape"] == 0.5
     with pytest.raises(ValueError):
         part_accuracy(captions[:1], truth)
+
+
+def test_probe_variants_change_exactly_one_part():
+    from dynrefer.data.scene_benchmark import PROBE_PARTS, variants
+
+    checked = 0
+    for index in range(20):
+        _, record = generate_scene(5, index)
+        for region in record["regions"]:
+            caption, truth = region["captions"][0], {k: region["parts"][k] for k in PARTS}
+            for part in PROBE_PARTS:
+                values, rewritten = variants(caption, region["parts"], part)
+                assert rewritten[values.index(truth[part])] == caption
+                for value, text in zip(values, rewritten):
+                    assert caption_parts(text) == {**truth, part: value}, (text, part, value)
+                    checked += 1
+    assert checked > 1000
+
+
+def test_probe_likelihood_equals_the_language_loss_and_probe_runs(tmp_path):
+    """caption_log_likelihood (batched, summed) == -(mean token loss) x tokens of the head's own loss,
+    one caption at a time; then the probe end to end on three generated scenes with the built-in model."""
+    import torch
+
+    from dynrefer.data.scene_benchmark import caption_log_likelihood, probe
+    from dynrefer.data.synthetic import generate_dataset
+    from dynrefer.predictor import Predictor
+
+    model = Predictor("builtin").model
+    head = model.language_head
+    torch.manual_seed(0)
+    region = torch.randn(3, model.config.qformer.num_query_tokens, model.config.qformer.hidden_size)
+    captions = ["the small dotted red star in the top left", "a large blue ring above a green square", "the red circle"]
+    got = caption_log_likelihood(head, region, captions)
+    for i, caption in enumerate(captions):
+        with torch.no_grad():
+            loss = head.loss(region[i:i + 1], ["|"], [caption])
+        tokens = len(head.tokenizer(caption)["input_ids"])  # with the end-of-sequence token
+        assert float(got[i]) == pytest.approx(-float(loss) * tokens, rel=1e-4)
+    generate_dataset(tmp_path / "scenes", 3, 7, workers=1, splits="0,1,0", progress=False)
+    report = probe(model, tmp_path / "scenes" / "scenes.jsonl", split="val", max_images=3)
+    assert report["images"] == 3 and report["regions"] >= 6
+    assert set(report["known"]) == {"position", "size", "pattern"}
+    assert all(0 <= v <= 100 for v in [*report["known"].values(), *report["majority"].values()])

@@ -2,14 +2,17 @@
 ``eval/synthetic.py``, the command line that runs it. ``evaluate`` scores a model on one split of a
 generated scene set; ``tune_tag_threshold`` picks the tag threshold on the val split and
 ``write_tag_threshold`` stores it in a model folder (``scripts/train_builtin.py`` step 5,
-``scripts/ablation_synthetic.py``)."""
+``scripts/ablation_synthetic.py``); ``probe`` is the teacher-forced check of ``scripts/probe_captions.py``
+(does the language head rank the true position / size / pattern highest?)."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 TAG_THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
@@ -130,3 +133,84 @@ def write_tag_threshold(model_dir, threshold: float) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     tmp.replace(path)
+
+
+PROBE_PARTS = ("position", "size", "pattern")
+
+
+def variants(caption: str, parts: dict, part: str) -> tuple[list[str], list[str]]:
+    """The candidate values of ``part`` and ``caption`` rewritten with each (the true value's variant is
+    ``caption`` itself)."""
+    from dynrefer.data.synthetic import PATTERNS, POSITION_PHRASES, SIZE_WORDS
+
+    if part == "position":
+        values = list(POSITION_PHRASES)
+        old = POSITION_PHRASES[parts["position"]]
+        if old not in caption:
+            raise ValueError(f"caption {caption!r} does not contain its position phrase {old!r}")
+        return values, [caption.replace(old, POSITION_PHRASES[v], 1) for v in values]
+    values = list(SIZE_WORDS if part == "size" else PATTERNS)
+    words = caption.split()
+    i = words.index(parts[part])
+    return values, [" ".join(words[:i] + [v] + words[i + 1:]) for v in values]
+
+
+@torch.inference_mode()
+def caption_log_likelihood(head, region: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Summed token log-probabilities (B,) of ``captions`` given ``region`` (B, Q, D), empty controls."""
+    from dynrefer.model.heads.language import control_string
+
+    prefix, prefix_mask = head._prefix(region, [control_string([])] * len(captions))
+    ids, mask = head._tokens(captions, add_eos=True)
+    if head.is_seq2seq:
+        logits = head.lm(inputs_embeds=prefix, attention_mask=prefix_mask, labels=ids.masked_fill(mask == 0, -100)).logits
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])[..., 0]
+        return (lp * mask).sum(-1)
+    from dynrefer.model.heads.language import _pack_causal
+
+    text = head.lm.get_input_embeddings()(ids)
+    embeds, attn, labels = _pack_causal(prefix, prefix_mask, text, mask, ids.masked_fill(mask == 0, -100))
+    logits = head.lm(inputs_embeds=embeds, attention_mask=attn).logits[:, :-1].float()
+    target = labels[:, 1:]
+    lp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return (lp * (target != -100)).sum(-1)
+
+
+def probe(model, data, *, split="val", max_images=40, policy=None, ts=None) -> dict:
+    from dynrefer.engine import plan_views, render_plan
+    from dynrefer.images import load_image
+    from dynrefer.records import read_jsonl
+
+    if model.language_head is None:
+        raise SystemExit("the model has no language head")
+    data = Path(data)
+    records = [r for r in read_jsonl(data) if r.get("split") == split][:max_images]
+    if not records:
+        raise SystemExit(f"no records of split {split!r} in {data}")
+    cfg = model.config.views
+    policy = policy or cfg.policy
+    if policy == "fixed" and ts is None:
+        ts = cfg.fixed_ts
+    device = model.tag_embeddings.device
+    hits, truths = {p: 0 for p in PROBE_PARTS}, {p: Counter() for p in PROBE_PARTS}
+    regions = 0
+    for record in records:
+        image = load_image(data.parent / record["image"])
+        plan = plan_views([image], [[r["box"] for r in record["regions"]]], num_views=cfg.num_views, size=cfg.size,
+                          policy=policy, ts=ts, hash_flavour=cfg.hash_flavour, base_t=cfg.base_t)
+        with torch.inference_mode():
+            region = model.encode_regions(render_plan([image], plan, cfg.size, device),
+                                          torch.as_tensor(plan.boxes_in_view, device=device),
+                                          torch.as_tensor(plan.view_index, device=device))
+        for k, spec in enumerate(record["regions"]):
+            regions += 1
+            for part in PROBE_PARTS:
+                values, captions = variants(spec["captions"][0], spec["parts"], part)
+                scores = caption_log_likelihood(model.language_head, region[k:k + 1].expand(len(captions), -1, -1),
+                                                captions)
+                hits[part] += values[int(torch.argmax(scores))] == spec["parts"][part]
+                truths[part][spec["parts"][part]] += 1
+    out = {"regions": regions, "images": len(records), "policy": policy, "ts": ts}
+    out["known"] = {p: round(100 * hits[p] / regions, 1) for p in PROBE_PARTS}
+    out["majority"] = {p: round(100 * truths[p].most_common(1)[0][1] / regions, 1) for p in PROBE_PARTS}
+    return out
