@@ -231,7 +231,7 @@ def deformable_sample(x: Tensor, offset: Tensor, mask: Tensor, kernel_size: int,
     b, c, h, w = x.shape
     g, kk = groups, kernel_size * kernel_size
     pad = (kernel_size - 1) // 2
-    off = offset.view(b, g, kk, 2, h, w)
+    off = offset.reshape(b, g, kk, 2, h, w)
     steps = torch.arange(kernel_size, dtype=x.dtype, device=x.device) - pad
     iy, ix = steps.repeat_interleave(kernel_size).view(1, 1, kk, 1, 1), steps.repeat(kernel_size).view(1, 1, kk, 1, 1)
     qy = torch.arange(h, dtype=x.dtype, device=x.device).view(1, 1, 1, h, 1)
@@ -241,5 +241,5 @@ def deformable_sample(x: Tensor, offset: Tensor, mask: Tensor, kernel_size: int,
     grid = torch.stack([loc_x * (2.0 / (w - 1)) - 1.0, loc_y * (2.0 / (h - 1)) - 1.0], dim=-1)
     sampled = F.grid_sample(x.reshape(b * g, c // g, h, w), grid.view(b * g, kk * h, w, 2), mode="bilinear",
                             padding_mode="zeros", align_corners=True)
-    sampled = sampled.view(b, g, c // g, kk, h, w) * mask.view(b, g, 1, kk, h, w)
+    sampled = sampled.view(b, g, c // g, kk, h, w) * mask.reshape(b, g, 1, kk, h, w)
     return sampled.sum(3).reshape(b, c, h, w)
