@@ -66,4 +66,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dynrefer.errors import InputError
+
+    try:
+        main()
+    except InputError as err:  # bad input: one line, exit status 2
+        import sys
+
+        print(f"{Path(__file__).name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

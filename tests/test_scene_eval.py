@@ -78,3 +78,25 @@ def test_probe_likelihood_equals_the_language_loss_and_probe_runs(tmp_path):
     assert report["images"] == 3 and report["regions"] >= 6
     assert set(report["known"]) == {"position", "size", "pattern"}
     assert all(0 <= v <= 100 for v in [*report["known"].values(), *report["majority"].values()])
+
+
+def test_probe_likelihood_equals_the_language_loss_for_a_causal_lm():
+    import torch
+
+    from dynrefer.data.scene_benchmark import caption_log_likelihood
+    from dynrefer.model.config import LanguageConfig
+    from dynrefer.model.heads.language import LanguageHead
+
+    cfg = LanguageConfig(kind="causal", model_config={
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 128, "max_position_embeddings": 128})
+    torch.manual_seed(0)
+    head = LanguageHead(cfg, region_dim=32).eval()
+    region = torch.randn(3, 8, 32)
+    captions = ["a red thing", "blue", "the big square"]
+    got = caption_log_likelihood(head, region, captions)
+    for i, caption in enumerate(captions):
+        with torch.no_grad():
+            loss = head.loss(region[i:i + 1], ["|"], [caption])
+        tokens = len(head.tokenizer(caption)["input_ids"])
+        assert float(got[i]) == pytest.approx(-float(loss) * tokens, rel=1e-4)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..errors import InputError
+
 TAG_THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
@@ -51,7 +53,7 @@ def _evaluate(predictor, data, split, max_images, policy, ts, caption_metrics, h
 
     records = [r for r in read_jsonl(data) if split is None or r.get("split") == split][:max_images]
     if not records:
-        raise SystemExit(f"no records of split {split!r} in {data}")
+        raise InputError(f"no records of split {split!r} in {data}")
     threshold = predictor.model.config.tags.threshold
     preds, truths, pred_records = [], [], []
     generator = torch.Generator().manual_seed(seed)  # the random policy's draws
@@ -182,11 +184,11 @@ def probe(model, data, *, split="val", max_images=40, policy=None, ts=None) -> d
     from dynrefer.records import read_jsonl
 
     if model.language_head is None:
-        raise SystemExit("the model has no language head")
+        raise InputError("the model has no language head")
     data = Path(data)
     records = [r for r in read_jsonl(data) if r.get("split") == split][:max_images]
     if not records:
-        raise SystemExit(f"no records of split {split!r} in {data}")
+        raise InputError(f"no records of split {split!r} in {data}")
     cfg = model.config.views
     policy = policy or cfg.policy
     if policy == "fixed" and ts is None:
