@@ -41,14 +41,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from pathlib import Path
+    from dynrefer.errors import run_script
 
-    from dynrefer.errors import InputError
-
-    try:
-        main()
-    except InputError as err:  # bad input: one line, exit status 2
-        import sys
-
-        print(f"{Path(__file__).name}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main, "probe_captions.py")

@@ -164,3 +164,18 @@ def test_console_script_error_and_demo(photo, tmp_path):
             assert picture.size[0] == 900
     with Image.open(out_dir / "views_sheet.png") as sheet:
         assert sheet.size[0] > 224 * 3
+
+
+def test_run_script_turns_input_errors_into_one_line_and_status_2(capsys):
+    import pytest
+
+    from dynrefer.errors import InputError, run_script
+
+    def bad():
+        raise InputError("no records of split 'x' in data.jsonl")
+
+    with pytest.raises(SystemExit) as info:
+        run_script(bad, "synthetic.py")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "synthetic.py: error: no records of split 'x' in data.jsonl\n"
+    run_script(lambda: None, "synthetic.py")  # a clean run returns
