@@ -24,13 +24,14 @@ class RegionError(InputError):
     """A region (box, polygon, mask, RLE) is invalid; the message names the region and the reason."""
 
 
-def run_script(main, name: str) -> None:
-    """Run a script's ``main()``; an :class:`InputError` becomes one line ``NAME: error: ...`` on
-    stderr and exit status 2 (the CLI's contract, for the scripts in ``eval/`` and ``scripts/``)."""
+def run_script(main, name: str):
+    """Run a script's ``main()`` and return its result; a :class:`DynReferError` becomes one line
+    ``NAME: error: ...`` on stderr and exit status 2 (the CLI's contract, for the scripts in ``eval/``
+    and ``scripts/``)."""
     import sys
 
     try:
-        main()
-    except InputError as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+        return main()
+    except DynReferError as err:
+        print(f"{name}: error: {str(err).strip()}", file=sys.stderr)
         raise SystemExit(2) from None

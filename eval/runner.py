@@ -73,7 +73,7 @@ def run(task: str, *, model, data, out_dir, split="test", image_root=None, propo
 def main(task: str, description: str, *, tasks, argv=None, tag_threshold=None, all_scores=False,
          proposals=False, attributes=False, classes=False) -> dict:
     """Command line of one runner (``--model``, ``--data``, ``--out-dir``, ...)."""
-    from dynrefer.errors import DynReferError
+    from dynrefer.errors import run_script
 
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", required=True, help="model folder (save_pretrained output) or 'builtin'")
@@ -96,14 +96,12 @@ def main(task: str, description: str, *, tasks, argv=None, tag_threshold=None, a
     if classes:
         p.add_argument("--classes", required=True, help="class list (OUT.categories.json of prepare, or one a line)")
     args = p.parse_args(argv)
-    try:
-        report = run(task, model=args.model, data=args.data, out_dir=args.out_dir, split=args.split,
-                     image_root=args.image_root, proposals=getattr(args, "proposals", None), tasks=tasks,
-                     tag_threshold=args.tag_threshold, all_scores=all_scores,
-                     attributes_file=getattr(args, "attributes", None), classes_file=getattr(args, "classes", None),
-                     devices=args.devices, accelerator=args.accelerator, batch_size=args.batch_size,
-                     num_workers=args.num_workers, dtype=args.dtype, strict=getattr(args, "strict", False))
-    except DynReferError as exc:
-        p.exit(2, f"{p.prog}: error: {str(exc).strip()}\n")
+    report = run_script(lambda: run(
+        task, model=args.model, data=args.data, out_dir=args.out_dir, split=args.split, image_root=args.image_root,
+        proposals=getattr(args, "proposals", None), tasks=tasks, tag_threshold=args.tag_threshold,
+        all_scores=all_scores, attributes_file=getattr(args, "attributes", None),
+        classes_file=getattr(args, "classes", None), devices=args.devices, accelerator=args.accelerator,
+        batch_size=args.batch_size, num_workers=args.num_workers, dtype=args.dtype,
+        strict=getattr(args, "strict", False)), p.prog)
     print(json.dumps(report, indent=2))
     return report

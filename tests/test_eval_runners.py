@@ -101,3 +101,13 @@ def test_coco_runner_accuracy_matches_the_predictions(fixture, tmp_path, monkeyp
     expected = 100 * np.mean([p["category"][0] == t["category"] for p, t in zip(preds, truth)])
     assert report["task"] == "recognition" and report["accuracy"] == pytest.approx(expected)
     assert all(len(p["categories"]) == 12 for p in preds)
+
+
+def test_runner_bad_input_is_one_line_and_status_2(fixture, tmp_path, monkeypatch, capsys):
+    root, data, model = fixture
+    with pytest.raises(SystemExit) as info:
+        run_runner("refcocog.py", ["--model", str(model), "--data", str(data), "--out-dir", str(tmp_path),
+                                   "--split", "nosuch", "--num-workers", "0"], monkeypatch)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("error: no records of split 'nosuch' in '" + str(data) + "'"), err
