@@ -156,30 +156,38 @@ class Engine:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.dtype])
 
+    def plan(self, images, boxes, *, policy=None, ts=None, hash_flavour=None, generator=None) -> ViewPlan:
+        """:func:`plan_views` with the model's view settings (``policy`` / ``ts`` / ``hash_flavour``
+        override them; ``policy="fixed"`` without ``ts`` takes the config's ``fixed_ts``)."""
+        cfg = self.model.config.views
+        policy = policy or cfg.policy
+        if policy == "fixed" and ts is None:
+            ts = cfg.fixed_ts
+        return plan_views(images, boxes, num_views=cfg.num_views, size=cfg.size, policy=policy, ts=ts,
+                          hash_flavour=hash_flavour or cfg.hash_flavour, generator=generator, base_t=cfg.base_t)
+
+    def batch(self, images, plan: ViewPlan) -> dict:
+        """The model's input for ``plan``: rendered unique views, ``view_index`` and ``boxes_in_view``."""
+        return {
+            "pixels": render_plan(images, plan, self.model.config.views.size, self.device),
+            "view_index": torch.as_tensor(plan.view_index, device=self.device),
+            "boxes_in_view": torch.as_tensor(plan.boxes_in_view, dtype=torch.float32, device=self.device),
+        }
+
     def run(self, images, regions, *, tasks=TASKS, policy=None, ts=None, hash_flavour=None, classes=None,
             attributes=None, tag_threshold=None, all_tags=False, generator=None) -> tuple[list[list[dict]], ViewPlan]:
         """Model outputs for ``regions`` (per image, parsed :class:`~dynrefer.regions.Region`
         lists) of ``images`` ((3, H, W) uint8 tensors): per image, one dict per region (see
         ``DynRefer.predict``), and the view plan."""
         tasks = check_tasks(tasks)
-        cfg = self.model.config.views
-        policy = policy or cfg.policy
-        if policy == "fixed" and ts is None:
-            ts = cfg.fixed_ts
-        plan = plan_views(images, [[r.box for r in regs] for regs in regions], num_views=cfg.num_views,
-                          size=cfg.size, policy=policy, ts=ts, hash_flavour=hash_flavour or cfg.hash_flavour,
-                          generator=generator, base_t=cfg.base_t)
+        plan = self.plan(images, [[r.box for r in regs] for regs in regions], policy=policy, ts=ts,
+                         hash_flavour=hash_flavour, generator=generator)
         if plan.total_crops == 0:
             return [[] for _ in images], plan
         classes = list(classes) if classes is not None else list(self.model.categories)
         attributes = list(attributes) if attributes is not None else list(self.model.attributes)
         with torch.inference_mode(), self._autocast():
-            pixels = render_plan(images, plan, cfg.size, self.device)
-            batch = {
-                "pixels": pixels,
-                "view_index": torch.as_tensor(plan.view_index, device=self.device),
-                "boxes_in_view": torch.as_tensor(plan.boxes_in_view, dtype=torch.float32, device=self.device),
-            }
+            batch = self.batch(images, plan)
             outputs = self.model.predict(batch, tasks, attributes=attributes or None, categories=classes or None,
                                          tag_threshold=tag_threshold, all_tags=all_tags,
                                          encoder_batch_size=self.encoder_batch_size)

@@ -45,7 +45,6 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
 
 def _evaluate(predictor, data, split, max_images, policy, ts, caption_metrics, hash_flavour, seed, tasks) -> dict:
     import numpy as np
-    import torch
 
     from dynrefer.data.scene_eval import majority_baseline, part_accuracy
     from dynrefer.metrics.ovad import binary_average_precision
@@ -162,24 +161,11 @@ def caption_log_likelihood(head, region: torch.Tensor, captions: list[str]) -> t
     """Summed token log-probabilities (B,) of ``captions`` given ``region`` (B, Q, D), empty controls."""
     from dynrefer.model.heads.language import control_string
 
-    prefix, prefix_mask = head._prefix(region, [control_string([])] * len(captions))
-    ids, mask = head._tokens(captions, add_eos=True)
-    if head.is_seq2seq:
-        logits = head.lm(inputs_embeds=prefix, attention_mask=prefix_mask, labels=ids.masked_fill(mask == 0, -100)).logits
-        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])[..., 0]
-        return (lp * mask).sum(-1)
-    from dynrefer.model.heads.language import _pack_causal
-
-    text = head.lm.get_input_embeddings()(ids)
-    embeds, attn, labels = _pack_causal(prefix, prefix_mask, text, mask, ids.masked_fill(mask == 0, -100))
-    logits = head.lm(inputs_embeds=embeds, attention_mask=attn).logits[:, :-1].float()
-    target = labels[:, 1:]
-    lp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-    return (lp * (target != -100)).sum(-1)
+    return head.log_likelihood(region, [control_string([])] * len(captions), captions)
 
 
 def probe(model, data, *, split="val", max_images=40, policy=None, ts=None) -> dict:
-    from dynrefer.engine import plan_views, render_plan
+    from dynrefer.engine import Engine
     from dynrefer.images import load_image
     from dynrefer.records import read_jsonl
 
@@ -189,21 +175,16 @@ def probe(model, data, *, split="val", max_images=40, policy=None, ts=None) -> d
     records = [r for r in read_jsonl(data) if r.get("split") == split][:max_images]
     if not records:
         raise InputError(f"no records of split {split!r} in {data}")
-    cfg = model.config.views
-    policy = policy or cfg.policy
-    if policy == "fixed" and ts is None:
-        ts = cfg.fixed_ts
-    device = model.tag_embeddings.device
+    engine = Engine(model)
     hits, truths = {p: 0 for p in PROBE_PARTS}, {p: Counter() for p in PROBE_PARTS}
     regions = 0
     for record in records:
         image = load_image(data.parent / record["image"])
-        plan = plan_views([image], [[r["box"] for r in record["regions"]]], num_views=cfg.num_views, size=cfg.size,
-                          policy=policy, ts=ts, hash_flavour=cfg.hash_flavour, base_t=cfg.base_t)
+        plan = engine.plan([image], [[r["box"] for r in record["regions"]]], policy=policy, ts=ts)
         with torch.inference_mode():
-            region = model.encode_regions(render_plan([image], plan, cfg.size, device),
-                                          torch.as_tensor(plan.boxes_in_view, device=device),
-                                          torch.as_tensor(plan.view_index, device=device))
+            batch = engine.batch([image], plan)
+            region = model.encode_regions(batch["pixels"], batch["boxes_in_view"], batch["view_index"],
+                                          engine.encoder_batch_size)
         for k, spec in enumerate(record["regions"]):
             regions += 1
             for part in PROBE_PARTS:
@@ -212,7 +193,10 @@ def probe(model, data, *, split="val", max_images=40, policy=None, ts=None) -> d
                                                 captions)
                 hits[part] += values[int(torch.argmax(scores))] == spec["parts"][part]
                 truths[part][spec["parts"][part]] += 1
-    out = {"regions": regions, "images": len(records), "policy": policy, "ts": ts}
+    views = model.config.views
+    policy = policy or views.policy
+    out = {"regions": regions, "images": len(records), "policy": policy,
+           "ts": views.fixed_ts if policy == "fixed" and ts is None else ts}
     out["known"] = {p: round(100 * hits[p] / regions, 1) for p in PROBE_PARTS}
     out["majority"] = {p: round(100 * truths[p].most_common(1)[0][1] / regions, 1) for p in PROBE_PARTS}
     return out

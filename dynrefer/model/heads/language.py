@@ -171,6 +171,22 @@ class LanguageHead(nn.Module):
         embeds, attn, full_labels = _pack_causal(prefix, prefix_mask, text, mask, labels)
         return self.lm(inputs_embeds=embeds, attention_mask=attn, labels=full_labels).loss
 
+    @torch.no_grad()
+    def log_likelihood(self, region: torch.Tensor, controls: list[str], captions: list[str]) -> torch.Tensor:
+        """Summed token log-probabilities (B,) of ``captions`` (with their end token) given ``R`` and
+        control strings: per caption, ``-loss * tokens`` of :meth:`loss` on that caption alone."""
+        prefix, prefix_mask = self._prefix(region, controls)
+        ids, mask = self._tokens(captions, add_eos=True)
+        labels = ids.masked_fill(mask == 0, -100)
+        if self.is_seq2seq:
+            logits = self.lm(inputs_embeds=prefix, attention_mask=prefix_mask, labels=labels).logits
+        else:
+            text = self.lm.get_input_embeddings()(ids)
+            embeds, attn, labels = _pack_causal(prefix, prefix_mask, text, mask, labels)
+            logits, labels = self.lm(inputs_embeds=embeds, attention_mask=attn).logits[:, :-1], labels[:, 1:]
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        return (lp * (labels != -100)).sum(-1)
+
     # ------------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, region: torch.Tensor, controls: list[str], **overrides) -> tuple[list[str], list[float]]:
