@@ -44,7 +44,6 @@ import psutil
 import torch
 
 from bench_views import random_boxes  # scripts/ is on sys.path when run as a script
-from dynrefer.engine import plan_views
 from dynrefer.phash import bits_to_hex, hamming, phash_official_single, rgb_to_gray_official
 from dynrefer.predictor import Predictor
 from dynrefer.view_selection import greedy_select
@@ -136,8 +135,7 @@ def build(config: str, device: str) -> Predictor:
 
 def bench_setting(predictor: Predictor, config: str, image: torch.Tensor, k: int, runs: int) -> dict:
     boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k).tolist()
-    views = predictor.model.config.views
-    plan = plan_views([image], [boxes], num_views=views.num_views, size=views.size, policy=views.policy)
+    plan = predictor.engine.plan([image], [boxes])
     with PeakMemory(predictor.device) as mem:
         t_engine, rec = timed(lambda: predictor.describe(image, boxes), runs)
     t_naive, _ = timed(lambda: [predictor.describe(image, [b]) for b in boxes], runs)
@@ -163,10 +161,8 @@ def flops_row(predictor: Predictor, image: torch.Tensor, k: int = 16, repeats: i
     from torch.utils.flop_counter import FlopCounterMode
 
     model, device = predictor.model, predictor.device
-    views = model.config.views
     boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k).tolist()
-    plan = plan_views([image], [boxes], num_views=views.num_views, size=views.size, policy=views.policy)
-    pixels = render_crops(image.to(device), plan.crops, views.size)
+    pixels = predictor.engine.batch([image], predictor.engine.plan([image], [boxes]))["pixels"]
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             model.encode_views(pixels, predictor.engine.encoder_batch_size)
