@@ -14,7 +14,8 @@ of ``runs`` timed runs is reported:
   (``phash_official_single``: OpenCV resize + SciPy DCT, as the reference implementation),
   the greedy rule, each view rendered with PIL crop + bicubic (``renderer="reference"``); then
   every region's views (no deduplication) through the model and captions generated in chunks
-  of 20 regions, as the official inference does.
+  of 20 regions with transformers' ``generate``, as the official inference does (the engine
+  decodes T5 with :mod:`dynrefer.model.heads.beam`: the same beam search, same captions).
 
 Each row: ``{"config", "regions_per_image", "engine_regions_per_s", "naive_regions_per_s",
 "official_style_regions_per_s", "speedup", "speedup_vs_official_style", "unique_crops",
@@ -74,7 +75,7 @@ def official_style(predictor: Predictor, image: torch.Tensor, boxes, chunk: int 
             batch = {"pixels": torch.cat(pixels[start:start + chunk]).to(predictor.device),
                      "boxes_in_view": torch.cat(biv[start:start + chunk]).to(predictor.device)}
             out = model.predict(batch, attributes=list(model.attributes) or None,
-                                categories=list(model.categories) or None)
+                                categories=list(model.categories) or None, search="generate")
             captions += [o["caption"] for o in out]
     return captions
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from ...errors import InputError
 from ..config import LanguageConfig
+from . import beam
 
 CHAR_TOKENIZER = "builtin:char"
 
@@ -189,17 +190,32 @@ class LanguageHead(nn.Module):
 
     # ------------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, region: torch.Tensor, controls: list[str], **overrides) -> tuple[list[str], list[float]]:
-        """Captions and scores (``exp`` of the sequence score) for each region."""
+    def generate(self, region: torch.Tensor, controls: list[str], *, search: str = "auto",
+                 **overrides) -> tuple[list[str], list[float]]:
+        """Captions and scores (``exp`` of the sequence score) for each region.
+
+        ``search``: ``"auto"`` decodes a plain T5 LM with :func:`~dynrefer.model.heads.beam.t5_beam_search`
+        (the same beam search as ``generate``, without its per-step overhead) whenever
+        :func:`~dynrefer.model.heads.beam.supports` allows, and with ``generate`` otherwise;
+        ``"generate"`` always uses transformers' ``generate``. ``overrides``: ``generate`` keywords.
+        """
+        if search not in ("auto", "generate"):
+            raise ValueError(f"search must be 'auto' or 'generate', got {search!r}")
         prefix, prefix_mask = self._prefix(region, controls)
         if not self.is_seq2seq:
             prefix, prefix_mask = _left_pad(prefix, prefix_mask)
         c = self.cfg
-        kwargs = dict(num_beams=c.num_beams, max_new_tokens=c.max_new_tokens, repetition_penalty=c.repetition_penalty,
-                      length_penalty=c.length_penalty, do_sample=False, return_dict_in_generate=True,
-                      output_scores=True, pad_token_id=self.tokenizer.pad_token_id,
-                      eos_token_id=self.tokenizer.eos_token_id)
-        kwargs.update(overrides)
+        settings = dict(num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
+                        repetition_penalty=c.repetition_penalty, length_penalty=c.length_penalty)
+        settings.update(overrides)
+        if search == "auto" and set(overrides) <= beam.FAST_SETTINGS and beam.supports(self.lm, settings):
+            sequences, scores = beam.t5_beam_search(self.lm, prefix, prefix_mask, eos_token_id=self.tokenizer.eos_token_id,
+                                                    pad_token_id=self.tokenizer.pad_token_id, **settings)
+            texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+            return [t.strip() for t in texts], torch.exp(scores.float()).tolist()
+        kwargs = dict(do_sample=False, return_dict_in_generate=True, output_scores=True,
+                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        kwargs.update(settings)
         out = self.lm.generate(inputs_embeds=prefix, attention_mask=prefix_mask, **kwargs)
         sequences = out.sequences
         if getattr(out, "sequences_scores", None) is not None:
