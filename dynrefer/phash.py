@@ -12,7 +12,8 @@ Two flavours, each for one crop and batched over many crops of one image:
     5. top-left 8×8 block (DC included), bit = value > mean of the 64 values;
     6. 16 hex digits, first bit most significant.
     The single-crop path uses ``cv2.resize`` and ``scipy.fft.dctn`` literally. The batched
-    path computes only the 8×8 DCT block as two small matrix products in float64 after a
+    path computes only the 8×8 DCT block: on CPU as ``A_h · crop · A_wᵀ`` with the resize folded
+    into the DCT rows (``A_n = D₈ · R_n``, 8 × n), elsewhere as two matrix products after a
     tensor resize; any hash with a coefficient within ``margin`` of its mean (where float
     rounding of the two paths could disagree) is recomputed with the single path, so the
     two paths return identical bits.
@@ -29,10 +30,12 @@ crops hash to ``8000000000000000`` and every distance between them is 0.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
-from .resample import linear_resize_crops, resample_crops
+from .resample import _check_crops, linear_coefficients, linear_resize_crops, resample_crops
 
 HASH_SIZE = 8
 OFFICIAL_RESIZE = 224
@@ -144,13 +147,51 @@ def _low_block(resized: torch.Tensor, n: int, norm: str | None, fast: bool = Tru
     return rows.reshape(num, HASH_SIZE, HASH_SIZE).transpose(1, 2)
 
 
+@functools.lru_cache(maxsize=4096)
+def resize_dct_rows(in_size: int, out_size: int = OFFICIAL_RESIZE) -> np.ndarray:
+    """(8, in_size) float64: the first 8 orthonormal DCT-II rows of size ``out_size`` times the
+    (out_size, in_size) matrix of the bilinear resize (:func:`~dynrefer.resample.linear_coefficients`).
+
+    The resize is linear and separable, so the 8×8 DCT block of a crop resized to ``S×S`` is
+    ``A_h · crop · A_wᵀ`` with ``A_n = D₈ · R_n``: no ``S×S`` intermediate. (Cached per size;
+    the returned array is read-only.)
+    """
+    i0, i1, w0, w1 = linear_coefficients(in_size, out_size)
+    dct = dct_matrix(out_size, HASH_SIZE, "ortho")
+    # column j of A gathers D's columns o whose taps land on j: A[:, j] = Σ_o D[:, o] R[o, j]
+    out = np.stack([np.bincount(i0, weights=row * w0.astype(np.float64), minlength=in_size)
+                    + np.bincount(i1, weights=row * w1.astype(np.float64), minlength=in_size) for row in dct])
+    out.setflags(write=False)
+    return out
+
+
+def _official_blocks_factorised(gray: torch.Tensor, crops: np.ndarray) -> torch.Tensor:
+    """(N, 8, 8) float64 DCT blocks of the crops resized to 224², as ``A_h · crop · A_wᵀ``
+    (:func:`resize_dct_rows`), for all crops at once: each ``A_h`` sits in the rows ``y1:y2`` of
+    an otherwise zero (8, H) matrix and each ``A_w`` in the columns ``x1:x2`` of an (8, W) one,
+    so that ``(N·8, H) @ (H, W)`` then a batched ``(N, 8, W) @ (N, W, 8)`` give every block (the
+    zeros add exact zeros). The first product in float32, the second in float64."""
+    height, width = gray.shape
+    left = np.zeros((len(crops), HASH_SIZE, height), dtype=np.float32)
+    right = np.zeros((len(crops), HASH_SIZE, width), dtype=np.float64)
+    for k, (x1, y1, x2, y2) in enumerate(crops.tolist()):  # numpy slice writes: no BLAS call here
+        left[k, :, y1:y2] = resize_dct_rows(y2 - y1)
+        right[k, :, x1:x2] = resize_dct_rows(x2 - x1)
+    left, right = torch.from_numpy(left).to(gray.device), torch.from_numpy(right).to(gray.device)
+    rows = (left.reshape(-1, height) @ gray).reshape(len(crops), HASH_SIZE, width)  # A_h · gray rows, all columns
+    return rows.to(torch.float64) @ right.transpose(1, 2)
+
+
 def phash_official_batched(
     gray: np.ndarray | torch.Tensor, crops, *, margin: float = DEFAULT_MARGIN, engine: str = "auto"
 ) -> np.ndarray:
     """Official pHash bits (N, 64) of many integer crops of one grayscale image.
 
-    All crops are resized in one call (:func:`dynrefer.resample.linear_resize_crops`,
-    ``engine`` as there) and their 8×8 DCT blocks computed as one batched matrix product.
+    ``engine``: ``"factorised"`` (each crop's 8×8 DCT block of its 224² resize as two small
+    matrix products, :func:`resize_dct_rows`, in numpy; the default on CPU), or a resize engine
+    of :func:`dynrefer.resample.linear_resize_crops` (``"opencv"``, ``"torch"``; ``"auto"`` off
+    the CPU = ``"torch"``): all crops resized to 224² in one call, then their blocks as one
+    batched matrix product.
 
     Args:
         gray: float32 (H, W) grayscale from :func:`rgb_to_gray_official` (array or tensor;
@@ -163,8 +204,14 @@ def phash_official_batched(
     gray_t = gray if isinstance(gray, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(gray, np.float32))
     if len(crops) == 0:
         return np.zeros((0, HASH_SIZE * HASH_SIZE), dtype=bool)
-    resized = linear_resize_crops(gray_t, crops, OFFICIAL_RESIZE, engine)
-    flat = _low_block(resized, OFFICIAL_RESIZE, "ortho").reshape(len(crops), -1)
+    if engine == "auto" and gray_t.device.type == "cpu":
+        engine = "factorised"
+    if engine == "factorised":
+        _check_crops(crops, int(gray_t.shape[1]), int(gray_t.shape[0]))
+        flat = _official_blocks_factorised(gray_t.to(torch.float32), crops).reshape(len(crops), -1)
+    else:
+        resized = linear_resize_crops(gray_t, crops, OFFICIAL_RESIZE, engine)
+        flat = _low_block(resized, OFFICIAL_RESIZE, "ortho").reshape(len(crops), -1)
     mean = flat.mean(dim=1, keepdim=True)
     bits = (flat > mean).cpu().numpy()
     close = ((flat - mean).abs() < margin).any(dim=1).cpu().numpy()

@@ -4,7 +4,8 @@ Settings: the built-in model (``builtin``) and the mid-size config (``mid``, ran
 1, 4, 16 and 64 regions per image (scikit-image's coffee photo, 600×400, random boxes), greedy
 pHash views with n = 3, all four tasks. The three pipelines run in the same process, with the
 same loaded model and the same decoded image tensor, after one warm-up run each; the median
-of ``runs`` timed runs is reported:
+of ``runs`` timed runs is reported, the runs of the three interleaved (a shared machine's
+speed drifts; interleaving keeps the ratios fair):
 
 * ``engine``: ``Predictor.describe`` with every region at once (:mod:`dynrefer.engine`: all
   candidate crops of all regions hashed in one call, each unique crop rendered and encoded
@@ -104,20 +105,29 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device) / 2**20)
         else:
             self._stop.set()
             self._thread.join()
 
 
-def timed(fn, runs: int) -> tuple[float, object]:
-    result = fn()  # warm-up
-    times = []
+def timed(fns: dict, runs: int, memory: PeakMemory | None = None, watched: str | None = None) -> dict:
+    """Median seconds and last result of each function. After one warm-up call each, the timed
+    runs are interleaved (run r of every pipeline before run r + 1 of any), so that a change in
+    the machine's speed during the benchmark (shared CPUs) affects every pipeline alike.
+    ``memory`` is open only around the calls of ``watched``."""
+    results = {name: fn() for name, fn in fns.items()}  # warm-up
+    times = {name: [] for name in fns}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+        for name, fn in fns.items():
+            if memory is not None and name == watched:
+                memory.__enter__()
+            t0 = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+            if memory is not None and name == watched:
+                memory.__exit__(None, None, None)
+    return {name: (statistics.median(times[name]), results[name]) for name in fns}
 
 
 def build(config: str, device: str) -> Predictor:
@@ -137,10 +147,11 @@ def build(config: str, device: str) -> Predictor:
 def bench_setting(predictor: Predictor, config: str, image: torch.Tensor, k: int, runs: int) -> dict:
     boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k).tolist()
     plan = predictor.engine.plan([image], [boxes])
-    with PeakMemory(predictor.device) as mem:
-        t_engine, rec = timed(lambda: predictor.describe(image, boxes), runs)
-    t_naive, _ = timed(lambda: [predictor.describe(image, [b]) for b in boxes], runs)
-    t_official, official_captions = timed(lambda: official_style(predictor, image, boxes), runs)
+    mem = PeakMemory(predictor.device)
+    out = timed({"engine": lambda: predictor.describe(image, boxes),
+                 "naive": lambda: [predictor.describe(image, [b]) for b in boxes],
+                 "official": lambda: official_style(predictor, image, boxes)}, runs, mem, "engine")
+    (t_engine, rec), (t_naive, _), (t_official, official_captions) = out["engine"], out["naive"], out["official"]
     engine_captions = [r["caption"] for r in rec["regions"]]
     row = {"config": config, "regions_per_image": k, "engine_regions_per_s": k / t_engine,
            "naive_regions_per_s": k / t_naive, "official_style_regions_per_s": k / t_official}

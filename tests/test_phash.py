@@ -131,6 +131,8 @@ def test_official_phash_bit_exact_on_photos(photos):
         batched = phash_official_batched(gray, crops)
         batched_tensor = phash_official_batched(torch.from_numpy(gray), crops)
         batched_torch = phash_official_batched(gray, crops, engine="torch")
+        batched_opencv = phash_official_batched(gray, crops, engine="opencv")
+        assert np.array_equal(batched_opencv, want)
         views = phash_views(photo.tensor, crops, "official")
         assert single.dtype == bool and single.shape == (len(crops), 64)
         assert batched.dtype == bool and batched.shape == (len(crops), 64)
@@ -157,6 +159,35 @@ def test_official_phash_batched_without_exactness_guard_still_matches_on_most(ph
     wrong_bits = int((raw != want).sum())
     print(f"[phash] official batched kernel without the guard: {wrong_bits} wrong bits over {len(crops)} hashes")
     assert wrong_bits <= len(crops) // 10
+
+
+@pytest.mark.parametrize("in_size", [1, 2, 3, 7, 111, 224, 225, 448, 601])
+def test_resize_dct_rows_equal_dct_of_cv2_resize(in_size):
+    """A_n = D8 · R_n with R_n read off cv2.resize of each unit vector (the slow, obvious reference)."""
+    import cv2
+
+    from dynrefer.phash import dct_matrix, resize_dct_rows
+
+    unit = np.eye(in_size, dtype=np.float32)
+    columns = [cv2.resize(unit[:, j : j + 1], (1, 224), interpolation=cv2.INTER_LINEAR)[:, 0] for j in range(in_size)]
+    want = dct_matrix(224, 8, "ortho") @ np.stack(columns, axis=1).astype(np.float64)
+    got = resize_dct_rows(in_size)
+    assert got.shape == (8, in_size)
+    assert np.abs(got - want).max() < 1e-6
+
+
+def test_official_phash_factorised_kernel_without_guard(photos):
+    """margin=0: the factorised CPU kernel alone gives the reference bits on (nearly) every crop."""
+    rng = np.random.default_rng(3)
+    wrong = total = 0
+    for photo in photos.values():
+        gray = ref_gray(photo.array)
+        crops = view_crops(photo, rng, 4)
+        want = np.stack([ref_phash_bits(gray, c) for c in crops])
+        wrong += int((phash_official_batched(gray, crops, margin=0.0, engine="factorised") != want).sum())
+        total += len(crops)
+    print(f"[phash] factorised kernel without the guard: {wrong} wrong bits over {total} hashes")
+    assert wrong <= total // 50
 
 
 @pytest.mark.parametrize(

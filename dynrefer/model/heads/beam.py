@@ -79,7 +79,7 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 class _T5Decoder:
     """Incremental T5 decoder: one token per sequence per :meth:`step`, KV cache as tensors."""
 
-    def __init__(self, lm, encoder_states: torch.Tensor, encoder_mask: torch.Tensor):
+    def __init__(self, lm, encoder_states: torch.Tensor, encoder_mask: torch.Tensor, max_length: int):
         self.lm, self.dec = lm, lm.decoder
         self.n_heads = lm.config.num_heads
         min_value = torch.finfo(encoder_states.dtype).min
@@ -96,11 +96,10 @@ class _T5Decoder:
         self.keys: list[torch.Tensor | None] = [None] * len(self.dec.block)
         self.values: list[torch.Tensor | None] = [None] * len(self.dec.block)
         self.position = 0
-        self.scale_output = getattr(lm.config, "scale_decoder_outputs", lm.config.tie_word_embeddings)
-
-    def _position_bias(self, key_length: int, device) -> torch.Tensor:
+        # relative position bias of every (query, key) pair up to max_length, computed once: (1, H, L, L)
         attn = self.dec.block[0].layer[0].SelfAttention
-        return attn.compute_bias(1, key_length, device=device, past_seen_tokens=self.position)
+        self.bias = attn.compute_bias(max_length, max_length, device=encoder_states.device).to(encoder_states.dtype)
+        self.scale_output = getattr(lm.config, "scale_decoder_outputs", lm.config.tie_word_embeddings)
 
     def reorder(self, index: torch.Tensor) -> None:
         self.keys = [k.index_select(0, index) for k in self.keys]
@@ -110,15 +109,14 @@ class _T5Decoder:
         """(N,) next input tokens -> (N, V) float32 logits."""
         n = tokens.shape[0]
         h = self.dec.embed_tokens(tokens[:, None])
-        bias = None
+        t = self.position
+        bias = self.bias[:, :, t : t + 1, : t + 1]
         for i, block in enumerate(self.dec.block):
             layer = block.layer[0]
             q, k, v = F.linear(_rms(h, layer.layer_norm), self.qkv[i]).chunk(3, dim=-1)
             q, k, v = _heads(q, self.n_heads), _heads(k, self.n_heads), _heads(v, self.n_heads)
             self.keys[i] = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
             self.values[i] = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
-            if bias is None:
-                bias = self._position_bias(self.keys[i].shape[2], h.device).to(q.dtype)
             out = _attend(q, self.keys[i].transpose(2, 3), self.values[i], bias)
             h = h + layer.SelfAttention.o(out.transpose(1, 2).reshape(n, 1, -1))
             layer = block.layer[1]
@@ -158,9 +156,10 @@ def t5_beam_search(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
     device = inputs_embeds.device
     encoder_states = lm.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                       return_dict=True).last_hidden_state
-    decoder = _T5Decoder(lm, encoder_states.repeat_interleave(nb, dim=0), attention_mask.repeat_interleave(nb, dim=0))
     start = lm.config.decoder_start_token_id
     max_length = 1 + int(max_new_tokens)
+    decoder = _T5Decoder(lm, encoder_states.repeat_interleave(nb, dim=0), attention_mask.repeat_interleave(nb, dim=0),
+                         max_length)
     keep = 2 * nb  # max(2, 1 + number of end tokens) · num_beams with one end token
     top_num_beam_mask = torch.arange(keep, device=device) < nb
     # generate's fill value (``pad_token_id or eos_token_id``: a pad id of 0 fills with the end token)
@@ -173,7 +172,6 @@ def t5_beam_search(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
     beam_scores = torch.full((batch, nb), -1e9, dtype=torch.float32, device=device)
     finished = torch.zeros((batch, nb), dtype=torch.bool, device=device)
     improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)
-    lengths = torch.ones((batch, nb), dtype=torch.int64, device=device)  # tokens of each finished hypothesis
     batch_offset = torch.arange(batch, device=device)[:, None] * nb
     rows = torch.arange(batch, device=device)[:, None]
     cur_len = 1
@@ -188,7 +186,7 @@ def t5_beam_search(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
         log_probs = (log_probs.view(batch, nb, vocab) + running_scores[:, :, None]).reshape(batch, nb * vocab)
         topk_scores, topk_index = torch.topk(log_probs, k=keep)
         source_beam, token = topk_index // vocab, topk_index % vocab
-        candidates = running[rows, source_beam].clone()  # (B, keep, max_length)
+        candidates = running[rows, source_beam]  # (B, keep, max_length), a copy
         candidates[:, :, cur_len] = token
         hits = token == eos_token_id
         if cur_len + 1 >= max_length:
@@ -209,8 +207,6 @@ def t5_beam_search(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
         sequences = torch.cat([sequences, candidates], dim=1)[rows, best]
         beam_scores = merged_scores[rows, best]
         finished = torch.cat([finished, just_finished], dim=1)[rows, best]
-        candidate_lengths = torch.full((batch, keep), cur_len + 1, dtype=torch.int64, device=device)
-        lengths = torch.cat([lengths, candidate_lengths], dim=1)[rows, best]
         decoder.reorder((batch_offset + parent).reshape(-1))
         cur_len += 1
         best_running = running_scores[:, :1] / ((cur_len - 1) ** length_penalty)
@@ -218,5 +214,9 @@ def t5_beam_search(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
         improvable = improvable & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
         if not (bool(improvable.any()) and not bool(hits.all())):
             break
-    out_length = int(lengths[:, 0].max())
-    return sequences[:, 0, :out_length], beam_scores[:, 0]
+    # generate crops to the longest returned hypothesis: one ends at its first end token (running
+    # beams never hold one), or at the length limit
+    best_seq = sequences[:, 0]
+    ends = best_seq[:, 1:] == eos_token_id
+    last = torch.where(ends.any(1), ends.to(torch.int64).argmax(1) + 1, max_length - 1)
+    return best_seq[:, : int(last.max()) + 1], beam_scores[:, 0]
