@@ -24,7 +24,8 @@ Each row: ``{"config", "regions_per_image", "engine_regions_per_s", "naive_regio
 of the process during the engine runs (CPU, sampled every 2 ms) or ``max_memory_allocated``
 (CUDA). For ``mid`` also ``{"config": "mid", "flops": ...}``: the encoder stage's achieved
 FLOP/s (FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode``) over the FLOP/s of a
-large ``torch.matmul`` measured in the same run, and the same figure for the whole engine pass.
+large ``torch.matmul`` measured in the same run (the encoder, engine and matmul runs interleaved),
+and the same figure for the whole engine pass.
 
 Usage: ``python scripts/bench_predict.py [--configs builtin,mid] [--regions 1,4,16,64]
 [--runs 10] [--mid-regions 1,4,16] [--mid-runs 1] [--device cpu|cuda]``. The default run takes
@@ -161,11 +162,10 @@ def bench_setting(predictor: Predictor, config: str, image: torch.Tensor, k: int
     return {key: round(v, 3) if isinstance(v, float) else v for key, v in row.items()}
 
 
-def matmul_flops_per_s(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+def matmul_step(device: torch.device, n: int = 2048):
+    """(a function computing one n×n float32 matmul, its FLOPs)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    torch.matmul(a, b)
-    t, _ = timed(lambda: (torch.matmul(a, b), torch.cuda.synchronize() if device.type == "cuda" else None), repeats)
-    return 2 * n**3 / t
+    return (lambda: (torch.matmul(a, b), torch.cuda.synchronize() if device.type == "cuda" else None)), 2 * n**3
 
 
 def flops_row(predictor: Predictor, image: torch.Tensor, k: int = 16, repeats: int = 3) -> dict:
@@ -179,12 +179,15 @@ def flops_row(predictor: Predictor, image: torch.Tensor, k: int = 16, repeats: i
         with FlopCounterMode(display=False) as counter:
             model.encode_views(pixels, predictor.engine.encoder_batch_size)
         encoder_flops = counter.get_total_flops()
-        t_enc, _ = timed(lambda: model.encode_views(pixels, predictor.engine.encoder_batch_size), repeats)
     with FlopCounterMode(display=False) as counter:
         predictor.describe(image, boxes)
     total_flops = counter.get_total_flops()
-    t_all, _ = timed(lambda: predictor.describe(image, boxes), repeats)
-    limit = matmul_flops_per_s(device)
+    matmul, matmul_flops = matmul_step(device)
+    with torch.inference_mode():  # the three interleaved, so that all see the same machine speed
+        out = timed({"encoder": lambda: model.encode_views(pixels, predictor.engine.encoder_batch_size),
+                     "all": lambda: predictor.describe(image, boxes), "matmul": matmul}, repeats)
+    (t_enc, _), (t_all, _), (t_matmul, _) = out["encoder"], out["all"], out["matmul"]
+    limit = matmul_flops / t_matmul
     return {"config": "mid", "flops": {
         "regions_per_image": k, "encoder_views": int(pixels.shape[0]), "matmul_gflop_per_s": round(limit / 1e9, 2),
         "encoder_gflop": round(encoder_flops / 1e9, 2), "encoder_gflop_per_s": round(encoder_flops / t_enc / 1e9, 2),
