@@ -1,6 +1,8 @@
 """Train the built-in model on generated scenes (SPEC §4), end to end on a CPU.
 
-Steps (each skipped when its output exists, so an interrupted run resumes):
+Steps (each skipped when its output exists, so an interrupted run resumes; ``OUT/train_log.json`` is
+rewritten after every step and keeps what earlier runs recorded: ``runs`` counts them, ``total_seconds``
+adds them up):
 1. ``dynrefer synth``: ``--num-images`` scenes into ``OUT/scenes``;
 2. a word-level tokenizer over the scene vocabulary → ``OUT/tokenizer``;
 3. stage 1: contrastive pretraining of the small CLIP on (region view, caption) pairs and
@@ -49,14 +51,25 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = {"args": vars(args)}
+    # an interrupted run resumes: keep what the earlier runs recorded (their stage timings, the scenes summary)
+    log_path = out / "train_log.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    log["args"], log["runs"] = vars(args), int(log.get("runs", 0)) + 1
+    earlier_seconds = float(log.get("total_seconds", 0.0))
     start = time.time()
+
+    def save_log() -> None:  # after every step, atomically, so that an interruption keeps the earlier steps' record
+        log["total_seconds"] = round(earlier_seconds + time.time() - start, 1)
+        tmp = log_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(log, indent=1, default=str) + "\n")
+        tmp.replace(log_path)
 
     from dynrefer.data.synthetic import generate_dataset
 
     jsonl = out / "scenes" / "scenes.jsonl"
     if not jsonl.is_file():
         log["synth"] = generate_dataset(out / "scenes", args.num_images, args.seed, workers=args.workers)
+        save_log()
     vocab = json.loads((out / "scenes" / "vocab.json").read_text())
 
     from dynrefer.model.heads.language import build_word_tokenizer
@@ -84,6 +97,7 @@ def main() -> None:
                       accelerator="cpu", default_root_dir=str(out / "stage1"), lr=args.clip_lr,
                       detail_text_prob=args.detail_text_prob)
         log["stage1_seconds"] = round(time.time() - t0, 1)
+        save_log()
 
     from dynrefer.train.callbacks import ExportPretrained
     from dynrefer.train.data import RegionDataModule
@@ -112,6 +126,7 @@ def main() -> None:
             a for a in vocab["attributes"] if a.startswith("size:")]
         (model_dir / "vocab.json").write_text(json.dumps({"categories": vocab["categories"],
                                                           "attributes": attributes}, indent=1) + "\n")
+        save_log()
     has_val = any(r.get("split") == "val" for r in iter_jsonl(jsonl))
     if args.tune_images > 0 and has_val:
         from dynrefer.data.scene_benchmark import tune_tag_threshold, write_tag_threshold
@@ -119,8 +134,7 @@ def main() -> None:
         threshold, grid = tune_tag_threshold(str(model_dir), jsonl, max_images=args.tune_images)
         write_tag_threshold(model_dir, threshold)
         log["tag_threshold"], log["tag_threshold_grid"] = threshold, grid
-    log["total_seconds"] = round(time.time() - start, 1)
-    (out / "train_log.json").write_text(json.dumps(log, indent=1, default=str) + "\n")
+    save_log()
     print(json.dumps({"model": str(model_dir), **{k: v for k, v in log.items() if k != "synth"}}, default=str))
 
 

@@ -271,3 +271,15 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     arm = dynrefer.DynRefer.from_pretrained(tmp_path / "abl" / "t0" / "model")
     assert arm.config.views.num_views == 1 and arm.config.tags.threshold in module.TAG_THRESHOLDS
     assert "| t0 |" in (tmp_path / "abl" / "ablation.md").read_text()
+    # a rerun (every step already done but the threshold tuning) keeps the first run's record in train_log.json
+    first = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert first["runs"] == 1 and first["stage1_seconds"] > 0 and first["stage2_seconds"] > 0 and "synth" in first
+    again = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "run"), "--num-images", "12",
+                            "--clip-steps", "2", "--clip-batch-size", "8", "--max-steps", "2", "--batch-size", "4",
+                            "--workers", "1"], capture_output=True, text=True,
+                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    second = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert second["runs"] == 2 and second["total_seconds"] > first["total_seconds"]
+    for key in ("synth", "stage1_seconds", "stage2_seconds", "tag_threshold"):
+        assert second[key] == first[key], key
