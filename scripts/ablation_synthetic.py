@@ -141,14 +141,16 @@ def main() -> None:
         model_dir = train_arm(name, run, out, args.steps, args.batch_size, args.lr, args.seed, args.workers,
                               args.short_text_prob)
         seconds = round(time.time() - t0, 1)
+        tuned = None
         if args.tune_images > 0 and ARMS[name][0].get("tags", {}).get("enabled", True):
             # as the built-in recipe: each arm's tag threshold (its caption control string) picked on val
-            threshold, _ = evaluation.tune_tag_threshold(str(model_dir), data, max_images=args.tune_images)
+            threshold, grid = evaluation.tune_tag_threshold(str(model_dir), data, max_images=args.tune_images)
             evaluation.write_tag_threshold(model_dir, threshold)
+            tuned = {"tag_threshold": threshold, "tag_threshold_grid": grid}
         report = evaluation.evaluate(str(model_dir), data, max_images=args.max_images,
                                      caption_metrics=not args.no_caption_metrics)
         results["trained"][name] = {"report": report, "train_seconds": seconds,
-                                    "row": row(name, report, multitask=name != "caption_only")}
+                                    "row": row(name, report, multitask=name != "caption_only"), **(tuned or {})}
         (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
     if args.inference:
         from dynrefer.predictor import Predictor

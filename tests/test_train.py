@@ -270,6 +270,8 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert list(results["trained"]) == ["t0"] and len(results["inference"]) == 5
     arm = dynrefer.DynRefer.from_pretrained(tmp_path / "abl" / "t0" / "model")
     assert arm.config.views.num_views == 1 and arm.config.tags.threshold in module.TAG_THRESHOLDS
+    assert results["trained"]["t0"]["tag_threshold"] == arm.config.tags.threshold  # the tuned value is recorded
+    assert len(results["trained"]["t0"]["tag_threshold_grid"]) == len(module.TAG_THRESHOLDS)
     assert "| t0 |" in (tmp_path / "abl" / "ablation.md").read_text()
     # a rerun (every step already done but the threshold tuning) keeps the first run's record in train_log.json
     first = json.loads((tmp_path / "run" / "train_log.json").read_text())
