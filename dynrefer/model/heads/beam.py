@@ -136,6 +136,8 @@ class _T5Decoder:
 def _attend(q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """T5 attention (no 1/sqrt(d) scale): softmax(q·kᵀ + bias)·v in the query's dtype."""
     scores = torch.matmul(q, keys_t) + bias
+    if scores.dtype in (torch.float16, torch.bfloat16):  # softmax in float32, as SDPA's CPU kernels accumulate
+        return torch.matmul(torch.softmax(scores.float(), dim=-1).to(values.dtype), values)
     return torch.matmul(torch.softmax(scores, dim=-1), values)
 
 
