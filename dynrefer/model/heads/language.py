@@ -208,7 +208,8 @@ class LanguageHead(nn.Module):
         settings = dict(num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
                         repetition_penalty=c.repetition_penalty, length_penalty=c.length_penalty)
         settings.update(overrides)
-        if search == "auto" and set(overrides) <= beam.FAST_SETTINGS and beam.supports(self.lm, settings):
+        fast = isinstance(self.tokenizer.eos_token_id, int) and isinstance(self.tokenizer.pad_token_id, int)
+        if search == "auto" and fast and set(overrides) <= beam.FAST_SETTINGS and beam.supports(self.lm, settings):
             sequences, scores = beam.t5_beam_search(self.lm, prefix, prefix_mask, eos_token_id=self.tokenizer.eos_token_id,
                                                     pad_token_id=self.tokenizer.pad_token_id, **settings)
             texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
