@@ -165,21 +165,43 @@ def resize_dct_rows(in_size: int, out_size: int = OFFICIAL_RESIZE) -> np.ndarray
     return out
 
 
+#: at most this many elements in one chunk's (chunk, 8, H + W) matrices
+_PADDED_CHUNK_ELEMS = 8_000_000
+#: images up to this many pixels hash with the factorised products on CPU, larger ones with OpenCV resizes (the
+#: products cost 8·H·W multiply-adds per crop, a bilinear 224² resize a fixed ~4·224² reads; measured crossover
+#: between 1 and 12 MP: 600×400 9–14 ms vs 34–50, 1024×768 20 vs 36, 4000×3000 200 vs 52 for 176 crops)
+FACTORISED_MAX_PIXELS = 2_000_000
+
+
 def _official_blocks_factorised(gray: torch.Tensor, crops: np.ndarray) -> torch.Tensor:
     """(N, 8, 8) float64 DCT blocks of the crops resized to 224², as ``A_h · crop · A_wᵀ``
-    (:func:`resize_dct_rows`), for all crops at once: each ``A_h`` sits in the rows ``y1:y2`` of
-    an otherwise zero (8, H) matrix and each ``A_w`` in the columns ``x1:x2`` of an (8, W) one,
-    so that ``(N·8, H) @ (H, W)`` then a batched ``(N, 8, W) @ (N, W, 8)`` give every block (the
-    zeros add exact zeros). The first product in float32, the second in float64."""
+    (:func:`resize_dct_rows`) for many crops at once: every ``A_h`` in the rows ``y1:y2`` of an
+    otherwise zero (8, H) matrix and every ``A_w`` in the columns ``x1:x2`` of an (8, W) one, so
+    that ``(n·8, H) @ (H, W)`` (float32) and a batched ``(n, 8, W) @ (n, W, 8)`` (float64) give the
+    blocks of n crops (the zeros add exact zeros; chunks of crops bound the memory). Torch matrix
+    products: numpy's BLAS threads would compete with torch's for the cores."""
     height, width = gray.shape
-    left = np.zeros((len(crops), HASH_SIZE, height), dtype=np.float32)
-    right = np.zeros((len(crops), HASH_SIZE, width), dtype=np.float64)
-    for k, (x1, y1, x2, y2) in enumerate(crops.tolist()):  # numpy slice writes: no BLAS call here
-        left[k, :, y1:y2] = resize_dct_rows(y2 - y1)
-        right[k, :, x1:x2] = resize_dct_rows(x2 - x1)
-    left, right = torch.from_numpy(left).to(gray.device), torch.from_numpy(right).to(gray.device)
-    rows = (left.reshape(-1, height) @ gray).reshape(len(crops), HASH_SIZE, width)  # A_h · gray rows, all columns
-    return rows.to(torch.float64) @ right.transpose(1, 2)
+    out = torch.empty((len(crops), HASH_SIZE, HASH_SIZE), dtype=torch.float64, device=gray.device)
+    chunk = max(1, _PADDED_CHUNK_ELEMS // (HASH_SIZE * (height + width)))
+    for start in range(0, len(crops), chunk):
+        part = crops[start : start + chunk]
+        left = np.zeros((len(part), HASH_SIZE, height), dtype=np.float32)
+        right = np.zeros((len(part), HASH_SIZE, width), dtype=np.float64)
+        for k, (x1, y1, x2, y2) in enumerate(part.tolist()):  # numpy slice writes: no BLAS call here
+            left[k, :, y1:y2] = resize_dct_rows(y2 - y1)
+            right[k, :, x1:x2] = resize_dct_rows(x2 - x1)
+        lt, rt = torch.from_numpy(left).to(gray.device), torch.from_numpy(right).to(gray.device)
+        rows = (lt.reshape(-1, height) @ gray).reshape(len(part), HASH_SIZE, width)  # A_h · gray, every column
+        out[start : start + len(part)] = rows.to(torch.float64) @ rt.transpose(1, 2)
+    return out
+
+
+def auto_engine(gray: torch.Tensor) -> str:
+    """The ``engine="auto"`` choice of :func:`phash_official_batched` for a grayscale image: off the CPU
+    ``"torch"``; on CPU ``"factorised"`` up to :data:`FACTORISED_MAX_PIXELS` pixels, else ``"opencv"``."""
+    if gray.device.type != "cpu":
+        return "torch"
+    return "factorised" if gray.shape[0] * gray.shape[1] <= FACTORISED_MAX_PIXELS else "opencv"
 
 
 def phash_official_batched(
@@ -187,11 +209,11 @@ def phash_official_batched(
 ) -> np.ndarray:
     """Official pHash bits (N, 64) of many integer crops of one grayscale image.
 
-    ``engine``: ``"factorised"`` (each crop's 8×8 DCT block of its 224² resize as two small
-    matrix products, :func:`resize_dct_rows`, in numpy; the default on CPU), or a resize engine
-    of :func:`dynrefer.resample.linear_resize_crops` (``"opencv"``, ``"torch"``; ``"auto"`` off
-    the CPU = ``"torch"``): all crops resized to 224² in one call, then their blocks as one
-    batched matrix product.
+    ``engine``: ``"factorised"`` (each crop's 8×8 DCT block of its 224² resize as
+    ``A_h · crop · A_wᵀ``, :func:`resize_dct_rows`, in torch matrix products), or a resize engine
+    of :func:`dynrefer.resample.linear_resize_crops` (``"opencv"``, ``"torch"``): all crops resized
+    to 224² in one call, then their blocks as one batched matrix product; ``"auto"``:
+    :func:`auto_engine` (factorised on CPU for images up to 2 MP).
 
     Args:
         gray: float32 (H, W) grayscale from :func:`rgb_to_gray_official` (array or tensor;
@@ -204,8 +226,8 @@ def phash_official_batched(
     gray_t = gray if isinstance(gray, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(gray, np.float32))
     if len(crops) == 0:
         return np.zeros((0, HASH_SIZE * HASH_SIZE), dtype=bool)
-    if engine == "auto" and gray_t.device.type == "cpu":
-        engine = "factorised"
+    if engine == "auto":
+        engine = auto_engine(gray_t)
     if engine == "factorised":
         _check_crops(crops, int(gray_t.shape[1]), int(gray_t.shape[0]))
         flat = _official_blocks_factorised(gray_t.to(torch.float32), crops).reshape(len(crops), -1)

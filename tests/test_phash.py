@@ -190,6 +190,32 @@ def test_official_phash_factorised_kernel_without_guard(photos):
     assert wrong <= total // 50
 
 
+def test_official_factorised_chunks_and_auto_engine(photos, monkeypatch):
+    """The factorised blocks equal the resize-then-DCT blocks to rounding, in any chunking; "auto" hashes small
+    images with the factorised products and large ones (> 2 MP) with OpenCV resizes, both exact."""
+    from dynrefer import phash
+    from dynrefer.resample import linear_resize_crops
+
+    photo = photos["coffee"]
+    gray = torch.from_numpy(ref_gray(photo.array))
+    crops = view_crops(photo, np.random.default_rng(8), 4)
+    blocks = phash._official_blocks_factorised(gray, crops)
+    resized = phash._low_block(linear_resize_crops(gray, crops, 224, "opencv"), 224, "ortho", fast=False)
+    assert torch.allclose(blocks, resized, rtol=0, atol=0.05)  # float32 products; coefficients up to ~6e4
+    monkeypatch.setattr(phash, "_PADDED_CHUNK_ELEMS", 7 * 8 * (gray.shape[0] + gray.shape[1]))
+    assert torch.equal(phash._official_blocks_factorised(gray, crops), blocks)
+    assert phash.auto_engine(gray) == "factorised"
+    rng = np.random.default_rng(4)
+    big_gray = ref_gray(rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8))
+    assert phash.auto_engine(torch.from_numpy(big_gray)) == "opencv"
+    x, y = rng.integers(0, 1500, 12), rng.integers(0, 1000, 12)
+    boxes = np.stack([x, y, x + rng.integers(2, 500, 12), y + rng.integers(2, 500, 12)], 1)
+    boxes = np.concatenate([boxes, [[0, 0, 2000, 1500]]])
+    want = np.stack([ref_phash_bits(big_gray, c) for c in boxes])
+    assert np.array_equal(phash_official_batched(big_gray, boxes), want)
+    assert np.array_equal(phash_official_batched(big_gray, boxes, engine="factorised"), want)
+
+
 @pytest.mark.parametrize(
     "value,expected",
     [(1, "8000000000000000"), (128, "8000000000000000"), (255, "8000000000000000"), (0, "0000000000000000")],
