@@ -105,10 +105,8 @@ def resolve_options(args) -> dict:
         if opts[key] is None and opts[f"{key}_file"]:
             read = read_class_names if key == "classes" else read_names
             opts[key] = read(opts[f"{key}_file"], f"{key}_file")
-    for key in ("devices", "batch_size", "encoder_batch_size"):
-        if opts[key] is None and key == "encoder_batch_size":
-            continue  # chosen for the device (dynrefer.engine.auto_encoder_batch_size)
-        if int(opts[key]) < 1:
+    for key in ("devices", "batch_size", "encoder_batch_size"):  # encoder_batch_size None: chosen for the device
+        if opts[key] is not None and int(opts[key]) < 1:
             raise InputError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
     if int(opts["num_workers"]) < 0:
         raise InputError(f"--num-workers must be 0 or more, got {opts['num_workers']}")

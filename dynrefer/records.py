@@ -82,6 +82,22 @@ def write_jsonl(path, records: Iterable[dict]) -> int:
     return count
 
 
+def write_json(path, obj, *, indent: int = 1, default=None) -> None:
+    """Write one JSON document atomically (temporary file + rename), with a final newline;
+    ``default`` as in :func:`json.dump` (e.g. ``str`` for paths)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, ensure_ascii=False, indent=indent, default=default)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def region_key(record: dict, region: dict) -> tuple:
     """The ``(image, id)`` key of a region within its record."""
     return (record.get("image"), region.get("id"))

@@ -41,6 +41,7 @@ import json
 import statistics
 import threading
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import psutil
@@ -121,13 +122,10 @@ def timed(fns: dict, runs: int, memory: PeakMemory | None = None, watched: str |
     times = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
-            if memory is not None and name == watched:
-                memory.__enter__()
-            t0 = time.perf_counter()
-            results[name] = fn()
-            times[name].append(time.perf_counter() - t0)
-            if memory is not None and name == watched:
-                memory.__exit__(None, None, None)
+            with memory if memory is not None and name == watched else nullcontext():
+                t0 = time.perf_counter()
+                results[name] = fn()
+                times[name].append(time.perf_counter() - t0)
     return {name: (statistics.median(times[name]), results[name]) for name in fns}
 
 

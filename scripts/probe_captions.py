@@ -39,7 +39,6 @@ def main() -> None:
                            ts=args.t)))
 
 
-
 if __name__ == "__main__":
     from dynrefer.errors import run_script
 

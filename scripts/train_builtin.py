@@ -52,6 +52,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # an interrupted run resumes: keep what the earlier runs recorded (their stage timings, the scenes summary)
+    from dynrefer.records import write_json
+
     log_path = out / "train_log.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
     log["args"], log["runs"] = vars(args), int(log.get("runs", 0)) + 1
@@ -60,9 +62,7 @@ def main() -> None:
 
     def save_log() -> None:  # after every step, atomically, so that an interruption keeps the earlier steps' record
         log["total_seconds"] = round(earlier_seconds + time.time() - start, 1)
-        tmp = log_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(log, indent=1, default=str) + "\n")
-        tmp.replace(log_path)
+        write_json(log_path, log, indent=1, default=str)
 
     from dynrefer.data.synthetic import generate_dataset
 

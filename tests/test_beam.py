@@ -54,7 +54,7 @@ def test_same_sequences_and_scores_as_generate(ff, tied, eos_bias, num_beams, re
     embeds, mask = _prefix(24, 6, 32, seed=max_new_tokens)
     settings = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                     length_penalty=length_penalty)
-    assert beam.supports(lm, settings)
+    assert beam.supports(lm, settings, eos_token_id=EOS, pad_token_id=PAD)
     with torch.no_grad():
         ref_seq, ref_score = _reference(lm, embeds, mask, **settings)
     seq, score = beam.t5_beam_search(lm, embeds, mask, eos_token_id=EOS, pad_token_id=PAD, **settings)
@@ -81,17 +81,21 @@ def test_length_limit_and_early_end_both_occur():
 def test_supports_only_what_it_implements():
     lm = _t5("relu", True)
     ok = dict(num_beams=2, max_new_tokens=5)
-    assert beam.supports(lm, ok)
-    assert not beam.supports(lm, dict(ok, num_beams=1))  # greedy decoding is a different search
+    ids = dict(eos_token_id=EOS, pad_token_id=PAD)
+    assert beam.supports(lm, ok, **ids)
+    assert not beam.supports(lm, dict(ok, num_beams=1), **ids)  # greedy decoding is a different search
+    assert not beam.supports(lm, dict(ok, do_sample=True), **ids)  # not a setting it implements
+    assert not beam.supports(lm, ok, eos_token_id=None, pad_token_id=PAD)  # no end token
     lm.generation_config.no_repeat_ngram_size = 2
-    assert not beam.supports(lm, ok)
+    assert not beam.supports(lm, ok, **ids)
     lm.generation_config.no_repeat_ngram_size = 0
     lm.train()
-    assert not beam.supports(lm, ok)
+    assert not beam.supports(lm, ok, **ids)
     lm.eval()
     from peft import LoraConfig, get_peft_model
 
-    assert not beam.supports(get_peft_model(_t5("relu", True), LoraConfig(r=2, target_modules=["q", "v"])), ok)
+    peft = get_peft_model(_t5("relu", True), LoraConfig(r=2, target_modules=["q", "v"]))
+    assert not beam.supports(peft, ok, **ids)
 
 
 def test_language_head_uses_fast_search_and_falls_back(monkeypatch):

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..records import write_json
 
 TAG_THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
@@ -131,9 +132,7 @@ def write_tag_threshold(model_dir, threshold: float) -> None:
     path = Path(model_dir) / "config.json"
     config = json.loads(path.read_text())
     config["tags"]["threshold"] = float(threshold)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, config, indent=2)
 
 
 PROBE_PARTS = ("position", "size", "pattern")

@@ -32,17 +32,14 @@ depend on the number of workers or the order of generation.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from ..records import SPLITS, write_jsonl
+from ..records import SPLITS, write_json, write_jsonl
 from .scene_background import make_background, photometric
 from .scene_captions import (
     POSITION_PHRASES,
@@ -312,18 +309,6 @@ class _Writer:
         return record
 
 
-def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def generate_dataset(out_dir, num_images: int, seed: int, size: int = 256, workers: int = 2,
                      splits=DEFAULT_SPLITS, progress: bool | None = None) -> dict:  # fmt: skip
     """Write ``num_images`` scenes to ``out_dir``: ``images/*.png``, ``scenes.jsonl`` (SPEC §5, every
@@ -367,7 +352,7 @@ def generate_dataset(out_dir, num_images: int, seed: int, size: int = 256, worke
         chunk = max(1, min(32, int(num_images) // (int(workers) * 8)))
         with multiprocessing.get_context().Pool(int(workers)) as pool:
             write_jsonl(out / "scenes.jsonl", records(pool.imap(writer, indices, chunksize=chunk)))
-    _write_json(out / "vocab.json", vocabulary())
+    write_json(out / "vocab.json", vocabulary(), indent=2)
     seconds = time.perf_counter() - start
     return {
         "out": str(out),

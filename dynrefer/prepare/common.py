@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import posixpath
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..records import SPLITS, normalize_caption, write_jsonl
+from ..records import SPLITS, normalize_caption, write_json, write_jsonl
 
 UNSPLIT = "unsplit"  # summary key of records without a split
 
@@ -319,14 +317,5 @@ def sidecar_path(out, suffix: str) -> Path:
 
 
 def write_json_atomic(path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """:func:`dynrefer.records.write_json` with one-space indents."""
+    write_json(path, data, indent=1)

@@ -44,12 +44,15 @@ _NEUTRAL = {"min_length": (0, None), "min_new_tokens": (None, 0), "no_repeat_ngr
             "early_stopping": (None, False), "stop_strings": (None,), "max_length": None}
 
 
-def supports(lm: nn.Module, settings: dict) -> bool:
+def supports(lm: nn.Module, settings: dict, *, eos_token_id=None, pad_token_id=None) -> bool:
     """Whether :func:`t5_beam_search` reproduces ``lm.generate(**settings)``: a plain (not
     PEFT-wrapped) ``T5ForConditionalGeneration`` in eval mode whose decoder layers are plain
-    ``nn.Linear``, beam search with at least two beams, only :data:`FAST_SETTINGS` overridden."""
+    ``nn.Linear``, beam search with at least two beams, no setting outside :data:`FAST_SETTINGS`,
+    integer end and pad ids."""
     from transformers import T5ForConditionalGeneration
 
+    if not (isinstance(eos_token_id, int) and isinstance(pad_token_id, int)) or not set(settings) <= FAST_SETTINGS:
+        return False
     if type(lm) is not T5ForConditionalGeneration or lm.training:
         return False
     if any(type(m) is not nn.Linear for m in lm.decoder.modules() if isinstance(m, nn.Linear)):
@@ -61,14 +64,6 @@ def supports(lm: nn.Module, settings: dict) -> bool:
         if allowed is not None and getattr(cfg, name, None) not in allowed:
             return False
     return True
-
-
-def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
-    x = x * torch.rsqrt(variance + norm.variance_epsilon)
-    if norm.weight.dtype in (torch.float16, torch.bfloat16):
-        x = x.to(norm.weight.dtype)
-    return norm.weight * x
 
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -113,7 +108,7 @@ class _T5Decoder:
         bias = self.bias[:, :, t : t + 1, : t + 1]
         for i, block in enumerate(self.dec.block):
             layer = block.layer[0]
-            q, k, v = F.linear(_rms(h, layer.layer_norm), self.qkv[i]).chunk(3, dim=-1)
+            q, k, v = F.linear(layer.layer_norm(h), self.qkv[i]).chunk(3, dim=-1)
             q, k, v = _heads(q, self.n_heads), _heads(k, self.n_heads), _heads(v, self.n_heads)
             self.keys[i] = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
             self.values[i] = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
@@ -121,12 +116,12 @@ class _T5Decoder:
             h = h + layer.SelfAttention.o(out.transpose(1, 2).reshape(n, 1, -1))
             layer = block.layer[1]
             attn = layer.EncDecAttention
-            q = _heads(attn.q(_rms(h, layer.layer_norm)), self.n_heads)
+            q = _heads(attn.q(layer.layer_norm(h)), self.n_heads)
             out = _attend(q, *self.cross[i], self.cross_bias)
             h = h + attn.o(out.transpose(1, 2).reshape(n, 1, -1))
             layer = block.layer[2]
-            h = h + layer.DenseReluDense(_rms(h, layer.layer_norm))
-        h = _rms(h, self.dec.final_layer_norm)
+            h = h + layer.DenseReluDense(layer.layer_norm(h))
+        h = self.dec.final_layer_norm(h)
         if self.scale_output:
             h = h * (self.lm.model_dim ** -0.5)
         self.position += 1

@@ -208,14 +208,12 @@ class LanguageHead(nn.Module):
         settings = dict(num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
                         repetition_penalty=c.repetition_penalty, length_penalty=c.length_penalty)
         settings.update(overrides)
-        fast = isinstance(self.tokenizer.eos_token_id, int) and isinstance(self.tokenizer.pad_token_id, int)
-        if search == "auto" and fast and set(overrides) <= beam.FAST_SETTINGS and beam.supports(self.lm, settings):
-            sequences, scores = beam.t5_beam_search(self.lm, prefix, prefix_mask, eos_token_id=self.tokenizer.eos_token_id,
-                                                    pad_token_id=self.tokenizer.pad_token_id, **settings)
+        ids = dict(eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        if search == "auto" and beam.supports(self.lm, settings, **ids):
+            sequences, scores = beam.t5_beam_search(self.lm, prefix, prefix_mask, **ids, **settings)
             texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
             return [t.strip() for t in texts], torch.exp(scores.float()).tolist()
-        kwargs = dict(do_sample=False, return_dict_in_generate=True, output_scores=True,
-                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        kwargs = dict(do_sample=False, return_dict_in_generate=True, output_scores=True, **ids)
         kwargs.update(settings)
         out = self.lm.generate(inputs_embeds=prefix, attention_mask=prefix_mask, **kwargs)
         sequences = out.sequences
