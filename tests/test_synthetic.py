@@ -116,7 +116,8 @@ def test_captions_match_the_annotations(scenes):
             assert parts["shape"] == region["category"]
             assert f"color:{parts['color']}" in region["attributes"]
             assert f"pattern:{parts['pattern']}" in region["attributes"]
-            assert len(region["attributes"]) + len(region["negative_attributes"]) == len(COLORS) + 4 + 3
+            assert f"position:{parts['position']}" in region["attributes"]
+            assert len(region["attributes"]) + len(region["negative_attributes"]) == len(COLORS) + 4 + 3 + 9
             assert not set(region["attributes"]) & set(region["negative_attributes"])
             head = f"the {parts['size']} {parts['pattern']} {parts['color']} {parts['shape']} "
             assert cap.startswith(head), cap

@@ -74,10 +74,11 @@ def annotate(objects: list[dict], size: int) -> list[dict]:
         tags: list[str] = []
         for c in captions:
             tags.extend(t for t in simple_tags(c) if t not in tags)
-        positive = [f"color:{o['color']}", f"pattern:{o['pattern']}", f"size:{o['size']}"]
+        positive = [f"color:{o['color']}", f"pattern:{o['pattern']}", f"size:{o['size']}", f"position:{position}"]
         negative = [f"color:{c}" for c in COLOR_NAMES if c != o["color"]]
         negative += [f"pattern:{p}" for p in PATTERNS if p != o["pattern"]]
         negative += [f"size:{s}" for s in SIZES if s != o["size"]]
+        negative += [f"position:{p}" for p in POSITIONS if p != position]
         regions.append({
             "id": i,
             "box": boxes[i],
@@ -100,7 +101,7 @@ def annotate(objects: list[dict], size: int) -> list[dict]:
 def vocabulary() -> dict:
     """Names used by the generator: categories, colours, patterns, sizes, attributes, tags, caption parts."""
     attributes = [f"color:{c}" for c in COLOR_NAMES] + [f"pattern:{p}" for p in PATTERNS]
-    attributes += [f"size:{s}" for s in SIZES]
+    attributes += [f"size:{s}" for s in SIZES] + [f"position:{p}" for p in POSITIONS]
     phrases = list(CATEGORIES) + list(COLOR_NAMES) + list(PATTERNS) + list(SIZE_WORDS)
     phrases += list(POSITION_PHRASES.values()) + list(RELATION_PHRASES.values())
     tags = list(dict.fromkeys(t for p in phrases for t in simple_tags(p)))

@@ -26,6 +26,11 @@ direction from the object's box centre to its nearest neighbour's, the neighbour
 object with the nearest box centre (``nsize`` its absolute size). Example:
 ``the small dotted red star in the top left to the left of the large blue circle``.
 
+Attributes (SPEC §5 names): ``color:{colour}``, ``pattern:{pattern}``, ``size:{small|medium|large}``
+and ``position:{cell}`` (one of :data:`POSITIONS`) as positives, every other value of the four as
+negatives — so the contrastive head's short texts ("the object in the top left" is written
+"the top left object") and the attribute scores cover where a region is, not only what it looks like.
+
 Each image comes from ``numpy.random.default_rng([seed, index])`` alone, so the output does not
 depend on the number of workers or the order of generation.
 """
