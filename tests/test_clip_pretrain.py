@@ -25,13 +25,14 @@ def test_pretrain_reduces_loss_and_exports(tmp_path):
     summary = generate_dataset(tmp_path / "scenes", num_images=10, seed=3, workers=1, splits=(1.0, 0.0, 0.0))
     ds = ViewCaptionDataset(summary["jsonl"], split="train", size=64)
     assert len(ds) >= 30
-    pixels, caption = ds[0]
-    assert pixels.shape == (3, 64, 64) and isinstance(caption, str)
+    pixels, caption, (text_facts, facts) = ds[0]
+    assert pixels.shape == (3, 64, 64) and isinstance(caption, str) and text_facts is None
+    assert facts[0] == ds.records[ds.items[0][0]]["regions"][ds.items[0][1]]["category"]
     L.seed_everything(0, workers=True)
     module = ClipPretrainModule(TINY_CLIP, lr=2e-3, warmup_steps=2)
     # A fixed batch of 16 pairs: contrastive training must separate them.
     fixed = [ds[i] for i in range(16)]
-    batch = (torch.stack([p for p, _ in fixed]), [c for _, c in fixed])
+    batch = (torch.stack([p for p, _, _ in fixed]), [c for _, c, _ in fixed])
     loader = DataLoader([batch] * 12, batch_size=None)
     losses = Losses()
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -92,3 +93,55 @@ def test_detail_pairs_use_close_views(tmp_path):
     assert {captions[0][1] for _ in range(10)} <= set(spec["captions"])
     with pytest.raises(InputError, match="detail_text_prob"):
         ViewCaptionDataset(summary["jsonl"], split="train", size=32, detail_text_prob=2)
+
+
+def test_multi_positive_loss_with_a_positives_matrix():
+    """Asymmetric positives (text j true of image i): image → text targets spread over row i's
+    positives, text → image over column j's; identical texts stay positives of each other."""
+    from dynrefer.train.clip_pretrain import multi_positive_clip_loss
+
+    torch.manual_seed(1)
+    image = torch.nn.functional.normalize(torch.randn(4, 6), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(4, 6), dim=1)
+    scale = torch.tensor(5.0)
+    texts = ["the red star", "the red object", "the blue circle", "the red star"]
+    positives = torch.eye(4, dtype=torch.bool)
+    positives[0, 1] = positives[3, 1] = True  # "the red object" is true of regions 0 and 3 too
+    logits = scale * image @ text.t()
+    pos = [[j for j in range(4) if positives[i, j] or texts[i] == texts[j]] for i in range(4)]
+    loss_i = -sum(sum(torch.log_softmax(logits[i], 0)[j] for j in pos[i]) / len(pos[i]) for i in range(4)) / 4
+    cols = [[i for i in range(4) if j in pos[i]] for j in range(4)]
+    loss_t = -sum(sum(torch.log_softmax(logits[:, j], 0)[i] for i in cols[j]) / len(cols[j]) for j in range(4)) / 4
+    torch.testing.assert_close(multi_positive_clip_loss(image, text, scale, texts, positives), (loss_i + loss_t) / 2)
+    assert cols[1] == [0, 1, 3] and pos[0] == [0, 1, 3]
+
+
+def test_detail_subsets_are_true_of_their_regions(tmp_path):
+    """detail_subsets: each detail text names a subset of the region's colour / pattern and maybe its
+    category (never its size), and collate_pairs marks every region of the batch the text is true of."""
+    import random
+
+    from dynrefer.train.clip_pretrain import collate_pairs
+
+    summary = generate_dataset(tmp_path / "scenes", num_images=4, seed=6, workers=1, splits=(1.0, 0.0, 0.0))
+    random.seed(0)
+    ds = ViewCaptionDataset(summary["jsonl"], split="train", size=32, detail_text_prob=1.0, detail_subsets=True)
+    samples = [ds[i] for i in range(len(ds))]
+    shapes = set()
+    for k, (_, text, (text_facts, facts)) in enumerate(samples):
+        spec = ds.records[ds.items[k][0]]["regions"][ds.items[k][1]]
+        head, words = text_facts
+        assert head in (None, spec["category"]) and set(words) <= {spec["parts"]["color"], spec["parts"]["pattern"]}
+        assert text == " ".join(["the", *words, head or "object"]) and "size" not in text
+        shapes.add((head is None, len(words)))
+    assert len(shapes) >= 4  # category / no category, 0–2 attribute words
+    pixels, texts, positives = collate_pairs(samples)
+    assert pixels.shape == (len(samples), 3, 32, 32) and positives.diagonal().all()
+    for j, (_, _, (text_facts, _)) in enumerate(samples):
+        head, words = text_facts
+        for i in range(len(samples)):
+            spec = ds.records[ds.items[i][0]]["regions"][ds.items[i][1]]
+            true = (head is None or head == spec["category"]) and set(words) <= {spec["parts"]["color"],
+                                                                                 spec["parts"]["pattern"]}
+            assert bool(positives[i, j]) == (true or i == j)
+    assert positives.sum() > len(samples)  # some texts are true of other regions

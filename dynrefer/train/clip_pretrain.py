@@ -5,8 +5,12 @@ Pairs are (view of a region, one of its captions): the view parameter ``t`` is d
 region inside (context). With ``detail_text_prob`` > 0 a pair is, that often, a close view (t ≤ 0.2)
 with the region's *detail description* instead ("the striped red circle": its non-size attribute values
 and its category, see :func:`detail_description`): whole captions can be told apart by colour and
-position words alone, so without these pairs the encoder never has to see shape or pattern. The loss
-is open_clip's InfoNCE with every identical text of the batch counted as a positive
+position words alone, so without these pairs the encoder never has to see shape or pattern. With
+``detail_subsets`` the detail text names a random subset of those values instead, with or without the
+category ("the striped object", "the red star": :func:`dynrefer.train.data.short_description_facts`),
+and every region of the batch it is true of counts as its positive — a pattern-only text makes the
+encoder tell the patterns apart across the whole batch. The loss is open_clip's InfoNCE with every
+identical text of the batch (and every region a detail text is true of) counted as a positive
 (:func:`multi_positive_clip_loss`; the same as ``open_clip.ClipLoss`` when all texts differ). The model is an open_clip ``CLIP`` built from a config dict (e.g.
 ``dynrefer.model.config.TINY_CLIP`` or the built-in model's encoder config) and trained with
 that loss; the result is written as a safetensors file that
@@ -28,16 +32,19 @@ from ..model.encoder import build_open_clip
 from ..records import read_jsonl
 from ..regions import parse_region
 from ..views import CANDIDATE_TS, render_crops, view_geometry
-from .data import attribute_synonyms
+from .data import attribute_synonyms, contrastive_positives, region_facts, short_description_facts
 
 
 DETAIL_TS = (0.0, 0.1, 0.2)
 
 
-def detail_description(spec: dict, skip_prefixes: tuple[str, ...] = ("size:",)) -> str | None:
+CONTEXT_PREFIXES = ("size:", "position:")
+
+
+def detail_description(spec: dict, skip_prefixes: tuple[str, ...] = CONTEXT_PREFIXES) -> str | None:
     """``"the {attribute values} {category}"`` of a region (attributes in their stored order, those
-    with a prefix in ``skip_prefixes`` left out: a close crop cannot show absolute size); None
-    without a category."""
+    with a prefix in ``skip_prefixes`` left out: a close crop cannot show absolute size or where the
+    region is in the image); None without a category."""
     category = spec.get("category")
     if not category:
         return None
@@ -47,25 +54,41 @@ def detail_description(spec: dict, skip_prefixes: tuple[str, ...] = ("size:",)) 
 
 
 def multi_positive_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
-                             texts: list[str]) -> torch.Tensor:
-    """Symmetric InfoNCE of normalised ``image`` / ``text`` (B, D) where pair (i, j) is a positive
-    when ``texts[i] == texts[j]`` (targets spread evenly over the positives)."""
+                             texts: list[str], positives: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE of normalised ``image`` / ``text`` (B, D) where pair (i, j) (image i, text j)
+    is a positive when ``texts[i] == texts[j]`` or ``positives[i, j]`` ((B, B) bool: text j is true of
+    image i); the targets are spread evenly over each row's positives (image → text) and each
+    column's (text → image)."""
     logits = scale * image @ text.t()
     ids = {t: k for k, t in enumerate(dict.fromkeys(texts))}
     key = torch.tensor([ids[t] for t in texts], device=image.device)
-    same = (key[:, None] == key[None, :]).to(logits.dtype)
-    target = same / same.sum(1, keepdim=True)
-    loss_i = -(target * torch.log_softmax(logits, dim=1)).sum(1).mean()
-    loss_t = -(target * torch.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    same = key[:, None] == key[None, :]
+    if positives is not None:
+        same = same | positives.to(device=image.device, dtype=torch.bool)
+    same = same.to(logits.dtype)
+    loss_i = -(same / same.sum(1, keepdim=True) * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    same_t = same.t()
+    loss_t = -(same_t / same_t.sum(1, keepdim=True) * torch.log_softmax(logits.t(), dim=1)).sum(1).mean()
     return (loss_i + loss_t) / 2
 
 
+def collate_pairs(samples: list) -> tuple:
+    """``(pixels, text, facts)`` samples of :class:`ViewCaptionDataset` → ``(pixels (B, 3, S, S), texts,
+    positives (B, B) bool)`` (``positives[i, j]``: text j is true of region i; the diagonal always)."""
+    pixels = torch.stack([p for p, _, _ in samples])
+    facts = [{"text_facts": f[0], "region_facts": f[1]} for _, _, f in samples]
+    return pixels, [t for _, t, _ in samples], contrastive_positives(facts)
+
+
 class ViewCaptionDataset(Dataset):
-    """(rendered view, text) pairs from a JSONL file, one per captioned region: a caption with a
-    view at random t, or (``detail_text_prob``) the detail description with a close view."""
+    """(rendered view, text, facts) triples from a JSONL file, one per captioned region: a caption with a
+    view at random t, or (``detail_text_prob``) the detail description with a close view — the whole
+    description, or with ``detail_subsets`` a random subset of it. ``facts`` = ``(text facts, region
+    facts)`` for :func:`collate_pairs` (text facts None for a caption or a whole description: only
+    identical texts are its positives)."""
 
     def __init__(self, path, *, split: str | None = "train", image_root=None, size: int = 64, train: bool = True,
-                 detail_text_prob: float = 0.0):
+                 detail_text_prob: float = 0.0, detail_subsets: bool = False):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
@@ -78,6 +101,7 @@ class ViewCaptionDataset(Dataset):
         if not 0.0 <= float(detail_text_prob) <= 1.0:
             raise InputError(f"detail_text_prob must be in [0, 1], got {detail_text_prob!r}")
         self.detail_text_prob = float(detail_text_prob)
+        self.detail_subsets = bool(detail_subsets)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -87,9 +111,15 @@ class ViewCaptionDataset(Dataset):
         record, spec = self.records[i], self.records[i]["regions"][j]
         image = load_image(self.root / record["image"])
         region = parse_region(spec, (int(image.shape[2]), int(image.shape[1])), index=j)
-        detail = None
+        detail, text_facts = None, None
         if self.train and self.detail_text_prob > 0 and random.random() < self.detail_text_prob:
-            detail = detail_description(spec)
+            if self.detail_subsets and spec.get("category"):
+                visible = {**spec, "attributes": [a for a in spec.get("attributes") or []
+                                                  if not str(a).startswith(CONTEXT_PREFIXES)]}
+                detail, *text_facts = short_description_facts(visible, random.Random(random.getrandbits(62)))
+                text_facts = tuple(text_facts)
+            else:
+                detail = detail_description(spec)
         if detail is not None:
             t, text = random.choice(DETAIL_TS), detail
         else:
@@ -97,7 +127,9 @@ class ViewCaptionDataset(Dataset):
             text = random.choice(spec["captions"]) if self.train else spec["captions"][0]
         geom = view_geometry(region.box, (int(image.shape[2]), int(image.shape[1])), [t], self.size)
         pixels = render_crops(image, geom.crops, self.size)[0]
-        return pixels, text
+        visible_facts = region_facts({**spec, "attributes": [a for a in spec.get("attributes") or []
+                                                             if not str(a).startswith(CONTEXT_PREFIXES)]})
+        return pixels, text, (text_facts, visible_facts)
 
 
 class ClipPretrainModule(L.LightningModule):
@@ -112,11 +144,12 @@ class ClipPretrainModule(L.LightningModule):
     def _step(self, batch):
         import open_clip
 
-        pixels, captions = batch
+        pixels, captions, *rest = batch  # (pixels, texts[, positives]) — collate_pairs adds the positives
         tokens = open_clip.tokenize(list(captions), context_length=self.context_length).to(pixels.device)
         image = self.clip.encode_image(pixels, normalize=True)
         text = self.clip.encode_text(tokens, normalize=True)
-        return multi_positive_clip_loss(image, text, self.clip.logit_scale.exp(), list(captions))
+        return multi_positive_clip_loss(image, text, self.clip.logit_scale.exp(), list(captions),
+                                        rest[0] if rest else None)
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch)
@@ -157,14 +190,15 @@ class ClipPretrainModule(L.LightningModule):
 
 def pretrain_clip(jsonl, clip_config: dict, out, *, size: int = 64, batch_size: int = 128, max_epochs: int = 1,
                   max_steps: int = -1, num_workers: int = 2, lr: float = 5e-4, seed: int = 42, image_root=None,
-                  accelerator: str = "auto", default_root_dir=None, detail_text_prob: float = 0.0) -> Path:
+                  accelerator: str = "auto", default_root_dir=None, detail_text_prob: float = 0.0,
+                  detail_subsets: bool = False) -> Path:
     """Pretrain and export; returns the safetensors path."""
     L.seed_everything(seed, workers=True)
     module = ClipPretrainModule(clip_config, lr=lr)
     train = ViewCaptionDataset(jsonl, split="train", image_root=image_root, size=size,
-                               detail_text_prob=detail_text_prob)
+                               detail_text_prob=detail_text_prob, detail_subsets=detail_subsets)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-                        persistent_workers=num_workers > 0)
+                        persistent_workers=num_workers > 0, collate_fn=collate_pairs)
     trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, logger=False,
                         enable_checkpointing=False, default_root_dir=default_root_dir, enable_model_summary=False)
     trainer.fit(module, train_dataloaders=loader)
