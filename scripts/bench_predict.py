@@ -2,10 +2,10 @@
 
 Settings: the built-in model (``builtin``) and the mid-size config (``mid``, random weights) at
 1, 4, 16 and 64 regions per image (scikit-image's coffee photo, 600×400, random boxes), greedy
-pHash views with n = 3, all four tasks. The three pipelines run in the same process, with the
-same loaded model and the same decoded image tensor, after one warm-up run each; the median
-of ``runs`` timed runs is reported, the runs of the three interleaved (a shared machine's
-speed drifts; interleaving keeps the ratios fair):
+pHash views with n = 3 (whatever the model's own view policy), all four tasks. The three
+pipelines run in the same process, with the same loaded model and the same decoded image
+tensor, after one warm-up run each; the median of ``runs`` timed runs is reported, the runs of
+the three interleaved (a shared machine's speed drifts; interleaving keeps the ratios fair):
 
 * ``engine``: ``Predictor.describe`` with every region at once (:mod:`dynrefer.engine`: all
   candidate crops of all regions hashed in one call, each unique crop rendered and encoded
@@ -145,10 +145,10 @@ def build(config: str, device: str) -> Predictor:
 
 def bench_setting(predictor: Predictor, config: str, image: torch.Tensor, k: int, runs: int) -> dict:
     boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k).tolist()
-    plan = predictor.engine.plan([image], [boxes])
+    plan = predictor.engine.plan([image], [boxes], policy="greedy")
     mem = PeakMemory(predictor.device)
-    out = timed({"engine": lambda: predictor.describe(image, boxes),
-                 "naive": lambda: [predictor.describe(image, [b]) for b in boxes],
+    out = timed({"engine": lambda: predictor.describe(image, boxes, policy="greedy"),
+                 "naive": lambda: [predictor.describe(image, [b], policy="greedy") for b in boxes],
                  "official": lambda: official_style(predictor, image, boxes)}, runs, mem, "engine")
     (t_engine, rec), (t_naive, _), (t_official, official_captions) = out["engine"], out["naive"], out["official"]
     engine_captions = [r["caption"] for r in rec["regions"]]
@@ -172,18 +172,18 @@ def flops_row(predictor: Predictor, image: torch.Tensor, k: int = 16, repeats: i
 
     model, device = predictor.model, predictor.device
     boxes = random_boxes(int(image.shape[2]), int(image.shape[1]), k, seed=k).tolist()
-    pixels = predictor.engine.batch([image], predictor.engine.plan([image], [boxes]))["pixels"]
+    pixels = predictor.engine.batch([image], predictor.engine.plan([image], [boxes], policy="greedy"))["pixels"]
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             model.encode_views(pixels, predictor.engine.encoder_batch_size)
         encoder_flops = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
-        predictor.describe(image, boxes)
+        predictor.describe(image, boxes, policy="greedy")
     total_flops = counter.get_total_flops()
     matmul, matmul_flops = matmul_step(device)
     with torch.inference_mode():  # the three interleaved, so that all see the same machine speed
         out = timed({"encoder": lambda: model.encode_views(pixels, predictor.engine.encoder_batch_size),
-                     "all": lambda: predictor.describe(image, boxes), "matmul": matmul}, repeats)
+                     "all": lambda: predictor.describe(image, boxes, policy="greedy"), "matmul": matmul}, repeats)
     (t_enc, _), (t_all, _), (t_matmul, _) = out["encoder"], out["all"], out["matmul"]
     limit = matmul_flops / t_matmul
     return {"config": "mid", "flops": {
