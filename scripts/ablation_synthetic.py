@@ -6,6 +6,8 @@ the same scenes, with the same seed, learning rate, batch size and number of opt
 
 * ``multiview``: n = 3 views, the extra two drawn at random during training, greedy pHash at
   inference (the method);
+* ``multiview_fixed``: n = 3 views fixed at t = 0, 0.5, 1 in training and inference (the built-in
+  model's setting: on these scenes greedy picks t = 0.1 / 0.2 for most regions);
 * ``t0``: n = 1, the region crop only (t = 0);
 * ``t1``: n = 1, the whole image only (t = 1; the region RoI-aligned out of it);
 * ``caption_only``: n = 3 like ``multiview``, but the tag and contrastive heads switched off
@@ -20,7 +22,7 @@ Every trained arm's tag threshold is picked on the val split as the built-in mod
 ``OUT/ablation.json`` and ``OUT/ablation.md`` (the README table) and prints the JSON.
 
 Usage: ``python scripts/ablation_synthetic.py --run runs/builtin --out runs/ablation
-[--steps 600] [--arms multiview,t0,t1,caption_only] [--inference] [--max-images 200]``
+[--steps 600] [--arms multiview,multiview_fixed,t0,t1,caption_only] [--inference] [--max-images 200]``
 (``--run``: a finished ``scripts/train_builtin.py`` folder: its scenes, tokenizer, tag list and
 stage-1 CLIP are reused).
 """
@@ -33,13 +35,13 @@ import time
 from pathlib import Path
 
 
-ARMS = {
-    "multiview": ({}, dict(num_views=3)),
-    "t0": ({"views": {"num_views": 1, "policy": "fixed", "fixed_ts": []}},
-           dict(num_views=1, val_policy="fixed", val_ts=[])),
-    "t1": ({"views": {"num_views": 1, "policy": "fixed", "fixed_ts": [], "base_t": 1.0}},
-           dict(num_views=1, base_t=1.0, val_policy="fixed", val_ts=[])),
-    "caption_only": ({"tags": {"enabled": False}, "contrastive": {"enabled": False}}, dict(num_views=3)),
+STOCHASTIC = {"views": {"num_views": 3, "policy": "greedy", "fixed_ts": None, "train_policy": "random"}}
+ARMS = {  # model config overrides on the built-in config; the training / validation views follow the config
+    "multiview": STOCHASTIC,
+    "multiview_fixed": {"views": {"num_views": 3, "policy": "fixed", "fixed_ts": [0.5, 1.0], "train_policy": "fixed"}},
+    "t0": {"views": {"num_views": 1, "policy": "fixed", "fixed_ts": [], "train_policy": "fixed"}},
+    "t1": {"views": {"num_views": 1, "policy": "fixed", "fixed_ts": [], "train_policy": "fixed", "base_t": 1.0}},
+    "caption_only": {**STOCHASTIC, "tags": {"enabled": False}, "contrastive": {"enabled": False}},
 }  # fmt: skip
 INFERENCE_ARMS = {
     "greedy (official pHash)": dict(policy="greedy", hash_flavour="official"),
@@ -56,10 +58,10 @@ def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: 
     import lightning as L
 
     from dynrefer.train.callbacks import ExportPretrained
-    from dynrefer.train.data import RegionDataModule
+    from dynrefer.train.data import RegionDataModule, view_settings
     from dynrefer.train.module import DynReferModule
 
-    overrides, data_kw = ARMS[name]
+    overrides = ARMS[name]
     model_dir = out / name / "model"
     if (model_dir / "config.json").is_file():
         return model_dir
@@ -67,8 +69,8 @@ def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: 
     module = DynReferModule(str(run / "builtin_config.yaml"), tags_file=str(run / "tags.txt"), lr=lr,
                             overrides=overrides or None)
     jsonl = str(run / "scenes" / "scenes.jsonl")
-    data = RegionDataModule(jsonl, jsonl, size=module.model.config.views.size, batch_size=batch_size,
-                            num_workers=workers, max_val_regions=256, short_text_prob=short_text_prob, **data_kw)
+    data = RegionDataModule(jsonl, jsonl, batch_size=batch_size, num_workers=workers, max_val_regions=256,
+                            short_text_prob=short_text_prob, **view_settings(module.model.config.views))
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / name / "ckpt", save_last=True)
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", default_root_dir=str(out / name),
                         callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],
@@ -142,7 +144,7 @@ def main() -> None:
                               args.short_text_prob)
         seconds = round(time.time() - t0, 1)
         tuned = None
-        if args.tune_images > 0 and ARMS[name][0].get("tags", {}).get("enabled", True):
+        if args.tune_images > 0 and ARMS[name].get("tags", {}).get("enabled", True):
             # as the built-in recipe: each arm's tag threshold (its caption control string) picked on val
             threshold, grid = evaluation.tune_tag_threshold(str(model_dir), data, max_images=args.tune_images)
             evaluation.write_tag_threshold(model_dir, threshold)

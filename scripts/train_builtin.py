@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--clip-lr", type=float, default=1e-3)
     parser.add_argument("--detail-text-prob", type=float, default=0.75,
                         help="stage 1: how often a close view is paired with its 'the {colour} {pattern} {category}' text")
+    parser.add_argument("--detail-subsets", action="store_true",
+                        help="stage 1: detail texts name a random subset of colour / pattern / category ('the striped "
+                             "object'), positives every region of the batch they are true of")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -95,12 +98,12 @@ def main() -> None:
         pretrain_clip(jsonl, BUILTIN_CLIP, clip_path, size=64, batch_size=args.clip_batch_size,
                       max_steps=args.clip_steps, max_epochs=-1, num_workers=args.workers, seed=args.seed,
                       accelerator="cpu", default_root_dir=str(out / "stage1"), lr=args.clip_lr,
-                      detail_text_prob=args.detail_text_prob)
+                      detail_text_prob=args.detail_text_prob, detail_subsets=args.detail_subsets)
         log["stage1_seconds"] = round(time.time() - t0, 1)
         save_log()
 
     from dynrefer.train.callbacks import ExportPretrained
-    from dynrefer.train.data import RegionDataModule
+    from dynrefer.train.data import RegionDataModule, view_settings
     from dynrefer.train.module import DynReferModule
 
     overrides = {"encoder": {"weights": str(clip_path)}, "language": {"tokenizer_path": str(tok_dir)}}
@@ -111,9 +114,9 @@ def main() -> None:
         t0 = time.time()
         L.seed_everything(args.seed, workers=True)
         module = DynReferModule(str(cfg_file), tags_file=str(out / "tags.txt"), lr=args.lr)
-        data = RegionDataModule(str(jsonl), str(jsonl), size=64, batch_size=args.batch_size,
-                                num_workers=args.workers, max_val_regions=512,
-                                short_text_prob=args.short_text_prob)
+        data = RegionDataModule(str(jsonl), str(jsonl), batch_size=args.batch_size, num_workers=args.workers,
+                                max_val_regions=512, short_text_prob=args.short_text_prob,
+                                **view_settings(module.model.config.views))  # the config's training / inference views
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "stage2", save_last=True)
         trainer = L.Trainer(max_epochs=args.epochs, max_steps=args.max_steps, accelerator="cpu",
                             default_root_dir=str(out / "stage2"), callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -78,6 +79,55 @@ def test_datamodule_training_views_follow_train_policy(shapes):
     last_views = [default.train_set[i]["boxes_in_view"][2] for i in range(12)]
     whole = [torch.tensor(default.train_set.records[r]["regions"][j]["box"]) * 64 / 96 for r, j in default.train_set.items]
     assert sum(torch.allclose(v, w.float()) for v, w in zip(last_views, whole)) < 12
+
+
+def test_view_settings_follow_the_model_config(shapes):
+    """view_settings: the built-in config trains and validates on t = 0, 0.5, 1 (its last training view is
+    the whole image); the tiny config on random training views and greedy validation views."""
+    from dynrefer.model.config import DynReferConfig
+    from dynrefer.train.data import view_settings
+
+    builtin = view_settings(DynReferConfig.from_name("builtin").views)
+    assert builtin == dict(num_views=3, size=64, base_t=0.0, train_policy="fixed", train_ts=[0.5, 1.0],
+                           val_policy="fixed", val_ts=[0.5, 1.0])
+    tiny = view_settings(DynReferConfig.from_name("tiny").views)
+    assert (tiny["train_policy"], tiny["train_ts"], tiny["val_policy"], tiny["val_ts"]) == ("random", None, "greedy", None)
+    dm = datamodule(shapes, **builtin)
+    dm.setup("fit")
+    random.seed(0)
+    for i in range(4):
+        rec_idx, reg_idx = dm.train_set.items[i]
+        box = torch.tensor(dm.train_set.records[rec_idx]["regions"][reg_idx]["box"], dtype=torch.float32)
+        torch.testing.assert_close(dm.train_set[i]["boxes_in_view"][2], box * 64 / 96)
+        assert dm.val_set[i % len(dm.val_set)]["boxes_in_view"].shape == (3, 4)
+
+
+def test_ablation_arms_views():
+    """Each trained arm of scripts/ablation_synthetic.py on the built-in config: the stochastic arms train
+    on random views and infer greedily, the fixed arm and the single-view arms as named."""
+    import importlib.util
+
+    from dynrefer.model.config import DynReferConfig, merge_dicts
+    from dynrefer.train.data import view_settings
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "ablation_synthetic.py"
+    spec = importlib.util.spec_from_file_location("ablation_synthetic", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    base = DynReferConfig.from_name("builtin").to_dict()
+    got = {}
+    for name, overrides in script.ARMS.items():
+        views = DynReferConfig.from_dict(merge_dicts(base, overrides)).views
+        s = view_settings(views)
+        got[name] = (s["num_views"], s["train_policy"], s["train_ts"], s["val_policy"], s["val_ts"], s["base_t"])
+    assert got == {
+        "multiview": (3, "random", None, "greedy", None, 0.0),
+        "multiview_fixed": (3, "fixed", [0.5, 1.0], "fixed", [0.5, 1.0], 0.0),
+        "t0": (1, "fixed", [], "fixed", [], 0.0),
+        "t1": (1, "fixed", [], "fixed", [], 1.0),
+        "caption_only": (3, "random", None, "greedy", None, 0.0),
+    }
+    assert DynReferConfig.from_dict(merge_dicts(base, script.ARMS["caption_only"])).tags.enabled is False
 
 
 def test_parameter_groups_skip_decay_on_biases_and_norms():

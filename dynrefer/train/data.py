@@ -174,6 +174,15 @@ def collate_regions(samples: list[dict]) -> dict:
     }
 
 
+def view_settings(views) -> dict:
+    """:class:`RegionDataModule` keyword arguments that follow a model's ``ViewsConfig``: ``num_views``,
+    ``size``, ``base_t``, the training views (``train_policy``; ``fixed_ts`` when it is ``fixed``) and the
+    validation views (the inference ``policy``; ``fixed_ts`` when it is ``fixed``)."""
+    return dict(num_views=views.num_views, size=views.size, base_t=views.base_t, train_policy=views.train_policy,
+                train_ts=list(views.fixed_ts or []) if views.train_policy == "fixed" else None,
+                val_policy=views.policy, val_ts=list(views.fixed_ts or []) if views.policy == "fixed" else None)
+
+
 class RegionDataModule(L.LightningDataModule):
     """JSONL region data for ``fit`` / ``validate``.
 
