@@ -54,7 +54,7 @@ COLUMNS = ("category", "color", "pattern", "size", "position", "shape", "relatio
 
 
 def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: float, seed: int, workers: int,
-              short_text_prob: float) -> Path:
+              short_text_prob: float, short_text_skip: list[str]) -> Path:
     import lightning as L
 
     from dynrefer.train.callbacks import ExportPretrained
@@ -70,7 +70,8 @@ def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: 
                             overrides=overrides or None)
     jsonl = str(run / "scenes" / "scenes.jsonl")
     data = RegionDataModule(jsonl, jsonl, batch_size=batch_size, num_workers=workers, max_val_regions=256,
-                            short_text_prob=short_text_prob, **view_settings(module.model.config.views))
+                            short_text_prob=short_text_prob, short_text_skip=short_text_skip,
+                            **view_settings(module.model.config.views))
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / name / "ckpt", save_last=True)
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", default_root_dir=str(out / name),
                         callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--short-text-prob", type=float, default=0.5)
+    parser.add_argument("--short-text-skip", default="position:",
+                        help="attribute prefixes never named in the short texts, as scripts/train_builtin.py")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--inference", action="store_true", help="also the inference arms on --model")
     parser.add_argument("--model", default="builtin", help="the multi-view model of the inference arms")
@@ -141,7 +144,7 @@ def main() -> None:
             continue
         t0 = time.time()
         model_dir = train_arm(name, run, out, args.steps, args.batch_size, args.lr, args.seed, args.workers,
-                              args.short_text_prob)
+                              args.short_text_prob, [p for p in args.short_text_skip.split(",") if p])
         seconds = round(time.time() - t0, 1)
         tuned = None
         if args.tune_images > 0 and ARMS[name].get("tags", {}).get("enabled", True):

@@ -16,7 +16,8 @@ adds them up):
    written into ``OUT/model/config.json``.
 
 Usage: ``python scripts/train_builtin.py --out runs/builtin [--num-images 12000] [--clip-steps 3000]
-[--epochs 4] [--batch-size 64]``; ``scripts/train_builtin.sh`` runs it with the defaults.
+[--epochs 4] [--batch-size 64] [--short-text-skip position:] [--overrides JSON]``;
+``scripts/train_builtin.sh`` runs it with the defaults.
 """
 
 from __future__ import annotations
@@ -51,7 +52,20 @@ def main() -> None:
                         help="val images for picking the tag threshold (0: keep the config's)")
     parser.add_argument("--short-text-prob", type=float, default=0.5,
                         help="how often the contrastive head sees a short 'the {attributes} {category}' text instead of the caption")
+    parser.add_argument("--short-text-skip", default="position:",
+                        help="comma-separated attribute prefixes never named in the short texts ('' names every "
+                             "attribute; the default keeps the shipped model's recipe, from before the scenes had "
+                             "position attributes)")
+    parser.add_argument("--overrides", default="{}",
+                        help="JSON merged into the builtin model config, e.g. "
+                             "'{\"views\": {\"policy\": \"fixed\", \"fixed_ts\": [0.5, 1.0]}, \"align\": {\"init\": \"identity\"}}'")
     args = parser.parse_args()
+    try:
+        extra_overrides = json.loads(args.overrides)
+    except json.JSONDecodeError as err:
+        parser.error(f"--overrides is not JSON: {err}")
+    if not isinstance(extra_overrides, dict):
+        parser.error(f"--overrides must be a JSON object, got {args.overrides!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # an interrupted run resumes: keep what the earlier runs recorded (their stage timings, the scenes summary)
@@ -108,7 +122,8 @@ def main() -> None:
 
     overrides = {"encoder": {"weights": str(clip_path)}, "language": {"tokenizer_path": str(tok_dir)}}
     cfg_file = out / "builtin_config.yaml"
-    DynReferConfig.from_dict(merge_dicts(DynReferConfig.from_name("builtin").to_dict(), overrides)).to_yaml(cfg_file)
+    config = merge_dicts(DynReferConfig.from_name("builtin").to_dict(), extra_overrides)
+    DynReferConfig.from_dict(merge_dicts(config, overrides)).to_yaml(cfg_file)
     model_dir = out / "model"
     if not (model_dir / "config.json").is_file():
         t0 = time.time()
@@ -116,6 +131,7 @@ def main() -> None:
         module = DynReferModule(str(cfg_file), tags_file=str(out / "tags.txt"), lr=args.lr)
         data = RegionDataModule(str(jsonl), str(jsonl), batch_size=args.batch_size, num_workers=args.workers,
                                 max_val_regions=512, short_text_prob=args.short_text_prob,
+                                short_text_skip=[p for p in args.short_text_skip.split(",") if p],
                                 **view_settings(module.model.config.views))  # the config's training / inference views
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "stage2", save_last=True)
         trainer = L.Trainer(max_epochs=args.epochs, max_steps=args.max_steps, accelerator="cpu",

@@ -49,6 +49,25 @@ def test_dataset_short_text_prob(tmp_path):
         RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=1.5)
 
 
+def test_dataset_short_text_skip(tmp_path):
+    """Attribute prefixes in ``short_text_skip`` are never named; the region's facts keep them."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text(
+        '{"image": "a.png", "width": 32, "height": 32, "regions": [{"id": 0, "box": [4, 4, 20, 20], '
+        '"captions": ["a caption"], "category": "star", "attributes": ["color:red", "position:top left"]}]}\n')
+    random.seed(0)
+    every = RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=1.0)
+    assert any("top left" in every[0]["contrastive_text"] for _ in range(40))
+    skip = RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=1.0, short_text_skip=["position:"])
+    samples = [skip[0] for _ in range(40)]
+    assert {s["contrastive_text"] for s in samples} == {"the star", "the red star", "the red object"}
+    assert samples[0]["region_facts"] == ("star", frozenset({"red", "top left"}))
+    with pytest.raises(InputError, match="short_text_skip"):
+        RegionDataset(tmp_path / "d.jsonl", size=32, short_text_skip="position:")
+
+
 def test_forward_pairs_contrastive_head_with_contrastive_texts():
     torch.manual_seed(0)
     model = DynRefer(DynReferConfig.from_name("tiny"), tags=["red"]).eval()

@@ -82,16 +82,19 @@ def test_datamodule_training_views_follow_train_policy(shapes):
 
 
 def test_view_settings_follow_the_model_config(shapes):
-    """view_settings: the built-in config trains and validates on t = 0, 0.5, 1 (its last training view is
-    the whole image); the tiny config on random training views and greedy validation views."""
-    from dynrefer.model.config import DynReferConfig
+    """view_settings: a config with views fixed at t = 0, 0.5, 1 in training and inference (the README's
+    context-fixed retrain) trains and validates on them (its last training view is the whole image); the
+    built-in and tiny configs on random training views and greedy validation views."""
+    from dynrefer.model.config import DynReferConfig, merge_dicts
     from dynrefer.train.data import view_settings
 
-    builtin = view_settings(DynReferConfig.from_name("builtin").views)
+    for name in ("builtin", "tiny"):
+        views = view_settings(DynReferConfig.from_name(name).views)
+        assert (views["train_policy"], views["train_ts"], views["val_policy"], views["val_ts"]) == ("random", None, "greedy", None)
+    fixed = {"views": {"policy": "fixed", "fixed_ts": [0.5, 1.0], "train_policy": "fixed"}}
+    builtin = view_settings(DynReferConfig.from_dict(merge_dicts(DynReferConfig.from_name("builtin").to_dict(), fixed)).views)
     assert builtin == dict(num_views=3, size=64, base_t=0.0, train_policy="fixed", train_ts=[0.5, 1.0],
                            val_policy="fixed", val_ts=[0.5, 1.0])
-    tiny = view_settings(DynReferConfig.from_name("tiny").views)
-    assert (tiny["train_policy"], tiny["train_ts"], tiny["val_policy"], tiny["val_ts"]) == ("random", None, "greedy", None)
     dm = datamodule(shapes, **builtin)
     dm.setup("fit")
     random.seed(0)

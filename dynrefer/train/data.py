@@ -82,10 +82,12 @@ class RegionDataset(Dataset):
         base_t, ts: view 0's ``t`` and, for ``policy="fixed"``, the extra views' ``t`` (ablations).
         short_text_prob: training only: probability of pairing the contrastive head with
             :func:`short_description` instead of the caption.
+        short_text_skip: attribute prefixes never named in a short text (e.g. ``["position:"]``).
     """
 
     def __init__(self, path, *, split=None, image_root=None, num_views=3, size=224, policy="random",
-                 control_dropout=0.5, train=True, max_regions=None, short_text_prob=0.0, base_t=0.0, ts=None):
+                 control_dropout=0.5, train=True, max_regions=None, short_text_prob=0.0, base_t=0.0, ts=None,
+                 short_text_skip=()):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         self.records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
@@ -101,6 +103,9 @@ class RegionDataset(Dataset):
         if not 0.0 <= float(short_text_prob) <= 1.0:
             raise InputError(f"short_text_prob must be in [0, 1], got {short_text_prob!r}")
         self.short_text_prob = float(short_text_prob)
+        if isinstance(short_text_skip, str):
+            raise InputError(f"short_text_skip must be a list of attribute prefixes, got the string {short_text_skip!r}")
+        self.short_text_skip = tuple(str(p) for p in short_text_skip or ())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -126,7 +131,11 @@ class RegionDataset(Dataset):
             caption, control = captions[0], []
         text, facts = caption, None
         if self.train and self.short_text_prob > 0 and random.random() < self.short_text_prob:
-            short = short_description_facts(spec, random.Random(random.getrandbits(62)))
+            named = spec
+            if self.short_text_skip:
+                named = {**spec, "attributes": [a for a in spec.get("attributes") or []
+                                                if not str(a).startswith(self.short_text_skip)]}
+            short = short_description_facts(named, random.Random(random.getrandbits(62)))
             if short is not None:
                 text, facts = short[0], short[1:]
         return {
@@ -193,7 +202,7 @@ class RegionDataModule(L.LightningDataModule):
         base_t: view 0's ``t`` (0: the region; 1.0 for a whole-image-only ablation);
             ``val_policy`` / ``val_ts``: the validation views (default greedy); ``train_policy`` /
             ``train_ts``: the training views (default random, the method's stochastic views).
-        short_text_prob: see :class:`RegionDataset`.
+        short_text_prob, short_text_skip: see :class:`RegionDataset`.
     """
 
     def __init__(self, train_file: str | None = None, val_file: str | None = None, *, train_split: str | None = "train",
@@ -201,7 +210,8 @@ class RegionDataModule(L.LightningDataModule):
                  batch_size: int = 64, num_workers: int = 2, control_dropout: float = 0.5,
                  max_train_regions: int | None = None, max_val_regions: int | None = None,
                  short_text_prob: float = 0.0, base_t: float = 0.0, val_policy: str = "greedy",
-                 val_ts: list[float] | None = None, train_policy: str = "random", train_ts: list[float] | None = None):
+                 val_ts: list[float] | None = None, train_policy: str = "random", train_ts: list[float] | None = None,
+                 short_text_skip: list[str] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.train_set = self.val_set = None
@@ -213,7 +223,7 @@ class RegionDataModule(L.LightningDataModule):
             self.train_set = RegionDataset(h.train_file, split=h.train_split, policy=h.train_policy, ts=h.train_ts,
                                            control_dropout=h.control_dropout, train=True,
                                            max_regions=h.max_train_regions, short_text_prob=h.short_text_prob,
-                                           **common)
+                                           short_text_skip=h.short_text_skip, **common)
         if h.val_file and self.val_set is None:
             self.val_set = RegionDataset(h.val_file, split=h.val_split, policy=h.val_policy, ts=h.val_ts, train=False,
                                          max_regions=h.max_val_regions, **common)
