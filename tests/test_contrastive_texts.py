@@ -29,13 +29,19 @@ def test_short_description_uses_only_annotated_words():
         "the navy object", "the dark blue object")
 
 
-def test_dataset_short_text_prob(tmp_path):
+def one_region_file(folder, caption: str, attributes: list[str]) -> None:
+    """``folder/d.jsonl``: one 32-px grey image with one "star" region."""
+    import json
+
     from PIL import Image
 
-    Image.new("RGB", (32, 32), (90, 90, 90)).save(tmp_path / "a.png")
-    (tmp_path / "d.jsonl").write_text(
-        '{"image": "a.png", "width": 32, "height": 32, "regions": [{"id": 0, "box": [4, 4, 20, 20], '
-        '"captions": ["a long red caption"], "category": "star", "attributes": ["color:red"]}]}\n')
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(folder / "a.png")
+    region = {"id": 0, "box": [4, 4, 20, 20], "captions": [caption], "category": "star", "attributes": attributes}
+    (folder / "d.jsonl").write_text(json.dumps({"image": "a.png", "width": 32, "height": 32, "regions": [region]}) + "\n")
+
+
+def test_dataset_short_text_prob(tmp_path):
+    one_region_file(tmp_path, "a long red caption", ["color:red"])
     random.seed(0)
     never = RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=0.0)
     assert all(never[0]["contrastive_text"] == "a long red caption" for _ in range(20))
@@ -51,12 +57,7 @@ def test_dataset_short_text_prob(tmp_path):
 
 def test_dataset_short_text_skip(tmp_path):
     """Attribute prefixes in ``short_text_skip`` are never named; the region's facts keep them."""
-    from PIL import Image
-
-    Image.new("RGB", (32, 32), (90, 90, 90)).save(tmp_path / "a.png")
-    (tmp_path / "d.jsonl").write_text(
-        '{"image": "a.png", "width": 32, "height": 32, "regions": [{"id": 0, "box": [4, 4, 20, 20], '
-        '"captions": ["a caption"], "category": "star", "attributes": ["color:red", "position:top left"]}]}\n')
+    one_region_file(tmp_path, "a caption", ["color:red", "position:top left"])
     random.seed(0)
     every = RegionDataset(tmp_path / "d.jsonl", size=32, short_text_prob=1.0)
     assert any("top left" in every[0]["contrastive_text"] for _ in range(40))
