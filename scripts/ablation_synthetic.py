@@ -6,8 +6,8 @@ the same scenes, with the same seed, learning rate, batch size and number of opt
 
 * ``multiview``: n = 3 views, the extra two drawn at random during training, greedy pHash at
   inference (the method);
-* ``multiview_fixed``: n = 3 views fixed at t = 0, 0.5, 1 in training and inference (the built-in
-  model's setting: on these scenes greedy picks t = 0.1 / 0.2 for most regions);
+* ``multiview_fixed``: n = 3 views fixed at t = 0, 0.5, 1 in training and inference (the README's
+  context-fixed retrain: on these scenes greedy picks t = 0.1 / 0.2 for most regions);
 * ``t0``: n = 1, the region crop only (t = 0);
 * ``t1``: n = 1, the whole image only (t = 1; the region RoI-aligned out of it);
 * ``caption_only``: n = 3 like ``multiview``, but the tag and contrastive heads switched off

@@ -66,6 +66,12 @@ def main() -> None:
         parser.error(f"--overrides is not JSON: {err}")
     if not isinstance(extra_overrides, dict):
         parser.error(f"--overrides must be a JSON object, got {args.overrides!r}")
+    from dynrefer.model.config import BUILTIN_CLIP, ConfigError, DynReferConfig, merge_dicts
+
+    try:  # checked before the long steps, not after them
+        config = DynReferConfig.from_dict(merge_dicts(DynReferConfig.from_name("builtin").to_dict(), extra_overrides))
+    except ConfigError as err:
+        parser.error(f"--overrides: {err}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # an interrupted run resumes: keep what the earlier runs recorded (their stage timings, the scenes summary)
@@ -103,7 +109,6 @@ def main() -> None:
         build_word_tokenizer(sorted(set(words))).save_pretrained(str(tok_dir))
     (out / "tags.txt").write_text("".join(f"{t}\n" for t in vocab["tags"]))
 
-    from dynrefer.model.config import BUILTIN_CLIP, DynReferConfig, merge_dicts
     from dynrefer.train.clip_pretrain import pretrain_clip
 
     clip_path = out / "clip.safetensors"
@@ -122,8 +127,7 @@ def main() -> None:
 
     overrides = {"encoder": {"weights": str(clip_path)}, "language": {"tokenizer_path": str(tok_dir)}}
     cfg_file = out / "builtin_config.yaml"
-    config = merge_dicts(DynReferConfig.from_name("builtin").to_dict(), extra_overrides)
-    DynReferConfig.from_dict(merge_dicts(config, overrides)).to_yaml(cfg_file)
+    DynReferConfig.from_dict(merge_dicts(config.to_dict(), overrides)).to_yaml(cfg_file)
     model_dir = out / "model"
     if not (model_dir / "config.json").is_file():
         t0 = time.time()

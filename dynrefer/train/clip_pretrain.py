@@ -32,7 +32,7 @@ from ..model.encoder import build_open_clip
 from ..records import read_jsonl
 from ..regions import parse_region
 from ..views import CANDIDATE_TS, render_crops, view_geometry
-from .data import attribute_synonyms, contrastive_positives, region_facts, short_description_facts
+from .data import attribute_synonyms, contrastive_positives, region_facts, short_description_facts, without_attributes
 
 
 DETAIL_TS = (0.0, 0.1, 0.2)
@@ -111,11 +111,10 @@ class ViewCaptionDataset(Dataset):
         record, spec = self.records[i], self.records[i]["regions"][j]
         image = load_image(self.root / record["image"])
         region = parse_region(spec, (int(image.shape[2]), int(image.shape[1])), index=j)
+        visible = without_attributes(spec, CONTEXT_PREFIXES)  # what a close view can show
         detail, text_facts = None, None
         if self.train and self.detail_text_prob > 0 and random.random() < self.detail_text_prob:
             if self.detail_subsets and spec.get("category"):
-                visible = {**spec, "attributes": [a for a in spec.get("attributes") or []
-                                                  if not str(a).startswith(CONTEXT_PREFIXES)]}
                 detail, *text_facts = short_description_facts(visible, random.Random(random.getrandbits(62)))
                 text_facts = tuple(text_facts)
             else:
@@ -127,9 +126,7 @@ class ViewCaptionDataset(Dataset):
             text = random.choice(spec["captions"]) if self.train else spec["captions"][0]
         geom = view_geometry(region.box, (int(image.shape[2]), int(image.shape[1])), [t], self.size)
         pixels = render_crops(image, geom.crops, self.size)[0]
-        visible_facts = region_facts({**spec, "attributes": [a for a in spec.get("attributes") or []
-                                                             if not str(a).startswith(CONTEXT_PREFIXES)]})
-        return pixels, text, (text_facts, visible_facts)
+        return pixels, text, (text_facts, region_facts(visible))
 
 
 class ClipPretrainModule(L.LightningModule):

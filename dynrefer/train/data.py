@@ -35,6 +35,14 @@ def attribute_synonyms(attribute) -> list[str]:
     return [v for v in str(attribute).split(":", 1)[-1].split("/") if v]
 
 
+def without_attributes(spec: dict, prefixes: tuple[str, ...]) -> dict:
+    """``spec`` with its ``attributes`` whose name starts with one of ``prefixes`` left out (``spec``
+    itself when ``prefixes`` is empty)."""
+    if not prefixes:
+        return spec
+    return {**spec, "attributes": [a for a in spec.get("attributes") or [] if not str(a).startswith(prefixes)]}
+
+
 def short_description_facts(spec: dict, rng: random.Random, noun: str = "object"):
     """:func:`short_description` and what it claims: ``(text, head, words)`` with ``head`` the
     category named (None for ``noun``) and ``words`` the attribute values named; None when the
@@ -131,11 +139,8 @@ class RegionDataset(Dataset):
             caption, control = captions[0], []
         text, facts = caption, None
         if self.train and self.short_text_prob > 0 and random.random() < self.short_text_prob:
-            named = spec
-            if self.short_text_skip:
-                named = {**spec, "attributes": [a for a in spec.get("attributes") or []
-                                                if not str(a).startswith(self.short_text_skip)]}
-            short = short_description_facts(named, random.Random(random.getrandbits(62)))
+            short = short_description_facts(without_attributes(spec, self.short_text_skip),
+                                            random.Random(random.getrandbits(62)))
             if short is not None:
                 text, facts = short[0], short[1:]
         return {
