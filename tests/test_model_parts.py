@@ -227,3 +227,51 @@ def test_timm_backed_eva_tower_drop_last_block(tmp_path):
     assert patches.shape == (2, 192, 16, 16)
     assert torch.allclose(patches, ref[0], atol=1e-5)
     assert torch.allclose(cls, ref[1][:, 0], atol=1e-5)
+
+
+def test_sdpa_self_attention_equals_multihead_attention():
+    from dynrefer.model.fast_attention import SDPASelfAttention, use_sdpa_self_attention
+
+    torch.manual_seed(0)
+    reference = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    fast = copy.deepcopy(reference)
+    assert use_sdpa_self_attention(torch.nn.Sequential(fast)) == 1 and type(fast) is SDPASelfAttention
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(3, 7, 32)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            assert torch.allclose(fast(x, x, x, need_weights=False)[0], reference(x, x, x, need_weights=False)[0],
+                                  atol=1e-6)
+    # not plain self-attention: the parent's forward, weights included
+    mask = torch.triu(torch.full((7, 7), float("-inf")), 1)
+    y = torch.randn(3, 5, 32)
+    with torch.no_grad():
+        out, weights = fast(x, y, y)
+        ref_out, ref_weights = reference(x, y, y)
+        assert torch.allclose(out, ref_out, atol=1e-6) and torch.allclose(weights, ref_weights, atol=1e-6)
+        masked = fast(x, x, x, need_weights=False, attn_mask=mask)[0]
+        assert torch.allclose(masked, reference(x, x, x, need_weights=False, attn_mask=mask)[0], atol=1e-6)
+    # gradients flow as through the reference
+    fast.train(), reference.train()
+    xr = x.clone().requires_grad_(True)
+    fast(xr, xr, xr, need_weights=False)[0].sum().backward()
+    xg = x.clone().requires_grad_(True)
+    reference(xg, xg, xg, need_weights=False)[0].sum().backward()
+    assert torch.allclose(xr.grad, xg.grad, atol=1e-5)
+    assert torch.allclose(fast.in_proj_weight.grad, reference.in_proj_weight.grad, atol=1e-5)
+
+
+def test_frozen_encoder_uses_sdpa_and_matches_open_clip_under_inference_mode(clip_file):
+    from dynrefer.model.fast_attention import SDPASelfAttention
+
+    path, reference = clip_file
+    enc = FrozenCLIP(EncoderConfig(model=TINY_CLIP, weights=str(path)))
+    attns = [b.attn for b in enc.visual.transformer.resblocks]
+    assert attns and all(type(a) is SDPASelfAttention for a in attns)
+    x = torch.randn(5, 3, 64, 64)
+    visual = reference.visual.eval()
+    with torch.inference_mode():  # the reference's blocks take torch's native fast path here
+        cls, patches = enc(x)
+        tokens = visual.ln_post(visual.transformer(visual._embeds(x)))
+    assert torch.allclose(cls, tokens[:, 0], atol=1e-5)
+    assert torch.allclose(patches, tokens[:, 1:].reshape(5, 8, 8, 64).permute(0, 3, 1, 2), atol=1e-5)

@@ -179,7 +179,10 @@ class DeformableAlignment(nn.Module):
                 f"view and reference must both be (B, {self.channels}, H, W); "
                 f"got {tuple(view.shape)} and {tuple(reference.shape)}"
             )
-        hidden = self.offset_mask_dw(torch.cat([view, reference], dim=1))
+        stacked = torch.cat([view, reference], dim=1)
+        if stacked.device.type == "cpu":  # oneDNN's grouped convolution is ~2x faster channels-last on CPU
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        hidden = self.offset_mask_dw(stacked)
         return self.offset_mask(hidden.permute(0, 2, 3, 1))
 
     def unpack_offset_mask(self, packed: Tensor) -> tuple[Tensor, Tensor]:
@@ -241,5 +244,9 @@ def deformable_sample(x: Tensor, offset: Tensor, mask: Tensor, kernel_size: int,
     grid = torch.stack([loc_x * (2.0 / (w - 1)) - 1.0, loc_y * (2.0 / (h - 1)) - 1.0], dim=-1)
     sampled = F.grid_sample(x.reshape(b * g, c // g, h, w), grid.view(b * g, kk * h, w, 2), mode="bilinear",
                             padding_mode="zeros", align_corners=True)
-    sampled = sampled.view(b, g, c // g, kk, h, w) * mask.reshape(b, g, 1, kk, h, w)
-    return sampled.sum(3).reshape(b, c, h, w)
+    sampled = sampled.view(b, g, c // g, kk, h, w)
+    mask = mask.reshape(b, g, 1, kk, h, w)
+    out = sampled[:, :, :, 0] * mask[:, :, :, 0]  # the sum over kernel points, one point at a time: no
+    for t in range(1, kk):                         # (B, G, D, K, H, W) product tensor
+        out.addcmul_(sampled[:, :, :, t], mask[:, :, :, t])  # in place: autograd needs only the factors
+    return out.reshape(b, c, h, w)

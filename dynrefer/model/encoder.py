@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import InputError
 from .config import EncoderConfig
+from .fast_attention import use_sdpa_self_attention
 
 
 def build_open_clip(model) -> nn.Module:
@@ -143,6 +144,7 @@ class FrozenCLIP(nn.Module):
             self.ln_vision.load_state_dict(read_extra_norm(cfg.extra_norm_weights))
         for p in self.parameters():
             p.requires_grad_(False)
+        use_sdpa_self_attention(self.visual)  # the fused attention kernel; same weights, same result
         self.eval()
 
     def train(self, mode: bool = True):  # frozen: always eval

@@ -71,8 +71,30 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], n_heads, -1).transpose(1, 2)
 
 
+def _rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``T5LayerNorm.forward`` without the module call: variance in float32, half weights cast to."""
+    h = h * torch.rsqrt(h.to(torch.float32).pow(2).mean(-1, keepdim=True) + eps)
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        h = h.to(weight.dtype)
+    return weight * h
+
+
+def _plain_relu_ffn(ff: nn.Module):
+    """(wi, wo) weights of a bias-free ``T5DenseActDense`` with ReLU and equal dtypes, else None (the
+    module is called as it is)."""
+    from transformers.models.t5.modeling_t5 import T5DenseActDense
+
+    if type(ff) is not T5DenseActDense or not isinstance(ff.act, nn.ReLU):
+        return None
+    if ff.wi.bias is not None or ff.wo.bias is not None or ff.wi.weight.dtype != ff.wo.weight.dtype:
+        return None
+    return ff.wi.weight, ff.wo.weight
+
+
 class _T5Decoder:
-    """Incremental T5 decoder: one token per sequence per :meth:`step`, KV cache as tensors."""
+    """Incremental T5 decoder: one token per sequence per :meth:`step`, KV cache as tensors. The weights
+    of every block are looked up once (no module calls inside a step but the feed-forward of non-ReLU
+    T5s)."""
 
     def __init__(self, lm, encoder_states: torch.Tensor, encoder_mask: torch.Tensor, max_length: int):
         self.lm, self.dec = lm, lm.decoder
@@ -80,14 +102,22 @@ class _T5Decoder:
         min_value = torch.finfo(encoder_states.dtype).min
         # (N, 1, 1, L_enc): 0 where the prefix is real, the dtype's minimum where it is padding
         self.cross_bias = torch.where(encoder_mask.bool()[:, None, None, :], 0.0, min_value).to(encoder_states.dtype)
-        self.cross, self.qkv = [], []
+        self.cross, self.blocks = [], []
         for block in self.dec.block:
-            attn = block.layer[1].EncDecAttention
-            # keys pre-transposed for the score product: (N, H, d, L_enc)
-            self.cross.append((_heads(attn.k(encoder_states), self.n_heads).transpose(2, 3),
-                               _heads(attn.v(encoder_states), self.n_heads)))
-            own = block.layer[0].SelfAttention
-            self.qkv.append(torch.cat([own.q.weight, own.k.weight, own.v.weight]))
+            own, cross, ff = block.layer
+            attn = cross.EncDecAttention
+            # keys pre-transposed for the score product, (N, H, d, L_enc), and values (N, H, L_enc, d), both
+            # contiguous: a transposed view would be copied by every step's matmul
+            self.cross.append((_heads(attn.k(encoder_states), self.n_heads).transpose(2, 3).contiguous(),
+                               _heads(attn.v(encoder_states), self.n_heads).contiguous()))
+            sa = own.SelfAttention
+            self.blocks.append(dict(
+                norms=[(layer.layer_norm.weight, layer.layer_norm.variance_epsilon) for layer in block.layer],
+                qkv=torch.cat([sa.q.weight, sa.k.weight, sa.v.weight]), self_o=sa.o.weight,
+                cross_q=attn.q.weight, cross_o=attn.o.weight, ff=ff.DenseReluDense,
+                relu_ff=_plain_relu_ffn(ff.DenseReluDense)))
+        final = self.dec.final_layer_norm
+        self.final_norm = (final.weight, final.variance_epsilon)
         self.keys: list[torch.Tensor | None] = [None] * len(self.dec.block)
         self.values: list[torch.Tensor | None] = [None] * len(self.dec.block)
         self.position = 0
@@ -102,30 +132,31 @@ class _T5Decoder:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """(N,) next input tokens -> (N, V) float32 logits."""
-        n = tokens.shape[0]
+        n, heads = tokens.shape[0], self.n_heads
         h = self.dec.embed_tokens(tokens[:, None])
         t = self.position
         bias = self.bias[:, :, t : t + 1, : t + 1]
-        for i, block in enumerate(self.dec.block):
-            layer = block.layer[0]
-            q, k, v = F.linear(layer.layer_norm(h), self.qkv[i]).chunk(3, dim=-1)
-            q, k, v = _heads(q, self.n_heads), _heads(k, self.n_heads), _heads(v, self.n_heads)
+        for i, w in enumerate(self.blocks):
+            (n0, e0), (n1, e1), (n2, e2) = w["norms"]
+            q, k, v = F.linear(_rms_norm(h, n0, e0), w["qkv"]).view(n, 3, heads, 1, -1).unbind(1)  # (N, H, 1, d)
             self.keys[i] = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
             self.values[i] = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
             out = _attend(q, self.keys[i].transpose(2, 3), self.values[i], bias)
-            h = h + layer.SelfAttention.o(out.transpose(1, 2).reshape(n, 1, -1))
-            layer = block.layer[1]
-            attn = layer.EncDecAttention
-            q = _heads(attn.q(layer.layer_norm(h)), self.n_heads)
+            h = h + F.linear(out.reshape(n, 1, -1), w["self_o"])
+            q = F.linear(_rms_norm(h, n1, e1), w["cross_q"]).view(n, heads, 1, -1)
             out = _attend(q, *self.cross[i], self.cross_bias)
-            h = h + attn.o(out.transpose(1, 2).reshape(n, 1, -1))
-            layer = block.layer[2]
-            h = h + layer.DenseReluDense(layer.layer_norm(h))
-        h = self.dec.final_layer_norm(h)
+            h = h + F.linear(out.reshape(n, 1, -1), w["cross_o"])
+            normed = _rms_norm(h, n2, e2)
+            if w["relu_ff"] is None:
+                h = h + w["ff"](normed)
+            else:
+                wi, wo = w["relu_ff"]
+                h = h + F.linear(torch.relu(F.linear(normed, wi)).to(wo.dtype), wo)
+        h = _rms_norm(h, *self.final_norm)
         if self.scale_output:
             h = h * (self.lm.model_dim ** -0.5)
         self.position += 1
-        return self.lm.lm_head(h)[:, -1].to(torch.float32)
+        return self.lm.lm_head(h[:, -1]).to(torch.float32)
 
 
 def _attend(q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
