@@ -98,7 +98,8 @@ def plan_views(images, boxes, *, num_views, size, policy="greedy", ts=None, hash
         if not image_boxes:
             continue
         views = select_views(image, list(image_boxes), num_views=num_views, policy=policy, ts=ts, size=size,
-                             hash_flavour=hash_flavour, render=False, generator=generator, base_t=base_t)
+                             hash_flavour=hash_flavour, render=False, generator=generator, base_t=base_t,
+                             describe_candidates=False)
         stacked = np.concatenate([v.geometry.crops for v in views])
         unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
         crops.append(unique)

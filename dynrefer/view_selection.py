@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .phash import FLAVOURS, bits_to_hex, phash_bits, rgb_to_gray_official
-from .views import CANDIDATE_TS, DEFAULT_SIZE, ViewGeometry, render_crops, view_geometry
+from .views import CANDIDATE_TS, DEFAULT_SIZE, ViewGeometry, render_crops, view_geometries
 
 POLICIES = ("greedy", "greedy_unique", "random", "fixed")
 MAX_VIEWS = 1 + len(CANDIDATE_TS)
@@ -165,47 +165,51 @@ def select_views(
     selected_hashes: list[list[str] | None] = [None for _ in boxes]
     if (greedy or describe_candidates) and len(boxes):
         all_ts = (0.0,) + CANDIDATE_TS
-        cand_geoms = [view_geometry(b, image_size, all_ts, size) for b in boxes]
-        extra_geoms = [view_geometry(b, image_size, c, size) if c is not None else None for b, c in zip(boxes, chosen)]
-        crops = [g.crops for g in cand_geoms] + [g.crops for g in extra_geoms if g is not None]
+        cand_geoms = view_geometries(boxes, image_size, all_ts, size)
+        crops = [g.crops for g in cand_geoms]
+        if not greedy:  # the fixed / random views, hashed for their records
+            crops += [g.crops for g in view_geometries(boxes, image_size, chosen, size)]
         crops = np.concatenate(crops)
         unique, inverse = np.unique(crops, axis=0, return_inverse=True)
         gray = rgb_to_gray_official(image) if hash_flavour == "official" else None
         unique_bits = phash_bits(image, unique, hash_flavour, gray=gray)
-        unique_hex = [bits_to_hex(b) for b in unique_bits]
         inverse = inverse.reshape(-1)
-        hashes = [unique_hex[i] for i in inverse]
         # Hamming distance of every candidate to its region's view 0, vectorised.
         cand_bits = unique_bits[inverse[: len(boxes) * len(all_ts)]].reshape(len(boxes), len(all_ts), -1)
-        distances = (cand_bits[:, 1:] != cand_bits[:, :1]).sum(axis=2)
-        offset = len(boxes) * len(all_ts)
-        for r, g in enumerate(cand_geoms):
-            region_hashes = hashes[r * len(all_ts) : (r + 1) * len(all_ts)]
-            dist = [int(d) for d in distances[r]]
-            scores = greedy_scores(dist)
-            if greedy:
-                picks = greedy_select(dist, num_extra, unique=policy == "greedy_unique")
-                chosen[r] = [0.0] + [CANDIDATE_TS[i] for i in picks]
-                selected_hashes[r] = [region_hashes[0]] + [region_hashes[i + 1] for i in picks]
-            else:
-                n = len(chosen[r])
-                selected_hashes[r] = hashes[offset : offset + n]
-                offset += n
-            candidates[r] = [
-                {
-                    "t": CANDIDATE_TS[i],
-                    "box_t": [float(v) for v in g.box_t[i + 1]],
-                    "crop": [int(v) for v in g.crops[i + 1]],
-                    "phash": region_hashes[i + 1],
-                    "distance": dist[i],
-                    "score": float(scores[i]),
-                }
-                for i in range(len(CANDIDATE_TS))
-            ]
+        distances = (cand_bits[:, 1:] != cand_bits[:, :1]).sum(axis=2).tolist()
+        picks_of: list[list[int]] = []
+        if greedy:
+            for r, dist in enumerate(distances):
+                picks_of.append(greedy_select(dist, num_extra, unique=policy == "greedy_unique"))
+                chosen[r] = [0.0] + [CANDIDATE_TS[i] for i in picks_of[r]]
+        if describe_candidates:  # hex strings and candidate records: only when asked for (the engine is not)
+            unique_hex = [bits_to_hex(b) for b in unique_bits]
+            hashes = [unique_hex[i] for i in inverse]
+            offset = len(boxes) * len(all_ts)
+            for r, g in enumerate(cand_geoms):
+                region_hashes = hashes[r * len(all_ts) : (r + 1) * len(all_ts)]
+                dist = distances[r]
+                if greedy:
+                    selected_hashes[r] = [region_hashes[0]] + [region_hashes[i + 1] for i in picks_of[r]]
+                else:
+                    n = len(chosen[r])
+                    selected_hashes[r] = hashes[offset : offset + n]
+                    offset += n
+                scores = greedy_scores(dist)
+                candidates[r] = [
+                    {
+                        "t": CANDIDATE_TS[i],
+                        "box_t": [float(v) for v in g.box_t[i + 1]],
+                        "crop": [int(v) for v in g.crops[i + 1]],
+                        "phash": region_hashes[i + 1],
+                        "distance": dist[i],
+                        "score": float(scores[i]),
+                    }
+                    for i in range(len(CANDIDATE_TS))
+                ]
     results = []
-    for r, b in enumerate(boxes):
-        ts_r = chosen[r] if chosen[r] is not None else [base_t]
-        rv = RegionViews(geometry=view_geometry(b, image_size, ts_r, size), phash=selected_hashes[r])
+    for r, geometry in enumerate(view_geometries(boxes, image_size, chosen, size) if len(boxes) else []):
+        rv = RegionViews(geometry=geometry, phash=selected_hashes[r])
         rv.candidates = candidates[r]
         results.append(rv)
     if render and results:

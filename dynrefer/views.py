@@ -125,6 +125,34 @@ def view_geometry(box, image_size, ts, size: int = DEFAULT_SIZE) -> ViewGeometry
     return ViewGeometry(ts_arr, bt, crops, boxes_in_view(box, crops, size), size)
 
 
+def view_geometries(boxes, image_size, ts, size: int = DEFAULT_SIZE) -> list[ViewGeometry]:
+    """:func:`view_geometry` of many regions at once, the same arithmetic element for element.
+
+    Args:
+        boxes: (R, 4) region boxes (xyxy, already validated).
+        ts: (T,) the same ``t`` values for every region, or (R, T) one row per region.
+    Returns:
+        One :class:`ViewGeometry` per region (equal to ``view_geometry(boxes[r], image_size, ts[r], size)``).
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    r = b.shape[0]
+    ts_arr = np.asarray(ts, dtype=np.float64)
+    ts_arr = np.broadcast_to(ts_arr.reshape(1, -1), (r, ts_arr.size)) if ts_arr.ndim <= 1 else ts_arr.reshape(r, -1)
+    if ts_arr.size and ((ts_arr < 0) | (ts_arr > 1) | ~np.isfinite(ts_arr)).any():
+        raise ValueError(f"view parameters t must lie in [0, 1], got {np.unique(ts_arr).tolist()}")
+    w, h = image_size
+    b32 = b.astype(np.float32)
+    full = np.array([0, 0, w, h], dtype=np.float32)
+    bt = (b32[:, None, :] + (full - b32)[:, None, :] * ts_arr.astype(np.float32)[:, :, None]).astype(np.float32)
+    n = ts_arr.shape[1]
+    crops = crop_boxes(bt.reshape(-1, 4), image_size).reshape(r, n, 4)
+    c = crops.astype(np.float64)
+    origin = c[:, :, [0, 1, 0, 1]]
+    extent = np.concatenate([c[:, :, 2:3] - c[:, :, 0:1], c[:, :, 3:4] - c[:, :, 1:2]] * 2, axis=2)
+    biv = (b[:, None, :] - origin) * size / extent
+    return [ViewGeometry(np.array(ts_arr[k]), bt[k], crops[k], biv[k], size) for k in range(r)]
+
+
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, S, S) → float32 ``(x / 255 − mean) / std`` with the CLIP mean / std."""
     std = torch.tensor(CLIP_STD, dtype=torch.float32, device=pixels.device).view(3, 1, 1)

@@ -237,3 +237,21 @@ def test_view_geometry_accepts_bounds_and_empty_list():
     assert geom.crops.tolist() == [[1, 2, 10, 20], [0, 0, 50, 40]]
     empty = view_geometry((1, 2, 10, 20), (50, 40), [])
     assert empty.crops.shape == (0, 4) and empty.box_in_view.shape == (0, 4)
+def test_view_geometries_equal_view_geometry_region_by_region():
+    from dynrefer.views import view_geometries
+
+    rng = np.random.default_rng(5)
+    size = (613, 389)
+    x1, y1 = rng.uniform(-20, 600, 40), rng.uniform(-20, 380, 40)
+    boxes = np.stack([x1, y1, x1 + rng.uniform(0, 90, 40), y1 + rng.uniform(0, 70, 40)], 1)
+    boxes[:3] = [[0, 0, 613, 389], [5.5, 7.25, 5.5, 7.25], [600, 380, 640, 420]]  # whole image, empty, past the edge
+    ts_rows = rng.choice([0.0, 0.1, 0.3, 0.7, 1.0], size=(40, 3))
+    for ts in ((0.0, 0.1, 0.5, 1.0), ts_rows):
+        many = view_geometries(boxes, size, ts, 64)
+        for r, geom in enumerate(many):
+            one = view_geometry(boxes[r], size, ts if np.ndim(ts) == 1 else ts[r], 64)
+            for name in ("ts", "box_t", "crops", "box_in_view"):
+                a, b = getattr(geom, name), getattr(one, name)
+                assert a.dtype == b.dtype and np.array_equal(a, b), (r, name)
+    with pytest.raises(ValueError, match="must lie in"):
+        view_geometries(boxes[:2], size, (0.0, 1.5))
