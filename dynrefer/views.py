@@ -41,17 +41,22 @@ DEFAULT_SIZE = 224
 RENDERERS = ("batched", "reference")
 
 
+def _view_boxes_rows(boxes32: np.ndarray, image_size, ts32: np.ndarray) -> np.ndarray:
+    """(R, T, 4) float32 view boxes of (R, 4) float32 boxes for (R, T) float32 ``t`` values (one formula for
+    :func:`view_boxes` and :func:`view_geometries`)."""
+    w, h = image_size
+    full = np.array([0, 0, w, h], dtype=np.float32)
+    return (boxes32[:, None, :] + (full - boxes32)[:, None, :] * ts32[:, :, None]).astype(np.float32)
+
+
 def view_boxes(box, image_size, ts) -> np.ndarray:
     """View boxes ``b_t`` (T, 4) float32 for region box ``box`` (xyxy) and each ``t``.
 
     ``image_size`` is ``(W, H)``. Official arithmetic: ``b + (I - b) * float32(t)`` in
     float32.
     """
-    w, h = image_size
-    b = np.asarray(box, dtype=np.float32).reshape(4)
-    full = np.array([0, 0, w, h], dtype=np.float32)
-    t = np.asarray(ts, dtype=np.float32).reshape(-1, 1)
-    return (b[None, :] + (full - b)[None, :] * t).astype(np.float32)
+    b = np.asarray(box, dtype=np.float32).reshape(1, 4)
+    return _view_boxes_rows(b, image_size, np.asarray(ts, dtype=np.float32).reshape(1, -1))[0]
 
 
 def crop_boxes(boxes_t, image_size) -> np.ndarray:
@@ -74,17 +79,23 @@ def crop_boxes(boxes_t, image_size) -> np.ndarray:
     return crops
 
 
+def _boxes_in_view_rows(boxes: np.ndarray, crops: np.ndarray, size: int) -> np.ndarray:
+    """(R, T, 4) float64: (R, 4) float64 boxes in the frames of their (R, T, 4) crops (one formula for
+    :func:`boxes_in_view` and :func:`view_geometries`)."""
+    c = crops.astype(np.float64)
+    origin = c[:, :, [0, 1, 0, 1]]
+    extent = np.concatenate([c[:, :, 2:3] - c[:, :, 0:1], c[:, :, 3:4] - c[:, :, 1:2]] * 2, axis=2)
+    # Multiply before dividing: exact for integer boxes (e.g. t = 0 maps to (0, 0, S, S)).
+    return (boxes[:, None, :] - origin) * size / extent
+
+
 def boxes_in_view(box, crops, size: int = DEFAULT_SIZE) -> np.ndarray:
     """Region box expressed in each view's ``size×size`` pixel frame, (T, 4) float64.
 
     ``(b − (c_x1, c_y1, c_x1, c_y1)) · (S/(c_x2 − c_x1), S/(c_y2 − c_y1), …)``.
     """
     b = np.asarray(box, dtype=np.float64).reshape(1, 4)
-    c = np.asarray(crops, dtype=np.float64).reshape(-1, 4)
-    origin = c[:, [0, 1, 0, 1]]
-    extent = np.stack([c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]] * 2, axis=1)
-    # Multiply before dividing: exact for integer boxes (e.g. t = 0 maps to (0, 0, S, S)).
-    return (b - origin) * size / extent
+    return _boxes_in_view_rows(b, np.asarray(crops, dtype=np.float64).reshape(1, -1, 4), size)[0]
 
 
 def box_from_view(box_in_view, crop, size: int = DEFAULT_SIZE) -> np.ndarray:
@@ -115,18 +126,21 @@ class ViewGeometry:
     size: int
 
 
+def _check_ts(ts: np.ndarray) -> None:
+    if ts.size and ((ts < 0) | (ts > 1) | ~np.isfinite(ts)).any():
+        shown = ts.tolist() if ts.ndim == 1 else np.unique(ts).tolist()
+        raise ValueError(f"view parameters t must lie in [0, 1], got {shown}")
+
+
 def view_geometry(box, image_size, ts, size: int = DEFAULT_SIZE) -> ViewGeometry:
     """All geometry of views ``ts`` of region ``box`` (xyxy, already validated)."""
     ts_arr = np.asarray(ts, dtype=np.float64).reshape(-1)
-    if ts_arr.size and ((ts_arr < 0) | (ts_arr > 1) | ~np.isfinite(ts_arr)).any():
-        raise ValueError(f"view parameters t must lie in [0, 1], got {ts_arr.tolist()}")
-    bt = view_boxes(box, image_size, ts_arr)
-    crops = crop_boxes(bt, image_size)
-    return ViewGeometry(ts_arr, bt, crops, boxes_in_view(box, crops, size), size)
+    _check_ts(ts_arr)
+    return view_geometries(np.asarray(box, dtype=np.float64).reshape(1, 4), image_size, ts_arr, size)[0]
 
 
 def view_geometries(boxes, image_size, ts, size: int = DEFAULT_SIZE) -> list[ViewGeometry]:
-    """:func:`view_geometry` of many regions at once, the same arithmetic element for element.
+    """:func:`view_geometry` of many regions at once, in one set of array operations.
 
     Args:
         boxes: (R, 4) region boxes (xyxy, already validated).
@@ -137,19 +151,11 @@ def view_geometries(boxes, image_size, ts, size: int = DEFAULT_SIZE) -> list[Vie
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     r = b.shape[0]
     ts_arr = np.asarray(ts, dtype=np.float64)
+    _check_ts(ts_arr)
     ts_arr = np.broadcast_to(ts_arr.reshape(1, -1), (r, ts_arr.size)) if ts_arr.ndim <= 1 else ts_arr.reshape(r, -1)
-    if ts_arr.size and ((ts_arr < 0) | (ts_arr > 1) | ~np.isfinite(ts_arr)).any():
-        raise ValueError(f"view parameters t must lie in [0, 1], got {np.unique(ts_arr).tolist()}")
-    w, h = image_size
-    b32 = b.astype(np.float32)
-    full = np.array([0, 0, w, h], dtype=np.float32)
-    bt = (b32[:, None, :] + (full - b32)[:, None, :] * ts_arr.astype(np.float32)[:, :, None]).astype(np.float32)
-    n = ts_arr.shape[1]
-    crops = crop_boxes(bt.reshape(-1, 4), image_size).reshape(r, n, 4)
-    c = crops.astype(np.float64)
-    origin = c[:, :, [0, 1, 0, 1]]
-    extent = np.concatenate([c[:, :, 2:3] - c[:, :, 0:1], c[:, :, 3:4] - c[:, :, 1:2]] * 2, axis=2)
-    biv = (b[:, None, :] - origin) * size / extent
+    bt = _view_boxes_rows(b.astype(np.float32), image_size, ts_arr.astype(np.float32))
+    crops = crop_boxes(bt.reshape(-1, 4), image_size).reshape(r, ts_arr.shape[1], 4)
+    biv = _boxes_in_view_rows(b, crops, size)
     return [ViewGeometry(np.array(ts_arr[k]), bt[k], crops[k], biv[k], size) for k in range(r)]
 
 

@@ -237,7 +237,7 @@ def test_view_geometry_accepts_bounds_and_empty_list():
     assert geom.crops.tolist() == [[1, 2, 10, 20], [0, 0, 50, 40]]
     empty = view_geometry((1, 2, 10, 20), (50, 40), [])
     assert empty.crops.shape == (0, 4) and empty.box_in_view.shape == (0, 4)
-def test_view_geometries_equal_view_geometry_region_by_region():
+def test_view_geometries_match_the_reference_arithmetic_region_by_region():
     from dynrefer.views import view_geometries
 
     rng = np.random.default_rng(5)
@@ -248,10 +248,19 @@ def test_view_geometries_equal_view_geometry_region_by_region():
     ts_rows = rng.choice([0.0, 0.1, 0.3, 0.7, 1.0], size=(40, 3))
     for ts in ((0.0, 0.1, 0.5, 1.0), ts_rows):
         many = view_geometries(boxes, size, ts, 64)
+        assert len(many) == len(boxes)
         for r, geom in enumerate(many):
-            one = view_geometry(boxes[r], size, ts if np.ndim(ts) == 1 else ts[r], 64)
-            for name in ("ts", "box_t", "crops", "box_in_view"):
-                a, b = getattr(geom, name), getattr(one, name)
-                assert a.dtype == b.dtype and np.array_equal(a, b), (r, name)
+            ts_r = ts if np.ndim(ts) == 1 else ts[r]
+            want_bt = official_view_boxes(boxes[r], size, ts_r)
+            assert geom.box_t.dtype == np.float32 and np.array_equal(geom.box_t, want_bt), r
+            assert np.array_equal(geom.crops, crop_boxes(want_bt, size)), r
+            np.testing.assert_array_equal(geom.ts, np.asarray(ts_r, dtype=np.float64))
+            for c, v in zip(geom.crops.tolist(), geom.box_in_view):
+                cw, ch = c[2] - c[0], c[3] - c[1]
+                want = [(boxes[r, 0] - c[0]) * 64 / cw, (boxes[r, 1] - c[1]) * 64 / ch,
+                        (boxes[r, 2] - c[0]) * 64 / cw, (boxes[r, 3] - c[1]) * 64 / ch]
+                np.testing.assert_array_equal(v, want)
+            one = view_geometry(boxes[r], size, ts_r, 64)
+            assert np.array_equal(one.crops, geom.crops) and np.array_equal(one.box_in_view, geom.box_in_view)
     with pytest.raises(ValueError, match="must lie in"):
         view_geometries(boxes[:2], size, (0.0, 1.5))
