@@ -278,9 +278,9 @@ def phash_imagehash_batched(
     bits = (flat > med).cpu().numpy()
     close = ((flat - med).abs() < margin).any(dim=1).cpu().numpy()
     if close.any():
-        from PIL import Image
+        from .images import tensor_to_pil
 
-        pil = Image.fromarray(image.detach().cpu().permute(1, 2, 0).numpy())
+        pil = tensor_to_pil(image)
         for i in np.nonzero(close)[0]:
             bits[i] = phash_imagehash_single(pil.crop(tuple(int(v) for v in crops[i])))
     return bits

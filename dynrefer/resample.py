@@ -326,7 +326,7 @@ def pil_crops_with_pillow(image: torch.Tensor, crops, size: int, filter: str = "
     Returns:
         (N, C, S, S) uint8 tensor on the CPU.
     """
-    from PIL import Image
+    from .images import tensor_to_pil
 
     crops = np.asarray(crops, dtype=np.int64).reshape(-1, 4)
     c, h, w = image.shape
@@ -334,8 +334,7 @@ def pil_crops_with_pillow(image: torch.Tensor, crops, size: int, filter: str = "
     if len(crops) == 0:
         return torch.from_numpy(out).permute(0, 3, 1, 2)
     _check_crops(crops, w, h)
-    arr = image.detach().cpu().permute(1, 2, 0).numpy()
-    pil = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if c == 1 else arr))
+    pil = tensor_to_pil(image)
     resample = _pil_filter(filter)
 
     def work(i: int) -> None:

@@ -170,7 +170,9 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
 def _render_reference(image: torch.Tensor, crops: np.ndarray, size: int) -> torch.Tensor:
     from PIL import Image
 
-    pil = Image.fromarray(image.detach().cpu().permute(1, 2, 0).numpy())
+    from .images import tensor_to_pil
+
+    pil = tensor_to_pil(image)
     out = []
     for x1, y1, x2, y2 in crops.tolist():
         view = pil.crop((x1, y1, x2, y2)).resize((size, size), Image.Resampling.BICUBIC)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .images import tensor_to_pil
 from .views import render_crops
 
 VIEW_COLOURS = [(255, 196, 0), (0, 200, 255), (120, 255, 80), (255, 90, 220), (255, 255, 255)]
@@ -41,7 +42,7 @@ def contact_sheet(image: torch.Tensor, region_views, path, *, tile: int | None =
     rows = max(1, len(region_views))
     sheet = Image.new("RGB", (cols * (tile + 4) + 4, rows * (tile + LABEL_HEIGHT + 4) + 4), (32, 32, 32))
     draw = ImageDraw.Draw(sheet)
-    full = Image.fromarray(image.detach().cpu().permute(1, 2, 0).numpy())
+    full = tensor_to_pil(image)
     w, h = full.size
     for r, rv in enumerate(region_views):
         y0 = 4 + r * (tile + LABEL_HEIGHT + 4)
@@ -57,7 +58,7 @@ def contact_sheet(image: torch.Tensor, region_views, path, *, tile: int | None =
         draw.text((4, y0 + tile + 3), f"region {r}", fill=(230, 230, 230))
         pixels = render_crops(image, rv.geometry.crops, size, normalized=False).cpu()
         for k in range(len(rv.geometry.ts)):
-            view = Image.fromarray(pixels[k].permute(1, 2, 0).numpy())
+            view = tensor_to_pil(pixels[k])
             if tile != size:
                 view = view.resize((tile, tile), Image.Resampling.BICUBIC)
             vdraw = ImageDraw.Draw(view)
@@ -86,7 +87,7 @@ def describe_sheet(image: torch.Tensor, record: dict, path, *, width: int = 900)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    full = Image.fromarray(image.detach().cpu().permute(1, 2, 0).numpy())
+    full = tensor_to_pil(image)
     scale = width / max(full.size)
     shown = full.resize((max(1, round(full.width * scale)), max(1, round(full.height * scale))),
                         Image.Resampling.BICUBIC)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from dynrefer.errors import ImageLoadError, InputError
-from dynrefer.images import image_size, load_image
+from dynrefer.images import image_size, load_image, tensor_to_pil
 
 
 def composite(value: int, alpha: int) -> int:
@@ -413,3 +413,20 @@ def test_image_size() -> None:
     assert image_size(torch.zeros(7, 11)) == (11, 7)
     with pytest.raises(InputError):
         image_size(torch.zeros(5))
+
+
+def test_tensor_to_pil_matches_channel_last_copy() -> None:
+    gen = torch.Generator().manual_seed(3)
+    rgb = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=gen)
+    pil = tensor_to_pil(rgb)
+    assert pil.mode == "RGB" and pil.size == (53, 37)
+    reference = np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())  # the slow, obvious conversion
+    np.testing.assert_array_equal(np.asarray(pil), reference)
+    np.testing.assert_array_equal(np.asarray(tensor_to_pil(rgb[:, 5:20, 7:40])), reference[5:20, 7:40])
+    gray = tensor_to_pil(rgb[:1])
+    assert gray.mode == "L"
+    np.testing.assert_array_equal(np.asarray(gray), rgb[0].numpy())
+    with pytest.raises(InputError, match="uint8 image tensor, got float32 of shape \\(3, 4, 4\\)"):
+        tensor_to_pil(torch.zeros(3, 4, 4))
+    with pytest.raises(InputError, match="shape \\(4, 4\\)"):
+        tensor_to_pil(torch.zeros(4, 4, dtype=torch.uint8))
