@@ -32,7 +32,7 @@ import torch
 
 from .errors import InputError
 from .view_selection import select_views
-from .views import render_crops
+from .views import normalize, render_crops
 
 TASKS = ("caption", "tags", "attributes", "category")
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -115,11 +115,42 @@ def plan_views(images, boxes, *, num_views, size, policy="greedy", ts=None, hash
                     np.concatenate(biv).astype(np.float32), all_views, counts)
 
 
-def render_plan(images, plan: ViewPlan, size: int, device) -> torch.Tensor:
-    """(U, 3, S, S) CLIP-normalised pixels of the plan's unique crops, image by image."""
-    parts = [render_crops(images[i].to(device), plan.crops[plan.owner == i], size)
+def render_plan(images, plan: ViewPlan, size: int, device, *, normalized: bool = True) -> torch.Tensor:
+    """(U, 3, S, S) pixels of the plan's unique crops, image by image: CLIP-normalised float32, or
+    uint8 with ``normalized=False``."""
+    parts = [render_crops(images[i].to(device), plan.crops[plan.owner == i], size, normalized=normalized)
              for i in np.unique(plan.owner)]
-    return torch.cat(parts) if parts else torch.zeros((0, 3, size, size), device=device)
+    if parts:
+        return torch.cat(parts)
+    return torch.zeros((0, 3, size, size), device=device, dtype=torch.float32 if normalized else torch.uint8)
+
+
+def prepare_views(image: torch.Tensor, boxes, settings: dict) -> tuple[ViewPlan, torch.Tensor]:
+    """The views of one image's regions, planned and rendered ahead of the model: ``(plan, pixels)``
+    with ``pixels`` the (U, 3, S, S) uint8 unique crops on the CPU. ``settings``:
+    :meth:`Engine.view_settings` (plain values, so that a DataLoader worker can do this while the
+    model runs on the previous batch). :meth:`Engine.run` takes the result (merged over images by
+    :func:`merge_prepared`) as ``prepared``; the outputs are those of planning in ``run``."""
+    plan = plan_views([image], [list(boxes)], **settings)
+    return plan, render_plan([image.cpu()], plan, settings["size"], "cpu", normalized=False)
+
+
+def merge_prepared(items) -> tuple[ViewPlan, torch.Tensor]:
+    """One ``(plan, pixels)`` for several images prepared one by one (:func:`prepare_views`):
+    image ``i`` of the result is ``items[i]``."""
+    if not items:
+        raise InputError("merge_prepared needs at least one prepared image")
+    plans, pixels = [p for p, _ in items], [px for _, px in items]
+    offsets = np.cumsum([0] + [p.unique_crops for p in plans])
+    plan = ViewPlan(
+        np.concatenate([p.crops for p in plans]).reshape(-1, 4),
+        np.concatenate([np.full(p.unique_crops, i, dtype=np.int64) for i, p in enumerate(plans)]),
+        np.concatenate([p.view_index + offsets[i] for i, p in enumerate(plans)]).astype(np.int64),
+        np.concatenate([p.boxes_in_view.reshape(-1, 4) for p in plans]).astype(np.float32),
+        [v for p in plans for v in p.views],
+        [c for p in plans for c in p.regions_per_image],
+    )
+    return plan, torch.cat(pixels)
 
 
 class Engine:
@@ -160,35 +191,54 @@ class Engine:
     def plan(self, images, boxes, *, policy=None, ts=None, hash_flavour=None, generator=None) -> ViewPlan:
         """:func:`plan_views` with the model's view settings (``policy`` / ``ts`` / ``hash_flavour``
         override them; ``policy="fixed"`` without ``ts`` takes the config's ``fixed_ts``)."""
+        return plan_views(images, boxes, **self.view_settings(policy=policy, ts=ts, hash_flavour=hash_flavour),
+                          generator=generator)
+
+    def view_settings(self, *, policy=None, ts=None, hash_flavour=None) -> dict:
+        """The keyword arguments of :func:`plan_views` (but ``generator``) for the model's view settings
+        with the given overrides: plain values, for :func:`prepare_views` in another process."""
         cfg = self.model.config.views
         policy = policy or cfg.policy
         if policy == "fixed" and ts is None:
             ts = cfg.fixed_ts
-        return plan_views(images, boxes, num_views=cfg.num_views, size=cfg.size, policy=policy, ts=ts,
-                          hash_flavour=hash_flavour or cfg.hash_flavour, generator=generator, base_t=cfg.base_t)
+        return dict(num_views=cfg.num_views, size=cfg.size, policy=policy, ts=None if ts is None else list(ts),
+                    hash_flavour=hash_flavour or cfg.hash_flavour, base_t=cfg.base_t)
 
-    def batch(self, images, plan: ViewPlan) -> dict:
-        """The model's input for ``plan``: rendered unique views, ``view_index`` and ``boxes_in_view``."""
+    def batch(self, images, plan: ViewPlan, pixels: torch.Tensor | None = None) -> dict:
+        """The model's input for ``plan``: rendered unique views (``pixels`` when given: normalised,
+        on the model's device), ``view_index`` and ``boxes_in_view``."""
         return {
-            "pixels": render_plan(images, plan, self.model.config.views.size, self.device),
+            "pixels": render_plan(images, plan, self.model.config.views.size, self.device) if pixels is None else pixels,
             "view_index": torch.as_tensor(plan.view_index, device=self.device),
             "boxes_in_view": torch.as_tensor(plan.boxes_in_view, dtype=torch.float32, device=self.device),
         }
 
     def run(self, images, regions, *, tasks=TASKS, policy=None, ts=None, hash_flavour=None, classes=None,
-            attributes=None, tag_threshold=None, all_tags=False, generator=None) -> tuple[list[list[dict]], ViewPlan]:
+            attributes=None, tag_threshold=None, all_tags=False, generator=None,
+            prepared=None) -> tuple[list[list[dict]], ViewPlan]:
         """Model outputs for ``regions`` (per image, parsed :class:`~dynrefer.regions.Region`
         lists) of ``images`` ((3, H, W) uint8 tensors): per image, one dict per region (see
-        ``DynRefer.predict``), and the view plan."""
+        ``DynRefer.predict``), and the view plan. ``prepared``: the views planned and rendered
+        beforehand (:func:`merge_prepared` of :func:`prepare_views`; ``images`` and the view
+        options are then not used)."""
         tasks = check_tasks(tasks)
-        plan = self.plan(images, [[r.box for r in regs] for regs in regions], policy=policy, ts=ts,
-                         hash_flavour=hash_flavour, generator=generator)
+        if prepared is None:
+            plan = self.plan(images, [[r.box for r in regs] for regs in regions], policy=policy, ts=ts,
+                             hash_flavour=hash_flavour, generator=generator)
+        else:
+            plan = prepared[0]
+            if [len(regs) for regs in regions] != list(plan.regions_per_image):
+                raise InputError(f"the prepared views are for {list(plan.regions_per_image)} regions per image, "
+                                 f"got {[len(regs) for regs in regions]}")
         if plan.total_crops == 0:
-            return [[] for _ in images], plan
+            return [[] for _ in plan.regions_per_image], plan
         classes = list(classes) if classes is not None else list(self.model.categories)
         attributes = list(attributes) if attributes is not None else list(self.model.attributes)
         with torch.inference_mode(), self._autocast():
-            batch = self.batch(images, plan)
+            if prepared is None:
+                batch = self.batch(images, plan)
+            else:
+                batch = self.batch(None, plan, pixels=normalize(prepared[1].to(self.device)))
             outputs = self.model.predict(batch, tasks, attributes=attributes or None, categories=classes or None,
                                          tag_threshold=tag_threshold, all_tags=all_tags,
                                          encoder_batch_size=self.encoder_batch_size)

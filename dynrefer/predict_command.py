@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--attributes", default=None, help="comma-separated attribute names (default: the model's)")
     p.add_argument("--tag-threshold", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="images per engine pass (default 4)")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding images (default 2)")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers: decode the images, parse the regions, plan and render the views (default 2)")
     p.add_argument("--encoder-batch-size", type=int, default=None, help="views per encoder call (default: 256 on a GPU, sized to the cache on CPU)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16"), help="autocast precision")
     p.set_defaults(func=run)

@@ -87,12 +87,61 @@ class Predictor:
         outputs, plan = self.engine.run(pixels, parsed, tasks=tasks, policy=policy, ts=ts, hash_flavour=hash_flavour,
                                         classes=classes, attributes=attributes,
                                         tag_threshold=tag_threshold, all_tags=all_scores, generator=generator)
+        return self._fill(records, parsed, outputs, plan, tasks, all_scores, tag_threshold)
+
+    def describe_prepared(self, items: list[PreparedImage], *, tasks=TASKS, classes=None, attributes=None,
+                          all_scores=False, tag_threshold=None) -> list[dict]:
+        """:meth:`describe_many` for images whose regions were parsed and whose views were planned and
+        rendered beforehand by :func:`prepare_image` (e.g. in DataLoader workers); same records."""
+        from .engine import merge_prepared
+
+        tasks = check_tasks(tasks)
+        if not items:
+            return []
+        parsed = [item.regions for item in items]
+        records = [{"image": item.label, "width": item.size[0], "height": item.size[1], "regions": []}
+                   for item in items]
+        prepared = merge_prepared([(item.plan, item.pixels) for item in items])
+        outputs, plan = self.engine.run(None, parsed, tasks=tasks, classes=classes, attributes=attributes,
+                                        tag_threshold=tag_threshold, all_tags=all_scores, prepared=prepared)
+        return self._fill(records, parsed, outputs, plan, tasks, all_scores, tag_threshold)
+
+    def _fill(self, records, parsed, outputs, plan, tasks, all_scores, tag_threshold) -> list[dict]:
         threshold = self.model.config.tags.threshold if tag_threshold is None else tag_threshold
         views = iter(plan.views)
         for record, regs, outs in zip(records, parsed, outputs):
             for region, out in zip(regs, outs):
                 record["regions"].append(region_output(region, next(views), out, tasks, all_scores, threshold))
         return records
+
+
+class PreparedImage:
+    """One image made ready for the model by :func:`prepare_image`: ``label``, ``size`` (W, H),
+    ``regions`` (parsed; masks dropped, only the boxes are used from here on), ``plan`` (its
+    :class:`~dynrefer.engine.ViewPlan`) and ``pixels`` ((U, 3, S, S) uint8 unique crops). A plain
+    object, not a dataclass or a mapping, so that Lightning's batch transfer passes it through as it is."""
+
+    __slots__ = ("label", "size", "regions", "plan", "pixels")
+
+    def __init__(self, label, size, regions, plan, pixels):
+        self.label, self.size, self.regions, self.plan, self.pixels = label, size, regions, plan, pixels
+
+
+def prepare_image(image, regions, settings: dict, *, box_format: str = "xyxy", label=None) -> PreparedImage:
+    """What can be done for one image before the model sees it, without the model: load it, parse its
+    regions, plan and render their views (:func:`~dynrefer.engine.prepare_views` with ``settings`` from
+    :meth:`Engine.view_settings <dynrefer.engine.Engine.view_settings>`), for
+    :meth:`Predictor.describe_prepared`."""
+    from dataclasses import replace
+
+    from .engine import prepare_views
+
+    px = load_image(image)
+    size = (int(px.shape[2]), int(px.shape[1]))
+    parsed = [replace(r, mask=None) for r in parse_regions(regions, size, box_format=box_format)]
+    plan, pixels = prepare_views(px, [r.box for r in parsed], settings)
+    label = label if label is not None else (str(image) if isinstance(image, (str, Path)) else None)
+    return PreparedImage(label, size, parsed, plan, pixels)
 
 
 def region_output(region, view, out: dict, tasks, all_scores: bool, threshold: float) -> dict:

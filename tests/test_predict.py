@@ -7,10 +7,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
 from dynrefer.cli import main
+from dynrefer.engine import merge_prepared
+from dynrefer.errors import InputError
 from dynrefer.predictor import Predictor
 from dynrefer.train import predict as predict_mod
 from dynrefer.train.predict import parts_dir, run_predict
@@ -145,3 +148,53 @@ def test_cli_predict_with_config_and_errors(model_dir, dataset, tmp_path, capsys
     bad.write_text("predict:\n  colour: red\n")
     assert main(["predict", "--config", str(bad), "--data", str(root / "in.jsonl"), "--out", str(out)]) == 2
     assert "unknown option(s) colour" in capsys.readouterr().err
+
+
+def test_prepared_views_equal_planning_in_the_engine(model_dir, dataset):
+    from dynrefer.predictor import prepare_image
+
+    root, records = dataset
+    predictor = Predictor(model_dir)
+    settings = predictor.engine.view_settings()
+    specs = [[{"box": r["box"], "id": r["id"], "score": r["score"]} for r in rec["regions"]] for rec in records]
+    specs[1] = []  # an image without regions in the middle of the batch
+    paths = [root / rec["image"] for rec in records]
+    items = [prepare_image(p, s, settings, label=rec["image"]) for p, s, rec in zip(paths, specs, records)]
+    assert items[0].pixels.dtype == torch.uint8 and items[1].plan.unique_crops == 0
+    got = predictor.describe_prepared(items)
+    ref = predictor.describe_many(paths, specs, image_labels=[rec["image"] for rec in records])
+    assert [(g["image"], g["width"], g["height"]) for g in got] == [(r["image"], r["width"], r["height"]) for r in ref]
+    for g, r in zip(got, ref):
+        assert [x["id"] for x in g["regions"]] == [x["id"] for x in r["regions"]]
+        _assert_close({x["id"]: x for x in g["regions"]}, {x["id"]: x for x in r["regions"]})
+    with pytest.raises(InputError, match=r"prepared views are for \[2, 0, 4, 5\] regions per image, got \[2, 0, 4\]"):
+        predictor.engine.run(None, [i.regions for i in items[:3]], prepared=merge_prepared(
+            [(i.plan, i.pixels) for i in items]))
+
+
+def test_workers_prepare_the_views(model_dir, dataset, tmp_path, capsys):
+    root, records = dataset
+    main_process, workers = tmp_path / "main.jsonl", tmp_path / "workers.jsonl"
+    run_predict(model_dir, root / "in.jsonl", main_process, batch_size=2, num_workers=0, progress=False)
+    seen = []
+    original = predict_mod.PredictModule.predict_step
+
+    def spy(self, batch, batch_idx=0):
+        seen.append(all("prepared" in b and "image" not in b for b in batch))
+        return original(self, batch, batch_idx)
+
+    predict_mod.PredictModule.predict_step = spy
+    try:
+        run_predict(model_dir, root / "in.jsonl", workers, batch_size=2, num_workers=1, progress=False)
+    finally:
+        predict_mod.PredictModule.predict_step = original
+    assert seen == [True, True]
+    _assert_close(_regions(workers), _regions(main_process))
+    # a bad region found in a worker: the CLI's one-line error, naming the image
+    bad = [dict(records[0], regions=[{"id": "x", "box": [50, 40, 10, 60]}])]
+    (tmp_path / "img").symlink_to(root / "img")
+    (tmp_path / "bad.jsonl").write_text(json.dumps(bad[0]) + "\n")
+    code = main(["predict", "--model", str(model_dir), "--data", str(tmp_path / "bad.jsonl"), "--out",
+                 str(tmp_path / "bad_out.jsonl"), "--num-workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("dynrefer: error: img/0.png: ") and "x2" in err, err

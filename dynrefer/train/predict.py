@@ -68,10 +68,14 @@ def read_finished(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]
 
 
 class RecordDataset(Dataset):
-    """Images of ``records`` with the regions not in ``done``; an item is one image."""
+    """Images of ``records`` with the regions not in ``done``; an item is one image. With ``views``
+    (:meth:`Engine.view_settings <dynrefer.engine.Engine.view_settings>`) an item also has its regions
+    parsed and its views planned and rendered (:func:`~dynrefer.predictor.prepare_image`): in
+    DataLoader workers that work overlaps the model's on the previous batch. A bad region then gives
+    an item with the ``error`` message, raised by :meth:`PredictModule.predict_step`."""
 
-    def __init__(self, records: list[dict], root: Path, done=frozenset()):
-        self.records, self.root = records, Path(root)
+    def __init__(self, records: list[dict], root: Path, done=frozenset(), views: dict | None = None):
+        self.records, self.root, self.views = records, Path(root), views
         self.items = []
         for i, rec in enumerate(records):
             if rec.get("image") is None:
@@ -90,8 +94,15 @@ class RecordDataset(Dataset):
         for j in todo:
             spec = rec["regions"][j]
             regions.append({key: spec[key] for key in REGION_INPUT_KEYS if key in spec} | {"id": spec.get("id", j)})
-        return {"record": i, "regions_index": todo, "image": load_image(self.root / rec["image"]),
-                "label": rec["image"], "regions": regions}
+        item = {"record": i, "regions_index": todo, "label": rec["image"]}
+        if self.views is None:
+            return item | {"image": load_image(self.root / rec["image"]), "regions": regions}
+        from ..predictor import prepare_image
+
+        try:
+            return item | {"prepared": prepare_image(self.root / rec["image"], regions, self.views, label=rec["image"])}
+        except InputError as err:  # raised by predict_step in the main process: one clear line, no worker traceback
+            return item | {"error": f"{rec['image']}: {err}"}
 
 
 def collate_images(items: list[dict]) -> list[dict]:
@@ -116,9 +127,21 @@ class PredictModule(L.LightningModule):
         self.options = dict(tasks=tasks, all_scores=all_scores, classes=classes, attributes=attributes,
                             tag_threshold=tag_threshold)
 
+    def view_settings(self) -> dict | None:
+        """Settings for :class:`RecordDataset` to plan and render views ahead of the model, or None when
+        the model's view policy is ``random`` (its draws belong to the main process)."""
+        settings = self.predictor.engine.view_settings()
+        return None if settings["policy"] == "random" else settings
+
     def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
-        records = self.predictor.describe_many([b["image"] for b in batch], [b["regions"] for b in batch],
-                                               image_labels=[b["label"] for b in batch], **self.options)
+        errors = [b["error"] for b in batch if "error" in b]
+        if errors:
+            raise InputError(errors[0])
+        if all("prepared" in b for b in batch):
+            records = self.predictor.describe_prepared([b["prepared"] for b in batch], **self.options)
+        else:
+            records = self.predictor.describe_many([b["image"] for b in batch], [b["regions"] for b in batch],
+                                                   image_labels=[b["label"] for b in batch], **self.options)
         out = []
         for item, record in zip(batch, records):
             for j, region in zip(item["regions_index"], record["regions"]):
@@ -181,8 +204,11 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
 
 def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", "attributes", "category"),
                 all_scores=False, classes=None, attributes=None, tag_threshold=None, devices=1, accelerator="cpu",
-                batch_size=4, num_workers=2, encoder_batch_size=None, dtype=None, progress=True) -> dict:
-    """Describe every region of ``data`` (JSONL) into ``out`` (JSONL); resumable. Returns a summary."""
+                batch_size=4, num_workers=2, encoder_batch_size=None, dtype=None, progress=True,
+                prepare_in_workers=True) -> dict:
+    """Describe every region of ``data`` (JSONL) into ``out`` (JSONL); resumable. Returns a summary.
+    With ``num_workers`` > 0 the workers decode the images and, with ``prepare_in_workers`` (and a view
+    policy other than ``random``), also parse the regions and plan and render their views."""
     data, out = Path(data), Path(out)
     if out.resolve() == data.resolve():
         raise InputError(f"--out '{out}' would overwrite the input file")
@@ -199,6 +225,8 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
         return summary
     module = PredictModule(model, tasks=tasks, all_scores=all_scores, classes=classes, attributes=attributes,
                            tag_threshold=tag_threshold, encoder_batch_size=encoder_batch_size, dtype=dtype)
+    if prepare_in_workers and num_workers > 0:
+        dataset.views = module.view_settings()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate_images, persistent_workers=False)
     writer = JsonlPredictionWriter(out, records, finished)
