@@ -320,8 +320,9 @@ def _pil_filter(filter: str):
 def pil_crops_with_pillow(image: torch.Tensor, crops, size: int, filter: str = "bicubic", threads: int = 0):
     """Same result as :func:`pil_resample_crops`, computed by Pillow itself (CPU only).
 
-    Pillow releases the GIL while resampling, so crops are processed by a thread pool
-    (``threads`` workers; 0 = ``torch.get_num_threads()``).
+    Crops are mapped over a thread pool (``threads`` workers; 0 = ``torch.get_num_threads()``), which pays
+    off only where Pillow releases the GIL while resampling: Pillow 13 keeps it, and two threads measured
+    no faster than one there (README, Performance).
 
     Returns:
         (N, C, S, S) uint8 tensor on the CPU.
