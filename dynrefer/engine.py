@@ -222,6 +222,11 @@ class Engine:
         beforehand (:func:`merge_prepared` of :func:`prepare_views`; ``images`` and the view
         options are then not used)."""
         tasks = check_tasks(tasks)
+        classes = None if classes is None else list(classes)
+        attributes = None if attributes is None else list(attributes)
+        for name, vocab, task in (("classes", classes, "category"), ("attributes", attributes, "attributes")):
+            if task in tasks and vocab is not None and not vocab:
+                raise InputError(f"{name} is empty: name at least one, or leave it out for the model's own vocabulary")
         if prepared is None:
             plan = self.plan(images, [[r.box for r in regs] for regs in regions], policy=policy, ts=ts,
                              hash_flavour=hash_flavour, generator=generator)

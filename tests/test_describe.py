@@ -148,6 +148,7 @@ def test_cli_describe(model_dir, photo, tmp_path, capsys):
     (["--mask", "{small_mask}", "--model", "{model}"], "mask"),
     (["--box", "1", "1", "5", "5", "--model", "{model}", "--tasks", "colour"], "unknown task"),
     (["--box", "1", "1", "5", "5", "--model", "{model}", "--viz", "x.jpg"], ".png"),
+    (["--box", "1", "1", "5", "5", "--model", "{model}", "--classes", " , "], "classes is empty"),
 ])
 def test_cli_describe_errors(args, reason, model_dir, photo, tmp_path, capsys):
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "small.png")

@@ -123,6 +123,13 @@ def test_empty_and_bad_input(predictor, images):
         Engine(predictor.model, dtype="float8")
     with pytest.raises(InputError, match="encoder_batch_size"):
         Engine(predictor.model, encoder_batch_size=0)
+    with pytest.raises(InputError, match="classes is empty"):
+        predictor.describe(images[0], [[1, 1, 30, 30]], tasks="category", classes=[])
+    with pytest.raises(InputError, match="attributes is empty"):
+        predictor.describe(images[0], [[1, 1, 30, 30]], tasks="caption,attributes", attributes=iter([]))
+    # an empty vocabulary of a task not asked for is no error
+    record = predictor.describe(images[0], [[1, 1, 30, 30]], tasks="category", attributes=[], classes=iter(CLASSES[:2]))
+    assert record["regions"][0]["category"][0] in CLASSES[:2]
 
 
 def test_bfloat16_autocast_close_to_float32(images):
