@@ -237,8 +237,8 @@ class Engine:
                                  f"got {[len(regs) for regs in regions]}")
         if plan.total_crops == 0:
             return [[] for _ in plan.regions_per_image], plan
-        classes = list(classes) if classes is not None else list(self.model.categories)
-        attributes = list(attributes) if attributes is not None else list(self.model.attributes)
+        classes = classes if classes is not None else list(self.model.categories)  # lists since the check above
+        attributes = attributes if attributes is not None else list(self.model.attributes)
         with torch.inference_mode(), self._autocast():
             if prepared is None:
                 batch = self.batch(images, plan)
