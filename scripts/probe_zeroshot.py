@@ -14,6 +14,7 @@ Usage: ``python scripts/probe_zeroshot.py SCENES.jsonl CLIP.safetensors|builtin 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -56,9 +57,10 @@ def main() -> None:
               for kind in ("pattern", "color")}
     values["category"] = list(vocab["categories"])
 
+    @functools.lru_cache(maxsize=None)  # the same variant lists recur across regions and views
     @torch.no_grad()
-    def texts_embedding(texts):
-        return clip.encode_text(open_clip.tokenize(texts, context_length=40), normalize=True)
+    def texts_embedding(texts: tuple[str, ...]):
+        return clip.encode_text(open_clip.tokenize(list(texts), context_length=40), normalize=True)
 
     def variants(spec: dict, kind: str) -> list[str]:
         if kind == "category":
@@ -81,7 +83,7 @@ def main() -> None:
                     emb = clip.encode_image(render_crops(image, crops, 64), normalize=True)[0]
                 truth = {"pattern": parts["pattern"], "color": parts["color"], "category": spec["category"]}
                 for kind in values:
-                    ok = values[kind][int((texts_embedding(variants(spec, kind)) @ emb).argmax())] == truth[kind]
+                    ok = values[kind][int((texts_embedding(tuple(variants(spec, kind))) @ emb).argmax())] == truth[kind]
                     hits[kind] += ok
                     if kind == "pattern":
                         by_size.setdefault(parts.get("size", "?"), []).append(ok)
