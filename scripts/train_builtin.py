@@ -16,7 +16,8 @@ adds them up):
    written into ``OUT/model/config.json``.
 
 Usage: ``python scripts/train_builtin.py --out runs/builtin [--num-images 12000] [--clip-steps 3000]
-[--epochs 4] [--batch-size 64] [--short-text-skip position:] [--overrides JSON]``;
+[--detail-text-skip size:,position:] [--clip-init CLIP.safetensors] [--epochs 4] [--batch-size 64]
+[--short-text-skip position:] [--overrides JSON]``;
 ``scripts/train_builtin.sh`` runs it with the defaults.
 """
 
@@ -43,6 +44,12 @@ def main() -> None:
     parser.add_argument("--detail-subsets", action="store_true",
                         help="stage 1: detail texts name a random subset of colour / pattern / category ('the striped "
                              "object'), positives every region of the batch they are true of")
+    parser.add_argument("--detail-text-skip", default="size:,position:",
+                        help="stage 1: attribute prefixes the detail texts leave out (comma-separated; "
+                             "'position:' lets them name the absolute size: 'the red striped small circle')")
+    parser.add_argument("--clip-init", default=None,
+                        help="stage 1: continue from this CLIP safetensors file (an earlier run's clip.safetensors) "
+                             "instead of a random initialisation")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -66,6 +73,8 @@ def main() -> None:
         parser.error(f"--overrides is not JSON: {err}")
     if not isinstance(extra_overrides, dict):
         parser.error(f"--overrides must be a JSON object, got {args.overrides!r}")
+    if args.clip_init is not None and not Path(args.clip_init).is_file():
+        parser.error(f"--clip-init: no such file: '{args.clip_init}'")
     from dynrefer.model.config import BUILTIN_CLIP, ConfigError, DynReferConfig, merge_dicts
 
     try:  # checked before the long steps, not after them
@@ -117,7 +126,8 @@ def main() -> None:
         pretrain_clip(jsonl, BUILTIN_CLIP, clip_path, size=64, batch_size=args.clip_batch_size,
                       max_steps=args.clip_steps, max_epochs=-1, num_workers=args.workers, seed=args.seed,
                       accelerator="cpu", default_root_dir=str(out / "stage1"), lr=args.clip_lr,
-                      detail_text_prob=args.detail_text_prob, detail_subsets=args.detail_subsets)
+                      detail_text_prob=args.detail_text_prob, detail_subsets=args.detail_subsets,
+                      detail_skip=tuple(p for p in args.detail_text_skip.split(",") if p), init_weights=args.clip_init)
         log["stage1_seconds"] = round(time.time() - t0, 1)
         save_log()
 

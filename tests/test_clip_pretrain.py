@@ -145,3 +145,50 @@ def test_detail_subsets_are_true_of_their_regions(tmp_path):
                                                                                  spec["parts"]["pattern"]}
             assert bool(positives[i, j]) == (true or i == j)
     assert positives.sum() > len(samples)  # some texts are true of other regions
+
+
+def test_detail_texts_may_name_the_absolute_size(tmp_path):
+    """detail_skip=("position:",): the detail text names the region's absolute size class too (never
+    its position); the default leaves both out."""
+    import random
+
+    from dynrefer.train.clip_pretrain import detail_description
+
+    spec = {"category": "star", "attributes": ["color:red", "pattern:dotted", "size:small", "position:top left"]}
+    assert detail_description(spec) == "the red dotted star"
+    assert detail_description(spec, ("position:",)) == "the red dotted small star"
+    assert detail_description(spec, ()) == "the red dotted small top left star"
+    summary = generate_dataset(tmp_path / "scenes", num_images=3, seed=5, workers=1, splits=(1.0, 0.0, 0.0))
+    random.seed(0)
+    ds = ViewCaptionDataset(summary["jsonl"], split="train", size=32, detail_text_prob=1.0, detail_skip=("position:",))
+    for k in range(len(ds)):
+        spec = ds.records[ds.items[k][0]]["regions"][ds.items[k][1]]
+        size = next(a for a in spec["attributes"] if a.startswith("size:")).split(":")[1]
+        assert spec["parts"]["size"] in (size, "largest", "smallest")
+        assert ds[k][1] == f"the {spec['parts']['color']} {spec['parts']['pattern']} {size} {spec['category']}"
+
+
+def test_pretrain_continues_from_earlier_weights(tmp_path):
+    """init_weights: stage 1 starts from an earlier export (the loaded model equals the file); a file of
+    another config or a missing one is an InputError naming it."""
+    from safetensors.torch import load_file
+
+    from dynrefer.errors import InputError
+    from dynrefer.train.clip_pretrain import load_clip_weights
+
+    torch.manual_seed(0)
+    first = ClipPretrainModule(TINY_CLIP)
+    path = first.export(tmp_path / "first.safetensors")
+    torch.manual_seed(1)
+    second = ClipPretrainModule(TINY_CLIP)
+    key = "visual.conv1.weight"
+    assert not torch.equal(second.clip.state_dict()[key], first.clip.state_dict()[key])
+    load_clip_weights(second.clip, path)
+    saved = load_file(str(path))
+    for name, value in second.clip.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    with pytest.raises(InputError, match="not found"):
+        load_clip_weights(second.clip, tmp_path / "missing.safetensors")
+    other = dict(TINY_CLIP, embed_dim=TINY_CLIP["embed_dim"] * 2)
+    with pytest.raises(InputError, match="first.safetensors"):
+        load_clip_weights(ClipPretrainModule(other).clip, path)

@@ -85,10 +85,13 @@ class ViewCaptionDataset(Dataset):
     view at random t, or (``detail_text_prob``) the detail description with a close view — the whole
     description, or with ``detail_subsets`` a random subset of it. ``facts`` = ``(text facts, region
     facts)`` for :func:`collate_pairs` (text facts None for a caption or a whole description: only
-    identical texts are its positives)."""
+    identical texts are its positives). ``detail_skip``: the attribute prefixes the detail texts leave
+    out (default size and position; ``("position:",)`` names the absolute size too, which a close view
+    shows only through the scale of the pattern, the grain and the edges)."""
 
     def __init__(self, path, *, split: str | None = "train", image_root=None, size: int = 64, train: bool = True,
-                 detail_text_prob: float = 0.0, detail_subsets: bool = False):
+                 detail_text_prob: float = 0.0, detail_subsets: bool = False,
+                 detail_skip: tuple[str, ...] = CONTEXT_PREFIXES):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
@@ -102,6 +105,7 @@ class ViewCaptionDataset(Dataset):
             raise InputError(f"detail_text_prob must be in [0, 1], got {detail_text_prob!r}")
         self.detail_text_prob = float(detail_text_prob)
         self.detail_subsets = bool(detail_subsets)
+        self.detail_skip = tuple(str(p) for p in detail_skip)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -111,14 +115,14 @@ class ViewCaptionDataset(Dataset):
         record, spec = self.records[i], self.records[i]["regions"][j]
         image = load_image(self.root / record["image"])
         region = parse_region(spec, (int(image.shape[2]), int(image.shape[1])), index=j)
-        visible = without_attributes(spec, CONTEXT_PREFIXES)  # what a close view can show
+        visible = without_attributes(spec, self.detail_skip)  # what a close view is taken to show
         detail, text_facts = None, None
         if self.train and self.detail_text_prob > 0 and random.random() < self.detail_text_prob:
             if self.detail_subsets and spec.get("category"):
                 detail, *text_facts = short_description_facts(visible, random.Random(random.getrandbits(62)))
                 text_facts = tuple(text_facts)
             else:
-                detail = detail_description(spec)
+                detail = detail_description(spec, self.detail_skip)
         if detail is not None:
             t, text = random.choice(DETAIL_TS), detail
         else:
@@ -185,15 +189,36 @@ class ClipPretrainModule(L.LightningModule):
         return path
 
 
+def load_clip_weights(clip: torch.nn.Module, path) -> None:
+    """Load an exported safetensors file into an open_clip model of the same config (every key must
+    match: a file of another config is an :class:`InputError` naming it)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"CLIP weights file not found: '{path}'")
+    state = load_file(str(path))
+    try:
+        clip.load_state_dict(state, strict=True)  # copied into the float32 parameters
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise InputError(f"'{path}' does not fit this CLIP config: {first}") from None
+
+
 def pretrain_clip(jsonl, clip_config: dict, out, *, size: int = 64, batch_size: int = 128, max_epochs: int = 1,
                   max_steps: int = -1, num_workers: int = 2, lr: float = 5e-4, seed: int = 42, image_root=None,
                   accelerator: str = "auto", default_root_dir=None, detail_text_prob: float = 0.0,
-                  detail_subsets: bool = False) -> Path:
-    """Pretrain and export; returns the safetensors path."""
+                  detail_subsets: bool = False, detail_skip: tuple[str, ...] = CONTEXT_PREFIXES,
+                  init_weights=None) -> Path:
+    """Pretrain and export; returns the safetensors path. ``init_weights``: a safetensors file of the
+    same config (an earlier export) to continue from instead of a random initialisation."""
     L.seed_everything(seed, workers=True)
     module = ClipPretrainModule(clip_config, lr=lr)
+    if init_weights is not None:
+        load_clip_weights(module.clip, init_weights)
     train = ViewCaptionDataset(jsonl, split="train", image_root=image_root, size=size,
-                               detail_text_prob=detail_text_prob, detail_subsets=detail_subsets)
+                               detail_text_prob=detail_text_prob, detail_subsets=detail_subsets,
+                               detail_skip=detail_skip)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
                         persistent_workers=num_workers > 0, collate_fn=collate_pairs)
     trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, logger=False,
