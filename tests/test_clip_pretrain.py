@@ -169,12 +169,12 @@ def test_detail_texts_may_name_the_absolute_size(tmp_path):
 
 
 def test_pretrain_continues_from_earlier_weights(tmp_path):
-    """init_weights: stage 1 starts from an earlier export (the loaded model equals the file); a file of
-    another config or a missing one is an InputError naming it."""
+    """init_weights (``load_local_weights``): stage 1 starts from an earlier export (the loaded model equals
+    the file); a file of another config (shapes differ) or a missing one is an InputError naming it."""
     from safetensors.torch import load_file
 
     from dynrefer.errors import InputError
-    from dynrefer.train.clip_pretrain import load_clip_weights
+    from dynrefer.model.encoder import load_local_weights
 
     torch.manual_seed(0)
     first = ClipPretrainModule(TINY_CLIP)
@@ -183,12 +183,12 @@ def test_pretrain_continues_from_earlier_weights(tmp_path):
     second = ClipPretrainModule(TINY_CLIP)
     key = "visual.conv1.weight"
     assert not torch.equal(second.clip.state_dict()[key], first.clip.state_dict()[key])
-    load_clip_weights(second.clip, path)
+    load_local_weights(second.clip, path)
     saved = load_file(str(path))
     for name, value in second.clip.state_dict().items():
         assert torch.equal(value, saved[name]), name
-    with pytest.raises(InputError, match="not found"):
-        load_clip_weights(second.clip, tmp_path / "missing.safetensors")
+    with pytest.raises(InputError, match="missing.safetensors': no such file"):
+        load_local_weights(second.clip, tmp_path / "missing.safetensors")
     other = dict(TINY_CLIP, embed_dim=TINY_CLIP["embed_dim"] * 2)
-    with pytest.raises(InputError, match="first.safetensors"):
-        load_clip_weights(ClipPretrainModule(other).clip, path)
+    with pytest.raises(InputError, match="first.safetensors' does not match the model: size mismatch"):
+        load_local_weights(ClipPretrainModule(other).clip, path)

@@ -60,7 +60,11 @@ def load_local_weights(module: nn.Module, path, *, what: str = "weights") -> Non
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes of another config: torch lists every mismatch, keep the first
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err).strip())
+        raise InputError(f"{what} '{path}' does not match the model: {first}") from None
     if missing or unexpected:
         raise InputError(
             f"{what} '{path}' does not match the model: missing {sorted(missing)[:10]}"

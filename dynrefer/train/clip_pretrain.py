@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError
 from ..images import load_image
-from ..model.encoder import build_open_clip
+from ..model.encoder import build_open_clip, load_local_weights
 from ..records import read_jsonl
 from ..regions import parse_region
 from ..views import CANDIDATE_TS, render_crops, view_geometry
@@ -189,22 +189,6 @@ class ClipPretrainModule(L.LightningModule):
         return path
 
 
-def load_clip_weights(clip: torch.nn.Module, path) -> None:
-    """Load an exported safetensors file into an open_clip model of the same config (every key must
-    match: a file of another config is an :class:`InputError` naming it)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"CLIP weights file not found: '{path}'")
-    state = load_file(str(path))
-    try:
-        clip.load_state_dict(state, strict=True)  # copied into the float32 parameters
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise InputError(f"'{path}' does not fit this CLIP config: {first}") from None
-
-
 def pretrain_clip(jsonl, clip_config: dict, out, *, size: int = 64, batch_size: int = 128, max_epochs: int = 1,
                   max_steps: int = -1, num_workers: int = 2, lr: float = 5e-4, seed: int = 42, image_root=None,
                   accelerator: str = "auto", default_root_dir=None, detail_text_prob: float = 0.0,
@@ -215,7 +199,7 @@ def pretrain_clip(jsonl, clip_config: dict, out, *, size: int = 64, batch_size: 
     L.seed_everything(seed, workers=True)
     module = ClipPretrainModule(clip_config, lr=lr)
     if init_weights is not None:
-        load_clip_weights(module.clip, init_weights)
+        load_local_weights(module.clip, init_weights, what="CLIP weights")
     train = ViewCaptionDataset(jsonl, split="train", image_root=image_root, size=size,
                                detail_text_prob=detail_text_prob, detail_subsets=detail_subsets,
                                detail_skip=detail_skip)
