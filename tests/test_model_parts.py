@@ -93,6 +93,45 @@ def test_roi_carries_cls_and_pools_with_roi_align():
         assert torch.allclose(out[i, 1:], ref[0].flatten(1).T, atol=1e-6)
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [1, 2, 3])
+def test_separable_roi_align_equals_torchvision(aligned, ratio):
+    from dynrefer.model.roi import separable_roi_align
+
+    g = torch.Generator().manual_seed(ratio)
+    for _ in range(30):
+        n, height, width = 6, int(torch.randint(2, 17, (1,), generator=g)), int(torch.randint(2, 17, (1,), generator=g))
+        features = torch.randn(n, 3, height, width, generator=g, requires_grad=True)
+        size = torch.tensor([width * 8.0, height * 8.0])
+        xy = torch.rand(n, 2, generator=g) * size * 1.4 - size * 0.2  # partly and wholly outside too
+        wh = torch.rand(n, 2, generator=g) * size * torch.rand(n, 1, generator=g) ** 3  # many tiny boxes
+        boxes = torch.cat([xy, xy + wh], 1)
+        boxes[0] = torch.tensor([0.0, 0.0, width * 8.0, height * 8.0])  # the whole map: samples at the last row
+        boxes[1] = torch.tensor([-8.0, -8.0, 3.0, 3.0])  # samples exactly at -1
+        out = separable_roi_align(features, boxes, 4, 1 / 8, ratio, aligned)
+        rois = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], boxes], 1)
+        ref = roi_align(features, rois, 4, spatial_scale=1 / 8, sampling_ratio=ratio, aligned=aligned)
+        assert torch.allclose(out, ref, atol=2e-6), (out - ref).abs().max()
+        weights = torch.randn(ref.shape, generator=g)
+        (grad,) = torch.autograd.grad((out * weights).sum(), features)
+        (grad_ref,) = torch.autograd.grad((ref * weights).sum(), features)
+        assert torch.allclose(grad, grad_ref, atol=2e-6)
+
+
+def test_view_roi_align_separable_path_equals_torchvision_path():
+    from dynrefer.model import roi as roi_module
+
+    layer = ViewRoIAlign(output_size=8, patch_size=8, sampling_ratio=2)
+    g = torch.Generator().manual_seed(3)
+    n = roi_module.SEPARABLE_MIN_MAPS
+    patches, cls = torch.randn(n, 16, 8, 8, generator=g), torch.randn(n, 16, generator=g)
+    xy = torch.rand(n, 2, generator=g) * 40
+    boxes = torch.cat([xy, xy + 1 + torch.rand(n, 2, generator=g) * 30], 1)
+    fast = layer(cls, patches, boxes)  # n maps: the separable path
+    slow = torch.cat([layer(cls[i : i + 1], patches[i : i + 1], boxes[i : i + 1]) for i in range(n)])  # torchvision
+    assert torch.allclose(fast, slow, atol=2e-6)
+
+
 def test_qformer_from_bert_and_blip2_folders(tmp_path):
     from transformers import BertConfig, BertModel
 
