@@ -24,7 +24,8 @@ Every trained arm's tag threshold is picked on the val split as the built-in mod
 Usage: ``python scripts/ablation_synthetic.py --run runs/builtin --out runs/ablation
 [--steps 600] [--arms multiview,multiview_fixed,t0,t1,caption_only] [--inference] [--max-images 200]``
 (``--run``: a finished ``scripts/train_builtin.py`` folder: its scenes, tokenizer, tag list and
-stage-1 CLIP are reused).
+stage-1 CLIP are reused; or ``--from-model builtin --run runs/abl`` rebuilds such a folder from a saved
+model, and ``--overrides JSON`` sets recipe options of every arm, e.g. the built-in tag loss weight).
 """
 
 from __future__ import annotations
