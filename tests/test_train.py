@@ -133,6 +133,34 @@ def test_ablation_arms_views():
     assert DynReferConfig.from_dict(merge_dicts(base, script.ARMS["caption_only"])).tags.enabled is False
 
 
+def test_ablation_prepare_run_from_builtin(tmp_path):
+    """--from-model: the run folder rebuilt from the shipped model (scenes, tokenizer, tags, the frozen CLIP
+    widened to float32 and equal to the model's, the config with the overrides)."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    import dynrefer
+    from dynrefer.model.config import DynReferConfig
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "ablation_synthetic.py"
+    spec = importlib.util.spec_from_file_location("ablation_synthetic", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "run"
+    script.prepare_run(run, "builtin", 3, 7, 1, {"tags": {"loss_weight": 0.3}})
+    assert len((run / "scenes" / "scenes.jsonl").read_text().splitlines()) == 3
+    model = dynrefer.DynRefer.from_pretrained("builtin")
+    assert (run / "tags.txt").read_text().split() == list(model.tag_names)
+    clip = load_file(str(run / "clip.safetensors"))
+    own = model.encoder.clip.state_dict()
+    assert set(clip) == set(own) and all(v.dtype == torch.float32 for v in clip.values())
+    assert all(torch.equal(clip[k], own[k].float()) for k in own)
+    config = DynReferConfig.from_file(run / "builtin_config.yaml")
+    assert config.tags.loss_weight == 0.3 and config.encoder.weights == str(run / "clip.safetensors")
+    assert config.language.tokenizer_path == str(run / "tokenizer") and (run / "tokenizer" / "tokenizer.json").is_file()
+
+
 def test_parameter_groups_skip_decay_on_biases_and_norms():
     module = DynReferModule("tiny")
     decay, no_decay = parameter_groups(module.model, 0.05)
