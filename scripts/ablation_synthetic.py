@@ -170,12 +170,12 @@ def main() -> None:
                         help="val images for picking each trained arm's tag threshold (0: the config's)")
     args = parser.parse_args()
     run, out = Path(args.run), Path(args.out)
+    from dynrefer.model.config import ConfigError, overrides_from_json
+
     try:
-        overrides = json.loads(args.overrides)
-    except json.JSONDecodeError as err:
-        parser.error(f"--overrides is not JSON: {err}")
-    if not isinstance(overrides, dict):
-        parser.error(f"--overrides must be a JSON object, got {args.overrides!r}")
+        overrides = overrides_from_json(args.overrides)
+    except ConfigError as err:
+        parser.error(f"--overrides: {err}")
     if args.from_model is not None:
         prepare_run(run, args.from_model, args.num_images, args.seed, args.workers, overrides)
     elif overrides:

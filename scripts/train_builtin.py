@@ -67,15 +67,14 @@ def main() -> None:
                         help="JSON merged into the builtin model config, e.g. "
                              "'{\"views\": {\"policy\": \"fixed\", \"fixed_ts\": [0.5, 1.0]}, \"align\": {\"init\": \"identity\"}}'")
     args = parser.parse_args()
+    from dynrefer.model.config import BUILTIN_CLIP, ConfigError, DynReferConfig, merge_dicts, overrides_from_json
+
     try:
-        extra_overrides = json.loads(args.overrides)
-    except json.JSONDecodeError as err:
-        parser.error(f"--overrides is not JSON: {err}")
-    if not isinstance(extra_overrides, dict):
-        parser.error(f"--overrides must be a JSON object, got {args.overrides!r}")
+        extra_overrides = overrides_from_json(args.overrides)
+    except ConfigError as err:
+        parser.error(f"--overrides: {err}")
     if args.clip_init is not None and not Path(args.clip_init).is_file():
         parser.error(f"--clip-init: no such file: '{args.clip_init}'")
-    from dynrefer.model.config import BUILTIN_CLIP, ConfigError, DynReferConfig, merge_dicts
 
     try:  # checked before the long steps, not after them
         config = DynReferConfig.from_dict(merge_dicts(DynReferConfig.from_name("builtin").to_dict(), extra_overrides))

@@ -220,6 +220,18 @@ class DynReferConfig:
         raise ConfigError(f"unknown model config {name!r}; expected one of {sorted(NAMED_CONFIGS)} or a .json/.yaml file")
 
 
+def overrides_from_json(text: str) -> dict:
+    """A JSON object of config overrides (a command's ``--overrides``); ``ConfigError`` when the text is not
+    JSON or not an object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"must be a JSON object, got {text!r}")
+    return value
+
+
 def merge_dicts(base: dict, extra: dict) -> dict:
     """``base`` with ``extra`` merged in recursively (nested dicts merged, other values replaced),
     e.g. config overrides on ``DynReferConfig.to_dict()``."""
