@@ -105,18 +105,24 @@ def test_view_settings_follow_the_model_config(shapes):
         assert dm.val_set[i % len(dm.val_set)]["boxes_in_view"].shape == (3, 4)
 
 
-def test_ablation_arms_views():
-    """Each trained arm of scripts/ablation_synthetic.py on the built-in config: the stochastic arms train
-    on random views and infer greedily, the fixed arm and the single-view arms as named."""
+def _ablation_script():
+    """scripts/ablation_synthetic.py as a module."""
     import importlib.util
-
-    from dynrefer.model.config import DynReferConfig, merge_dicts
-    from dynrefer.train.data import view_settings
 
     path = Path(__file__).resolve().parent.parent / "scripts" / "ablation_synthetic.py"
     spec = importlib.util.spec_from_file_location("ablation_synthetic", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_ablation_arms_views():
+    """Each trained arm of scripts/ablation_synthetic.py on the built-in config: the stochastic arms train
+    on random views and infer greedily, the fixed arm and the single-view arms as named."""
+    from dynrefer.model.config import DynReferConfig, merge_dicts
+    from dynrefer.train.data import view_settings
+
+    script = _ablation_script()
     base = DynReferConfig.from_name("builtin").to_dict()
     got = {}
     for name, overrides in script.ARMS.items():
@@ -136,17 +142,12 @@ def test_ablation_arms_views():
 def test_ablation_prepare_run_from_builtin(tmp_path):
     """--from-model: the run folder rebuilt from the shipped model (scenes, tokenizer, tags, the frozen CLIP
     widened to float32 and equal to the model's, the config with the overrides)."""
-    import importlib.util
-
     from safetensors.torch import load_file
 
     import dynrefer
     from dynrefer.model.config import DynReferConfig
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "ablation_synthetic.py"
-    spec = importlib.util.spec_from_file_location("ablation_synthetic", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _ablation_script()
     run = tmp_path / "run"
     script.prepare_run(run, "builtin", 3, 7, 1, {"tags": {"loss_weight": 0.3}})
     assert len((run / "scenes" / "scenes.jsonl").read_text().splitlines()) == 3

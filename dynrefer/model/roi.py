@@ -97,7 +97,7 @@ class ViewRoIAlign(nn.Module):
         if self.sampling_ratio > 0 and n >= SEPARABLE_MIN_MAPS:
             pooled = separable_roi_align(patches, boxes, self.output_size, self.spatial_scale,
                                          self.sampling_ratio, self.aligned)  # (N, C, h, w)
-        else:  # an adaptive sampling grid differs box by box: torchvision's loop
+        else:  # few maps (torchvision is faster there) or an adaptive sampling grid (differs box by box)
             index = torch.arange(n, device=patches.device, dtype=patches.dtype)[:, None]
             rois = torch.cat([index, boxes.to(patches.dtype)], dim=1)
             pooled = roi_align(patches, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
