@@ -216,7 +216,10 @@ def render_crops(
         pixels = resample_crops(image, unique, size, "bicubic", engine)
         if normalized:
             pixels = normalize(pixels)  # once per unique crop
-        return pixels[torch.as_tensor(inverse.reshape(-1), device=pixels.device)]
+        inverse = inverse.reshape(-1)
+        if len(unique) == len(crops) and np.array_equal(inverse, np.arange(len(crops))):
+            return pixels  # already unique and sorted (an engine plan's crops): no copy
+        return pixels[torch.as_tensor(inverse, device=pixels.device)]
     else:
         raise ValueError(f"unknown renderer {renderer!r}; expected one of {RENDERERS}")
     return normalize(pixels) if normalized else pixels

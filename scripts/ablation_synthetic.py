@@ -88,7 +88,10 @@ def prepare_run(run: Path, model: str, num_images: int, seed: int, workers: int,
 
 
 def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: float, seed: int, workers: int,
-              short_text_prob: float, short_text_skip: list[str]) -> Path:
+              short_text_prob: float, short_text_skip: list[str], epochs: int | None = None) -> Path:
+    """Train one arm for ``steps`` optimiser steps (cosine stepped per step down to 0 at the last one)
+    or, when ``epochs`` is given, for that many epochs with the built-in recipe's per-epoch cosine and a
+    validation after each epoch (``steps`` is then ignored)."""
     import lightning as L
 
     from dynrefer.train.callbacks import ExportPretrained
@@ -103,14 +106,19 @@ def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: 
     module = DynReferModule(str(run / "builtin_config.yaml"), tags_file=str(run / "tags.txt"), lr=lr,
                             overrides=overrides or None)
     jsonl = str(run / "scenes" / "scenes.jsonl")
-    data = RegionDataModule(jsonl, jsonl, batch_size=batch_size, num_workers=workers, max_val_regions=256,
+    data = RegionDataModule(jsonl, jsonl, batch_size=batch_size, num_workers=workers,
+                            max_val_regions=256 if epochs is None else 512,  # 512: as scripts/train_builtin.py
                             short_text_prob=short_text_prob, short_text_skip=short_text_skip,
                             **view_settings(module.model.config.views))
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / name / "ckpt", save_last=True)
-    trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", default_root_dir=str(out / name),
+    if epochs is not None:  # the built-in recipe's schedule (scripts/train_builtin.py's stage 2)
+        schedule = dict(max_epochs=epochs, max_steps=-1)
+    else:
+        schedule = dict(max_steps=steps, max_epochs=-1, val_check_interval=min(steps, 200), check_val_every_n_epoch=None)
+    trainer = L.Trainer(accelerator="cpu", default_root_dir=str(out / name),
                         callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],
                         logger=L.pytorch.loggers.CSVLogger(str(out / name), name="logs"), log_every_n_steps=20,
-                        gradient_clip_val=1.0, val_check_interval=min(steps, 200), check_val_every_n_epoch=None)
+                        gradient_clip_val=1.0, **schedule)
     last = out / name / "ckpt" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     vocab = json.loads((run / "model" / "vocab.json").read_text()) if (run / "model" / "vocab.json").is_file() else None
@@ -147,6 +155,9 @@ def main() -> None:
     parser.add_argument("--run", default="runs/builtin")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train each arm for this many epochs with the built-in recipe's per-epoch cosine "
+                             "(the built-in model: 4) instead of --steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--seed", type=int, default=42)
@@ -195,7 +206,8 @@ def main() -> None:
             continue
         t0 = time.time()
         model_dir = train_arm(name, run, out, args.steps, args.batch_size, args.lr, args.seed, args.workers,
-                              args.short_text_prob, [p for p in args.short_text_skip.split(",") if p])
+                              args.short_text_prob, [p for p in args.short_text_skip.split(",") if p],
+                              epochs=args.epochs)
         seconds = round(time.time() - t0, 1)
         tuned = None
         if args.tune_images > 0 and ARMS[name].get("tags", {}).get("enabled", True):

@@ -186,6 +186,18 @@ def test_duplicate_crops_give_identical_outputs(photos):
     assert torch.equal(out, ref)
 
 
+def test_unique_sorted_crops_come_back_in_order_without_a_gather(photos):
+    # An engine plan's crops are unique and sorted already (np.unique order): the batched renderer
+    # returns its resampled tensor as it is; any other order goes through the gather.
+    photo = photos["coffee"]
+    crops = np.unique(photo_crops(photo, ["tiny_2x3", "medium", "whole"], ts=(0.0, 0.3, 1.0)), axis=0)
+    assert len(crops) >= 4
+    ref = render_crops(photo.tensor, crops, 64, renderer="reference")
+    for order in (np.arange(len(crops)), np.arange(len(crops))[::-1]):
+        out = render_crops(photo.tensor, crops[order], 64)
+        np.testing.assert_allclose(out.numpy(), ref[torch.as_tensor(order.copy())].numpy(), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("renderer", ["batched", "reference"])
 @pytest.mark.parametrize("normalized", [True, False])
 def test_empty_crop_list(photos, renderer, normalized):
