@@ -355,6 +355,15 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert results["trained"]["t0"]["tag_threshold"] == arm.config.tags.threshold  # the tuned value is recorded
     assert len(results["trained"]["t0"]["tag_threshold_grid"]) == len(module.TAG_THRESHOLDS)
     assert "| t0 |" in (tmp_path / "abl" / "ablation.md").read_text()
+    # --epochs: an arm on the built-in recipe's schedule (whole epochs, the cosine stepped once an epoch)
+    done = subprocess.run([sys.executable, str(ablation), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "abl_e"),
+                           "--epochs", "1", "--batch-size", "4", "--workers", "0", "--arms", "t1", "--max-images", "1",
+                           "--tune-images", "0", "--no-caption-metrics"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = torch.load(tmp_path / "abl_e" / "t1" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0 and state["global_step"] > 2  # one whole epoch, not --steps' default of 600
+    assert state["lr_schedulers"][0]["last_epoch"] == 1  # stepped once, at the end of the epoch
     # a rerun (every step already done but the threshold tuning) keeps the first run's record in train_log.json
     first = json.loads((tmp_path / "run" / "train_log.json").read_text())
     assert first["runs"] == 1 and first["stage1_seconds"] > 0 and first["stage2_seconds"] > 0 and "synth" in first
