@@ -2,7 +2,8 @@
 
 *Trained arms*: stage 2 of the built-in recipe retrained from the same frozen stage-1 CLIP, on
 the same scenes, with the same seed, learning rate, batch size and number of optimiser steps
-(``--steps``, a shorter schedule than the built-in model's), one arm per setting:
+(``--steps`` with a per-step cosine, a shorter schedule than the built-in model's; or ``--epochs 4``,
+the built-in model's own schedule: whole epochs, the cosine stepped once an epoch), one arm per setting:
 
 * ``multiview``: n = 3 views, the extra two drawn at random during training, greedy pHash at
   inference (the method);
@@ -22,7 +23,7 @@ Every trained arm's tag threshold is picked on the val split as the built-in mod
 ``OUT/ablation.json`` and ``OUT/ablation.md`` (the README table) and prints the JSON.
 
 Usage: ``python scripts/ablation_synthetic.py --run runs/builtin --out runs/ablation
-[--steps 600] [--arms multiview,multiview_fixed,t0,t1,caption_only] [--inference] [--max-images 200]``
+[--steps 600 | --epochs 4] [--arms multiview,multiview_fixed,t0,t1,caption_only] [--inference] [--max-images 200]``
 (``--run``: a finished ``scripts/train_builtin.py`` folder: its scenes, tokenizer, tag list and
 stage-1 CLIP are reused; or ``--from-model builtin --run runs/abl`` rebuilds such a folder from a saved
 model, and ``--overrides JSON`` sets recipe options of every arm, e.g. the built-in tag loss weight).
