@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--polygon", nargs="+", type=float, action=_RegionAction, metavar="XY",
                    help="a region polygon x0 y0 x1 y1 ... (repeatable)")
     p.add_argument("--mask", action=_RegionAction, metavar="MASK.png",
-                   help="a binary mask image of the image's size, non-zero = region (repeatable)")
+                   help="a mask image of the image's size, non-zero pixels = region (palette index, grey or "
+                        "16-bit value, any colour channel; transparent pixels excluded) (repeatable)")
     p.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy")
     p.add_argument("--model", default="builtin", help="'builtin' (default) or a model folder")
     p.add_argument("--tasks", default="caption,tags,attributes,category")
@@ -51,19 +52,21 @@ def register(subparsers) -> None:
 def _region_specs(items, image_size) -> list:
     import numpy as np
 
-    from .images import load_image
+    from .images import load_mask
 
     specs = []
     for kind, value in items:
         if kind == "box":
             specs.append(list(value))
         elif kind == "polygon":
-            if len(value) < 6 or len(value) % 2:
+            if len(value) % 2:
+                raise InputError(f"--polygon takes x y pairs, got an odd count of {len(value)} numbers")
+            if len(value) < 6:
                 raise InputError(f"--polygon needs at least 3 x y pairs, got {len(value)} numbers")
             specs.append({"polygon": list(value)})
         else:
             path = Path(value)
-            mask = load_image(path)[0].numpy() > 0  # ImageLoadError names the file on failure
+            mask = load_mask(path)  # ImageLoadError names the file on failure
             if (mask.shape[1], mask.shape[0]) != tuple(image_size):
                 raise InputError(f"mask '{path}' is {mask.shape[1]}x{mask.shape[0]}, the image is "
                                  f"{image_size[0]}x{image_size[1]}")

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .view_selection import select_views
+from .phash import FLAVOURS
+from .view_selection import check_model_views, select_views
 from .views import normalize, render_crops
 
 TASKS = ("caption", "tags", "attributes", "category")
@@ -81,6 +82,15 @@ def check_tasks(tasks) -> tuple[str, ...]:
     if bad or not tasks:
         raise InputError(f"unknown task(s) {bad or '(none)'}; expected some of {', '.join(TASKS)}")
     return tasks
+
+
+def check_threshold(tag_threshold) -> None:
+    """``tag_threshold`` must be None or a number in [0, 1] (a tag probability)."""
+    if tag_threshold is None:
+        return
+    ok = isinstance(tag_threshold, (int, float, np.integer, np.floating)) and not isinstance(tag_threshold, bool)
+    if not ok or not 0.0 <= float(tag_threshold) <= 1.0:
+        raise InputError(f"tag_threshold must be a number in [0, 1] (a tag probability), got {tag_threshold!r}")
 
 
 def plan_views(images, boxes, *, num_views, size, policy="greedy", ts=None, hash_flavour="official",
@@ -199,8 +209,12 @@ class Engine:
         with the given overrides: plain values, for :func:`prepare_views` in another process."""
         cfg = self.model.config.views
         policy = policy or cfg.policy
+        where = "ts"
         if policy == "fixed" and ts is None:
-            ts = cfg.fixed_ts
+            ts, where = cfg.fixed_ts, "views.fixed_ts"
+        if hash_flavour is not None and hash_flavour not in FLAVOURS:
+            raise InputError(f"unknown pHash flavour {hash_flavour!r}; expected one of {', '.join(FLAVOURS)}")
+        check_model_views(policy, cfg.num_views, ts, where=where)
         return dict(num_views=cfg.num_views, size=cfg.size, policy=policy, ts=None if ts is None else list(ts),
                     hash_flavour=hash_flavour or cfg.hash_flavour, base_t=cfg.base_t)
 
@@ -222,6 +236,7 @@ class Engine:
         beforehand (:func:`merge_prepared` of :func:`prepare_views`; ``images`` and the view
         options are then not used)."""
         tasks = check_tasks(tasks)
+        check_threshold(tag_threshold)
         classes = None if classes is None else list(classes)
         attributes = None if attributes is None else list(attributes)
         for name, vocab, task in (("classes", classes, "category"), ("attributes", attributes, "attributes")):

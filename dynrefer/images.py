@@ -48,7 +48,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dynrefer.errors import ImageLoadError, InputError
 
-__all__ = ["load_image", "image_size", "pixel_limit", "tensor_to_pil"]
+__all__ = ["load_image", "load_mask", "image_size", "pixel_limit", "tensor_to_pil"]
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -140,8 +140,45 @@ def _bomb_reason(pixels: int | None, limit: int | None) -> str:
     return f"image size ({size}) exceeds the limit of {limit} pixels (possible decompression bomb)"
 
 
-def _load_file(path: Path, label: str) -> torch.Tensor:
-    """Open, fully decode and convert an image file."""
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask image file as an (H, W) ``bool`` array: ``True`` where a pixel is non-zero.
+
+    The stored values decide, not their colours: palette images by their index, 16-bit and
+    float images by their value, colour images by any non-zero channel. With an alpha channel,
+    transparent pixels are never part of the region, and an image whose colours are zero
+    everywhere is read by its alpha alone. EXIF orientation is applied, as for images.
+
+    Raises:
+        ImageLoadError: the file cannot be read or decoded (the message names it).
+    """
+    return _load_file(Path(path), str(path), convert=_mask_from_pil)
+
+
+def _mask_from_pil(img: Image.Image, label: str, *, is_file: bool) -> np.ndarray:
+    _check_pil_size(img, label, _file_error if is_file else _memory_error)
+    img = ImageOps.exif_transpose(img)
+    values = np.asarray(img)
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values, nan=0.0)
+    if img.mode in _ALPHA_MODES:
+        colour, alpha = values[..., :-1] != 0, values[..., -1] != 0
+        colour = colour.any(axis=-1)
+        return alpha if not colour.any() else colour & alpha
+    return (values != 0).any(axis=-1) if values.ndim == 3 else values != 0
+
+
+def _check_pil_size(img: Image.Image, label: str, error) -> None:
+    limit = pixel_limit()
+    pixels = int(img.width) * int(img.height)
+    if limit is not None and pixels > limit:
+        raise error(label, _bomb_reason(pixels, limit))
+    if img.width == 0 or img.height == 0:
+        raise error(label, f"image is empty ({img.width}x{img.height} pixels)")
+
+
+def _load_file(path: Path, label: str, convert=None):
+    """Open, fully decode and convert an image file (``convert``: :func:`_from_pil` by default)."""
+    convert = convert or _from_pil
     try:
         if not path.exists():
             raise _file_error(label, "file not found")
@@ -156,7 +193,7 @@ def _load_file(path: Path, label: str) -> torch.Tensor:
         try:
             with Image.open(path) as img:
                 img.load()
-                return _from_pil(img, label, is_file=True)
+                return convert(img, label, is_file=True)
         except ImageLoadError:
             raise
         except Image.DecompressionBombError as exc:
@@ -176,12 +213,7 @@ def _load_file(path: Path, label: str) -> torch.Tensor:
 def _from_pil(img: Image.Image, label: str, *, is_file: bool) -> torch.Tensor:
     """Convert a PIL image (EXIF orientation applied, alpha composited on white)."""
     error = _file_error if is_file else _memory_error
-    limit = pixel_limit()
-    pixels = int(img.width) * int(img.height)
-    if limit is not None and pixels > limit:
-        raise error(label, _bomb_reason(pixels, limit))
-    if img.width == 0 or img.height == 0:
-        raise error(label, f"image is empty ({img.width}x{img.height} pixels)")
+    _check_pil_size(img, label, error)
     if is_file:
         rgb = _pil_to_rgb(ImageOps.exif_transpose(img))
     else:

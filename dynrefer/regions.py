@@ -227,7 +227,7 @@ def parse_region(spec: Any, image_size: tuple[int, int], *, box_format: str = "x
             COCO xywh) and/or a shape (``"polygon"``, ``"mask"`` as a 2-D array or RLE dict,
             ``"rle"``, or ``"segmentation"`` holding a COCO RLE dict or polygon list; without a
             box the shape's exact box is used), optional ``"id"`` and ``"score"``, other keys
-            being ignored; or a 2-D boolean mask array/tensor.
+            being ignored; or a 2-D mask array/tensor (boolean, or 0/1 of the image's shape).
         image_size: ``(W, H)`` of the image.
         box_format: ``"xyxy"`` or ``"xywh"``.
         index: position of the region, used as default id and in error messages.
@@ -243,7 +243,8 @@ def parse_region(spec: Any, image_size: tuple[int, int], *, box_format: str = "x
         return _parse_dict(spec, size, box_format, index)
     if isinstance(spec, torch.Tensor):
         spec = spec.detach().cpu().numpy()
-    if isinstance(spec, np.ndarray) and spec.ndim == 2 and spec.dtype == np.bool_:
+    if isinstance(spec, np.ndarray) and spec.ndim == 2 and (spec.dtype == np.bool_ or spec.shape == (size[1], size[0])):
+        # a boolean mask, or a 0/1 mask of the image's shape (check_mask names other values)
         mask = check_mask(spec, size, label)
         return _finish(mask_to_box(mask), size, label, mask=mask, id=index)
     if isinstance(spec, (np.ndarray, list, tuple)):

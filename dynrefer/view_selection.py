@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .errors import InputError
 from .phash import FLAVOURS, bits_to_hex, phash_bits, rgb_to_gray_official
 from .views import CANDIDATE_TS, DEFAULT_SIZE, ViewGeometry, render_crops, view_geometries
 
@@ -61,22 +62,74 @@ def random_select(num_extra: int, num_candidates: int = len(CANDIDATE_TS), gener
 def check_policy_args(policy: str, num_views: int, ts=None) -> list[float] | None:
     """Validate policy arguments; returns the fixed extra ``t`` list for ``fixed``."""
     if policy not in POLICIES:
-        raise ValueError(f"unknown view policy {policy!r}; expected one of {', '.join(POLICIES)}")
+        raise InputError(f"unknown view policy {policy!r}; expected one of {', '.join(POLICIES)}")
     if policy == "fixed":
         if ts is None:
-            raise ValueError("policy 'fixed' needs a list of t values")
-        extra = [float(t) for t in ts]
+            raise InputError("policy 'fixed' needs a list of t values")
+        try:
+            extra = [float(t) for t in ts]
+        except (TypeError, ValueError):
+            raise InputError(f"t values must be a list of numbers in [0, 1], got {ts!r}") from None
         if extra and extra[0] == 0.0:
             extra = extra[1:]
         bad = [t for t in extra if not (0.0 <= t <= 1.0) or t != t]
         if bad:
-            raise ValueError(f"view parameters t must lie in [0, 1], got {bad}")
+            raise InputError(f"view parameters t must lie in [0, 1], got {bad}")
         return extra
     if ts is not None:
-        raise ValueError(f"t values are only used by policy 'fixed', not {policy!r}")
+        raise InputError(f"t values are only used by policy 'fixed', not {policy!r}")
     if not isinstance(num_views, int) or num_views < 1 or num_views > MAX_VIEWS:
-        raise ValueError(f"number of views must be an integer in [1, {MAX_VIEWS}], got {num_views!r}")
+        raise InputError(f"number of views must be an integer in [1, {MAX_VIEWS}], got {num_views!r}")
     return None
+
+
+def _check_image(image) -> tuple[int, int]:
+    """(W, H) of a (3, H, W) uint8 tensor, else :class:`~dynrefer.errors.InputError`."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+        what = (f"a {tuple(image.shape)} {image.dtype} tensor" if isinstance(image, torch.Tensor)
+                else type(image).__name__)
+        raise InputError(f"select_views needs a (3, H, W) uint8 RGB tensor (dynrefer.images.load_image makes one), "
+                         f"got {what}")
+    return int(image.shape[2]), int(image.shape[1])
+
+
+def _check_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
+    """(R, 4) float64 xyxy boxes that are finite, not inverted and touch the image, else
+    :class:`~dynrefer.errors.InputError` naming the first bad one (``parse_regions`` also clips them
+    and applies the minimum size; this only rejects what would give meaningless views)."""
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"boxes must be numbers, (R, 4) xyxy: {err}") from None
+    if arr.size % 4 or (arr.ndim > 1 and arr.shape[-1] != 4):
+        raise InputError(f"boxes must be (R, 4) xyxy, got shape {arr.shape}")
+    arr = arr.reshape(-1, 4)
+    w, h = image_size
+    bad = ~np.isfinite(arr).all(axis=1)
+    bad |= (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+    bad |= (arr[:, 2] <= 0) | (arr[:, 3] <= 0) | (arr[:, 0] >= w) | (arr[:, 1] >= h)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"box {i} {arr[i].tolist()} is not finite, inverted or outside the {w}x{h} image "
+                         "(dynrefer.regions.parse_regions checks, clips and sizes region boxes)")
+    return arr
+
+
+def views_of_policy(policy: str, num_views: int, ts=None) -> int:
+    """How many views a region gets under ``policy``: ``1 + len(ts)`` for ``fixed`` (a leading
+    ``t = 0`` in ``ts`` is view 0 itself), ``num_views`` otherwise (arguments checked by
+    :func:`check_policy_args`)."""
+    extra = check_policy_args(policy, num_views, ts)
+    return num_views if extra is None else 1 + len(extra)
+
+
+def check_model_views(policy: str, num_views: int, ts=None, *, where: str = "ts") -> None:
+    """Raise :class:`~dynrefer.errors.InputError` unless ``policy`` / ``ts`` give every region the
+    ``num_views`` views a model fuses (its fusion layer is sized for ``n``: SPEC §1.1)."""
+    count = views_of_policy(policy, num_views, ts)
+    if count != num_views:
+        raise InputError(f"this model fuses {num_views} views per region, but policy 'fixed' with {where}="
+                         f"{list(ts)} gives {count} (view 0 plus {count - 1}); give {num_views - 1} t value(s)")
 
 
 @dataclass
@@ -141,15 +194,15 @@ def select_views(
     """
     extra_fixed = check_policy_args(policy, num_views, ts)
     if hash_flavour not in FLAVOURS:
-        raise ValueError(f"unknown pHash flavour {hash_flavour!r}; expected one of {FLAVOURS}")
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    image_size = (int(image.shape[2]), int(image.shape[1]))
+        raise InputError(f"unknown pHash flavour {hash_flavour!r}; expected one of {FLAVOURS}")
+    image_size = _check_image(image)
+    boxes = _check_boxes(boxes, image_size)
     greedy = policy in ("greedy", "greedy_unique")
     base_t = float(base_t)
     if not 0.0 <= base_t <= 1.0:
-        raise ValueError(f"base_t must lie in [0, 1], got {base_t}")
+        raise InputError(f"base_t must lie in [0, 1], got {base_t}")
     if base_t != 0.0 and greedy and num_views > 1:
-        raise ValueError(f"policy {policy!r} compares views with the t = 0 view; base_t={base_t} needs 'fixed' or 'random'")
+        raise InputError(f"policy {policy!r} compares views with the t = 0 view; base_t={base_t} needs 'fixed' or 'random'")
     num_extra = num_views - 1
     if describe_candidates is None:
         describe_candidates = greedy

@@ -144,6 +144,7 @@ def test_cli_describe(model_dir, photo, tmp_path, capsys):
     (["--box", "5000", "5000", "6000", "6000", "--model", "{model}"], "outside"),
     (["--box", "1", "1", "5", "5", "--model", "{missing}"], "no such folder"),
     (["--polygon", "1", "1", "5", "5", "--model", "{model}"], "--polygon needs at least 3"),
+    (["--polygon", "1", "1", "5", "5", "9", "9", "7", "--model", "{model}"], "odd count of 7"),
     (["--box", "9", "9", "5", "5", "--model", "{model}"], "inverted"),
     (["--mask", "{small_mask}", "--model", "{model}"], "mask"),
     (["--box", "1", "1", "5", "5", "--model", "{model}", "--tasks", "colour"], "unknown task"),
@@ -166,3 +167,60 @@ def test_missing_builtin_model_is_a_clear_error(photo, tmp_path, monkeypatch, ca
     assert main(["describe", str(photo), "--box", "1", "1", "5", "5"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "built-in model is not bundled" in err
+
+
+def test_fixed_views_must_match_the_models_view_count(predictor, photo, model_dir):
+    """A fixed policy that gives another number of views than the model fuses is an error naming ts, not
+    regions fused across (3 regions used to give 2 records)."""
+    boxes = [[10, 20, 200, 180], [300, 40, 420, 200], [50, 250, 150, 390]]
+    for ts, count in (([0.5], 2), ([0.1, 0.2, 0.3], 4)):
+        with pytest.raises(InputError, match=rf"fuses 3 views per region, but policy 'fixed' with ts=.* gives {count}"):
+            predictor.describe(photo, boxes, policy="fixed", ts=ts, tasks="category")
+    out = predictor.describe(photo, boxes, policy="fixed", ts=[0.0, 0.5, 1.0], tasks="category")
+    assert [[v["t"] for v in r["views"]] for r in out["regions"]] == [[0.0, 0.5, 1.0]] * 3
+    cfg = tiny_config()
+    cfg.views.policy, cfg.views.fixed_ts = "fixed", [0.5]
+    with pytest.raises(InputError, match=r"views.fixed_ts=\[0.5\] gives 2"):
+        dynrefer.DynRefer(cfg)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(tag_threshold="x"), "tag_threshold must be a number in"),
+    (dict(tag_threshold=1.5), "tag_threshold must be a number in"),
+    (dict(tag_threshold=True), "tag_threshold must be a number in"),
+    (dict(policy="best"), "unknown view policy"),
+    (dict(hash_flavour="md5"), "unknown pHash flavour"),
+    (dict(policy="fixed", ts="ab"), "t values must be a list of numbers"),
+])
+def test_option_errors_are_input_errors(predictor, photo, kwargs, pattern):
+    with pytest.raises(InputError, match=pattern):
+        predictor.describe(photo, [[10, 20, 200, 180]], **kwargs)
+
+
+def test_a_bare_zero_one_mask_of_the_image_shape_is_a_region(predictor, photo):
+    mask = np.zeros((400, 600), dtype=np.uint8)
+    mask[50:120, 200:330] = 1
+    out = predictor.describe(photo, [mask], tasks="category")
+    assert out["regions"][0]["box"] == [200.0, 50.0, 330.0, 120.0]
+
+
+def test_cli_mask_files_read_by_value_not_colour(model_dir, photo, tmp_path, capsys):
+    """--mask: palette indices, 16-bit values and any colour channel count; transparent pixels do not."""
+    index = np.zeros((400, 600), dtype=np.uint8)
+    index[50:120, 200:330] = 2  # a VOC-style palette: index 2 is (0, 128, 0), red channel 0
+    palette = Image.fromarray(index, "P")
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    palette.save(tmp_path / "palette.png")
+    rgba = np.zeros((400, 600, 4), dtype=np.uint8)
+    rgba[50:120, 200:330] = 255  # transparent black elsewhere: was read as the whole image
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray((index > 0).astype(np.uint16)).save(tmp_path / "sixteen.png")  # value 1 of 65535
+    alpha_only = np.zeros((400, 600, 4), dtype=np.uint8)
+    alpha_only[50:120, 200:330, 3] = 255
+    Image.fromarray(alpha_only, "RGBA").save(tmp_path / "alpha.png")
+    for name in ("palette", "rgba", "sixteen", "alpha"):
+        code = main(["describe", str(photo), "--mask", str(tmp_path / f"{name}.png"), "--model", str(model_dir),
+                     "--tasks", "category"])
+        out, err = capsys.readouterr()
+        assert code == 0, (name, err)
+        assert json.loads(out)["regions"][0]["box"] == [200.0, 50.0, 330.0, 120.0], name

@@ -197,4 +197,24 @@ def test_workers_prepare_the_views(model_dir, dataset, tmp_path, capsys):
     code = main(["predict", "--model", str(model_dir), "--data", str(tmp_path / "bad.jsonl"), "--out",
                  str(tmp_path / "bad_out.jsonl"), "--num-workers", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and err.startswith("dynrefer: error: img/0.png: ") and "x2" in err, err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("dynrefer: error: record 1 (img/0.png): ") and "x2" in err, err
+
+
+@pytest.mark.parametrize("views", [True, False])
+def test_dataset_names_the_record_of_a_bad_image_size_or_region(dataset, views):
+    """A record whose width / height disagree with its image, or with a bad region, gives an item whose
+    error names the record (1-based) and image, whether views are prepared in the dataset or not."""
+    from dynrefer.train.predict import RecordDataset
+
+    root, records = dataset
+    settings = dict(num_views=3, size=32, policy="greedy", ts=None, hash_flavour="official", base_t=0.0)
+    wrong = [dict(records[0]), dict(records[1], width=records[1]["width"] + 1)]
+    ds = RecordDataset(wrong, root, views=settings if views else None)
+    assert "error" not in ds[0]
+    err = ds[1]["error"]
+    assert err.startswith("record 2 (img/1.png): the record says ") and f"{records[1]['width'] + 1}x" in err, err
+    inverted = [dict(records[0], regions=[{"id": "a", "box": [50, 40, 10, 60]}])]
+    err = RecordDataset(inverted, root, views=settings if views else None)[0]["error"]
+    assert err.startswith("record 1 (img/0.png): region 0 (id 'a'): inverted box"), err
+    unsized = [{k: v for k, v in records[0].items() if k not in ("width", "height")}]
+    assert "error" not in RecordDataset(unsized, root, views=settings if views else None)[0]

@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from dynrefer.errors import InputError
 from dynrefer.phash import hamming, phash_official_single, phash_views, rgb_to_gray_official
 from dynrefer.view_selection import (
     MAX_VIEWS,
     POLICIES,
+    check_model_views,
     check_policy_args,
     greedy_scores,
     greedy_select,
     random_select,
     select_views,
+    views_of_policy,
 )
 from dynrefer.views import CANDIDATE_TS, render_crops, view_geometry
 
@@ -215,6 +218,37 @@ def test_policy_validation_errors(photos, policy, num_views, ts, pattern):
     photo = photos["chelsea"]
     with pytest.raises(ValueError, match=pattern):
         select_views(photo.tensor, [photo.boxes["medium"]], num_views=num_views, policy=policy, ts=ts)
+
+
+@pytest.mark.parametrize("boxes, pattern", [
+    ([[50, 50, 10, 10]], "box 0 .* inverted or outside"),
+    ([[0, 0, 20, 20], [600, 600, 700, 700]], "box 1 .* outside the"),
+    ([[float("nan"), 0, 10, 10]], "not finite"),
+    ([[1, 2, 3]], r"\(R, 4\)"),
+    ([["a", 1, 2, 3]], "must be numbers"),
+])
+def test_select_views_rejects_boxes_that_give_meaningless_views(photos, boxes, pattern):
+    with pytest.raises(InputError, match=pattern):
+        select_views(photos["chelsea"].tensor, boxes)
+
+
+def test_select_views_names_a_wrong_image_layout(photos):
+    hwc = photos["chelsea"].tensor.permute(1, 2, 0)
+    with pytest.raises(InputError, match=r"\(3, H, W\) uint8 .* got a \(300, 451, 3\)"):
+        select_views(hwc, [[1, 2, 30, 40]])
+    with pytest.raises(InputError, match="torch.float32"):
+        select_views(photos["chelsea"].tensor.float() / 255, [[1, 2, 30, 40]])
+
+
+def test_views_of_policy_and_model_check():
+    assert views_of_policy("greedy", 3) == 3
+    assert views_of_policy("fixed", 3, [0.5, 1.0]) == 3 and views_of_policy("fixed", 3, [0.0, 0.5, 1.0]) == 3
+    assert views_of_policy("fixed", 1, []) == 1
+    check_model_views("fixed", 3, [0.0, 0.5, 1.0])
+    with pytest.raises(InputError, match=r"fuses 3 views per region, but policy 'fixed' with ts=\[0.5\] gives 2"):
+        check_model_views("fixed", 3, [0.5])
+    with pytest.raises(InputError, match="views.fixed_ts=.* gives 4"):
+        check_model_views("fixed", 3, [0.1, 0.2, 0.3], where="views.fixed_ts")
 
 
 def test_valid_policy_args_and_hash_flavour(photos):

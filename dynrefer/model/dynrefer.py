@@ -29,6 +29,7 @@ from .heads.contrastive import ContrastiveHead
 from .heads.language import LanguageHead, control_string
 from .heads.tags import TagHead
 from .qformer import RegionQFormer
+from ..view_selection import check_model_views
 from .roi import ViewRoIAlign
 
 
@@ -56,6 +57,8 @@ class DynRefer(nn.Module):
         self.roi = ViewRoIAlign(config.roi.output_size or grid, self.encoder.patch_size,
                                 config.roi.sampling_ratio, config.roi.aligned)
         n = config.views.num_views
+        if config.views.policy == "fixed" or config.views.train_policy == "fixed":
+            check_model_views("fixed", n, config.views.fixed_ts, where="views.fixed_ts")
         self.align = (DeformableAlignment(c, groups=config.align.groups, kernel_size=config.align.kernel_size,
                                           init=config.align.init)
                       if config.align.enabled and n > 1 else None)

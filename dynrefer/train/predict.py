@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..images import load_image
+from ..regions import parse_regions
 from ..records import read_jsonl, write_jsonl
 
 REGION_INPUT_KEYS = ("id", "box", "bbox", "mask", "polygon", "segmentation", "rle", "score")
@@ -95,14 +96,35 @@ class RecordDataset(Dataset):
             spec = rec["regions"][j]
             regions.append({key: spec[key] for key in REGION_INPUT_KEYS if key in spec} | {"id": spec.get("id", j)})
         item = {"record": i, "regions_index": todo, "label": rec["image"]}
-        if self.views is None:
-            return item | {"image": load_image(self.root / rec["image"]), "regions": regions}
-        from ..predictor import prepare_image
-
+        # a bad image or region gives an item with the message, raised by predict_step in the main
+        # process: one clear line naming the record, no worker traceback
         try:
-            return item | {"prepared": prepare_image(self.root / rec["image"], regions, self.views, label=rec["image"])}
-        except InputError as err:  # raised by predict_step in the main process: one clear line, no worker traceback
-            return item | {"error": f"{rec['image']}: {err}"}
+            if self.views is None:
+                image = load_image(self.root / rec["image"])
+                size = (int(image.shape[2]), int(image.shape[1]))
+                check_record_size(rec, size)
+                parse_regions(regions, size)  # checked here to name the record; the engine parses them again
+                return item | {"image": image, "regions": regions}
+            from ..predictor import prepare_image
+
+            prepared = prepare_image(self.root / rec["image"], regions, self.views, label=rec["image"])
+            check_record_size(rec, prepared.size)
+            return item | {"prepared": prepared}
+        except InputError as err:
+            return item | {"error": f"record {i + 1} ({rec['image']}): {err}"}
+
+
+def check_record_size(record: dict, size: tuple[int, int]) -> None:
+    """Raise :class:`InputError` when a record's ``width`` / ``height`` (where given) are not the image's
+    ``size`` (W, H): its boxes would be in another frame (a resized image, another file, or an EXIF
+    rotation the annotation did not apply)."""
+    given = (record.get("width"), record.get("height"))
+    if given == (None, None):
+        return
+    if given != tuple(size):
+        raise InputError(f"the record says {given[0]}x{given[1]} (width x height) but the image is "
+                         f"{size[0]}x{size[1]}; its regions would be in another frame (resized image, another "
+                         "file, or an EXIF rotation)")
 
 
 def collate_images(items: list[dict]) -> list[dict]:
