@@ -84,12 +84,26 @@ def check_tasks(tasks) -> tuple[str, ...]:
     return tasks
 
 
+def check_vocabulary(value, name: str) -> list | None:
+    """A vocabulary option: None, a list, or one comma-separated string ("cup,table"). Classes are
+    strings; attributes strings or OVAD-style dicts with a ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    items = list(value)
+    bad = [v for v in items if not (isinstance(v, str) or (name == "attributes" and isinstance(v, dict) and "name" in v))]
+    if bad:
+        raise InputError(f"{name} must be strings (a list, or one comma-separated string), got {bad[0]!r}")
+    return items
+
+
 def check_threshold(tag_threshold) -> None:
     """``tag_threshold`` must be None or a number in [0, 1] (a tag probability)."""
     if tag_threshold is None:
         return
     ok = isinstance(tag_threshold, (int, float, np.integer, np.floating)) and not isinstance(tag_threshold, bool)
-    if not ok or not 0.0 <= float(tag_threshold) <= 1.0:
+    if not ok or not 0.0 <= float(tag_threshold) <= 1.0:  # NaN fails the comparison too
         raise InputError(f"tag_threshold must be a number in [0, 1] (a tag probability), got {tag_threshold!r}")
 
 
@@ -237,8 +251,8 @@ class Engine:
         options are then not used)."""
         tasks = check_tasks(tasks)
         check_threshold(tag_threshold)
-        classes = None if classes is None else list(classes)
-        attributes = None if attributes is None else list(attributes)
+        classes = check_vocabulary(classes, "classes")
+        attributes = check_vocabulary(attributes, "attributes")
         for name, vocab, task in (("classes", classes, "category"), ("attributes", attributes, "attributes")):
             if task in tasks and vocab is not None and not vocab:
                 raise InputError(f"{name} is empty: name at least one, or leave it out for the model's own vocabulary")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .errors import InputError
@@ -24,7 +25,7 @@ DEFAULTS = {
     "model": "builtin", "data": None, "out": None, "tasks": "caption,tags,attributes,category", "image_root": None,
     "devices": 1, "accelerator": "cpu", "all_scores": False, "classes": None, "attributes": None,
     "classes_file": None, "attributes_file": None, "tag_threshold": None, "batch_size": 4, "num_workers": 2,
-    "encoder_batch_size": None, "dtype": None,
+    "encoder_batch_size": None, "dtype": None, "progress": None,
 }  # fmt: skip
 
 
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated: caption,tags,attributes,category (default: all)")
     p.add_argument("--image-root", default=None, help="image paths are relative to this (default: the JSONL's folder)")
     p.add_argument("--devices", type=int, default=None, help="processes / devices (DDP when > 1)")
-    p.add_argument("--accelerator", default=None, help="cpu (default), gpu or auto")
+    p.add_argument("--accelerator", default=None, help="cpu (default), gpu (= cuda), mps or auto")
     p.add_argument("--all-scores", action="store_true", default=None, help="every tag and every class with its score")
     p.add_argument("--classes", default=None, help="comma-separated class names (default: the model's)")
     p.add_argument("--attributes", default=None, help="comma-separated attribute names (default: the model's)")
@@ -47,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers: decode the images, parse the regions, plan and render the views (default 2)")
     p.add_argument("--encoder-batch-size", type=int, default=None, help="views per encoder call (default: 256 on a GPU, sized to the cache on CPU)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16"), help="autocast precision")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="the progress bar (regions, regions/s) on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
@@ -108,9 +111,20 @@ def resolve_options(args) -> dict:
     for key in ("devices", "batch_size", "encoder_batch_size"):  # encoder_batch_size None: chosen for the device
         if opts[key] is not None and int(opts[key]) < 1:
             raise InputError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
+    accelerator = str(opts["accelerator"])
+    if accelerator not in ACCELERATORS:
+        raise InputError(f"--accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--accelerator {accelerator}: no CUDA GPU is visible to PyTorch here (use cpu or auto)")
     if int(opts["num_workers"]) < 0:
         raise InputError(f"--num-workers must be 0 or more, got {opts['num_workers']}")
     return opts
+
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
 def quiet_lightning() -> None:
@@ -133,7 +147,8 @@ def run(args) -> int:
                           classes=opts["classes"], attributes=opts["attributes"], tag_threshold=opts["tag_threshold"],
                           devices=int(opts["devices"]), accelerator=opts["accelerator"],
                           batch_size=int(opts["batch_size"]), num_workers=int(opts["num_workers"]),
-                          encoder_batch_size=_optional_int(opts["encoder_batch_size"]), dtype=opts["dtype"])
+                          encoder_batch_size=_optional_int(opts["encoder_batch_size"]), dtype=opts["dtype"],
+                          progress=sys.stderr.isatty() if opts["progress"] is None else bool(opts["progress"]))
     print(json.dumps(summary))
     return 0
 

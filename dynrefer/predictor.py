@@ -59,7 +59,7 @@ class Predictor:
 
     def describe_many(self, images, regions, *, tasks=TASKS, num_views=None, policy=None, ts=None, box_format="xyxy",
                       classes=None, attributes=None, all_scores=False, tag_threshold=None, image_labels=None,
-                      hash_flavour=None, generator=None) -> list[dict]:
+                      hash_flavour=None, generator=None, views=None) -> list[dict]:
         """Describe the regions of several images in one engine pass; one record per image.
 
         ``regions``: one list per image (boxes, polygons, masks, RLE; see
@@ -67,8 +67,12 @@ class Predictor:
         override the model's view settings (``generator``: a ``torch.Generator`` for the
         ``random`` policy); ``classes`` / ``attributes`` default to the model's vocabularies;
         ``all_scores`` lists every tag and every class (the captions are the same either way: their
-        control string is the tags above the threshold).
+        control string is the tags above the threshold). ``views`` (SPEC §2) sets the views in one
+        argument: a policy name (``"greedy"``), a list of ``t`` values (the ``fixed`` policy), or a dict of
+        ``num_views`` / ``policy`` / ``ts`` / ``hash_flavour``.
         """
+        if views is not None:
+            num_views, policy, ts, hash_flavour = _view_options(views, num_views, policy, ts, hash_flavour)
         tasks = check_tasks(tasks)
         if len(images) != len(regions):
             raise InputError(f"got {len(images)} images but {len(regions)} region lists")
@@ -113,6 +117,28 @@ class Predictor:
             for region, out in zip(regs, outs):
                 record["regions"].append(region_output(region, next(views), out, tasks, all_scores, threshold))
         return records
+
+
+def _view_options(views, num_views, policy, ts, hash_flavour):
+    """``(num_views, policy, ts, hash_flavour)`` from ``describe``'s ``views`` argument and the separate options
+    (giving one both ways is an error)."""
+    if isinstance(views, str):
+        views = {"policy": views}
+    elif isinstance(views, (list, tuple)):
+        views = {"policy": "fixed", "ts": list(views)}
+    elif isinstance(views, int) and not isinstance(views, bool):
+        views = {"num_views": views}
+    if not isinstance(views, dict):
+        raise InputError(f"views must be a policy name, a list of t values or a dict, got {type(views).__name__}")
+    unknown = sorted(set(views) - {"num_views", "policy", "ts", "hash_flavour"})
+    if unknown:
+        raise InputError(f"unknown views key(s) {', '.join(unknown)}; expected num_views, policy, ts, hash_flavour")
+    given = {"num_views": num_views, "policy": policy, "ts": ts, "hash_flavour": hash_flavour}
+    both = sorted(k for k in views if given[k] is not None)
+    if both:
+        raise InputError(f"{', '.join(both)} given both in views= and on its own")
+    given.update(views)
+    return given["num_views"], given["policy"], given["ts"], given["hash_flavour"]
 
 
 class PreparedImage:
@@ -173,7 +199,12 @@ def describe(image, regions, *, model="builtin", **kwargs):
     list of region lists; a list of records). ``model``: ``"builtin"``, a folder or a
     ``DynRefer``; folders are loaded once per process."""
     if isinstance(model, (str, Path)):
-        key = str(model)
+        # the folder itself (absolute; and its weights' modification time): a relative path after a chdir, or
+        # a folder saved again, loads what is there now
+        key = "builtin" if str(model) == "builtin" else str(Path(model).resolve())
+        weights = Path(key) / "model.safetensors"
+        if key != "builtin" and weights.is_file():
+            key = f"{key}@{weights.stat().st_mtime_ns}"
         if key not in _PREDICTORS:
             _PREDICTORS[key] = Predictor(model)
         predictor = _PREDICTORS[key]

@@ -62,6 +62,13 @@ def read_jsonl(path) -> list[dict]:
     return list(iter_jsonl(path))
 
 
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_jsonl(path, records: Iterable[dict]) -> int:
     """Write records atomically (temporary file + rename: an interruption never leaves a
     truncated file). Returns the number of records written."""
@@ -70,6 +77,7 @@ def write_jsonl(path, records: Iterable[dict]) -> int:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; a plain open() would follow the umask
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False))
@@ -82,6 +90,21 @@ def write_jsonl(path, records: Iterable[dict]) -> int:
     return count
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, default_file_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json(path, obj, *, indent: int = 1, default=None) -> None:
     """Write one JSON document atomically (temporary file + rename), with a final newline;
     ``default`` as in :func:`json.dump` (e.g. ``str`` for paths)."""
@@ -89,6 +112,7 @@ def write_json(path, obj, *, indent: int = 1, default=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, ensure_ascii=False, indent=indent, default=default)
             fh.write("\n")

@@ -4,7 +4,8 @@
 Every runner (``refcocog.py``, ``vg_caption.py``, ``vg_densecap.py``, ``ovad.py``, ``coco.py``)
 states its protocol at the top and calls :func:`main` with its settings. Steps:
 
-1. the ground-truth records of ``--split`` (all records when the file has no ``split``) are
+1. the ground-truth records of ``--split`` (default: the file's only split, else ``test``; all records when
+   the file has no ``split``) are
    written as the prediction input ``OUT/input.jsonl`` (boxes, masks, ids — or, for dense
    captioning with ``--proposals``, the proposal file's records, scores kept);
 2. :func:`dynrefer.train.predict.run_predict` writes ``OUT/predictions.jsonl`` (resumable: a
@@ -39,7 +40,23 @@ def _input_records(gt_path: Path, split: str | None, proposals: Path | None) -> 
             | ({"split": r["split"]} if "split" in r else {}) for r in records]
 
 
-def run(task: str, *, model, data, out_dir, split="test", image_root=None, proposals=None, tasks=None,
+def resolve_split(data: Path, split: str | None) -> str | None:
+    """The split to run: the one given; else the file's only split; else ``test`` when the file has one; else
+    None when its records carry no split. Several splits and no ``test``: an error listing them."""
+    from dynrefer.errors import InputError
+    from dynrefer.records import iter_jsonl
+
+    splits = sorted({r["split"] for r in iter_jsonl(data) if "split" in r})
+    if split is not None or not splits:
+        return split
+    if len(splits) == 1:
+        return splits[0]
+    if "test" in splits:
+        return "test"
+    raise InputError(f"'{data}' has the splits {', '.join(splits)}: choose one with --split")
+
+
+def run(task: str, *, model, data, out_dir, split=None, image_root=None, proposals=None, tasks=None,
         tag_threshold=None, all_scores=False, attributes_file=None, classes_file=None, devices=1, accelerator="cpu",
         batch_size=4, num_workers=2, dtype=None, strict=False) -> dict:
     """Predict and evaluate one benchmark; returns the report (also ``out_dir/report.json``)."""
@@ -49,6 +66,7 @@ def run(task: str, *, model, data, out_dir, split="test", image_root=None, propo
     from dynrefer.train.predict import run_predict
 
     data, out_dir = Path(data), Path(out_dir)
+    split = resolve_split(data, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = Path(image_root) if image_root else data.parent
     inputs = out_dir / "input.jsonl"
@@ -79,7 +97,8 @@ def main(task: str, description: str, *, tasks, argv=None, tag_threshold=None, a
     p.add_argument("--model", required=True, help="model folder (save_pretrained output) or 'builtin'")
     p.add_argument("--data", required=True, help="ground-truth JSONL from 'dynrefer prepare'")
     p.add_argument("--out-dir", required=True, help="where input.jsonl, predictions.jsonl and report.json go")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default=None, help="the ground-truth split to run (default: the file's only split, "
+                                                 "else 'test')")
     p.add_argument("--image-root", default=None)
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--accelerator", default="cpu")

@@ -224,3 +224,17 @@ def test_cli_mask_files_read_by_value_not_colour(model_dir, photo, tmp_path, cap
         out, err = capsys.readouterr()
         assert code == 0, (name, err)
         assert json.loads(out)["regions"][0]["box"] == [200.0, 50.0, 330.0, 120.0], name
+
+
+def test_views_argument_of_spec_section_2(predictor, photo):
+    box = [[10, 20, 200, 180]]
+    fixed = predictor.describe(photo, box, views=[0.5, 1.0], tasks="category")["regions"][0]
+    assert [v["t"] for v in fixed["views"]] == [0.0, 0.5, 1.0]
+    same = predictor.describe(photo, box, policy="fixed", ts=[0.5, 1.0], tasks="category")["regions"][0]
+    assert fixed == same
+    greedy = predictor.describe(photo, box, views={"policy": "greedy", "num_views": 3}, tasks="category")
+    assert greedy == predictor.describe(photo, box, tasks="category")
+    with pytest.raises(InputError, match="policy given both"):
+        predictor.describe(photo, box, views="greedy", policy="fixed")
+    with pytest.raises(InputError, match="unknown views key"):
+        predictor.describe(photo, box, views={"n": 3})

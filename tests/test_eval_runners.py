@@ -111,3 +111,25 @@ def test_runner_bad_input_is_one_line_and_status_2(fixture, tmp_path, monkeypatc
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("error: no records of split 'nosuch' in '" + str(data) + "'"), err
+
+
+def test_runner_split_defaults_to_the_files_only_split_else_test(tmp_path, monkeypatch):
+    """``--split`` left out: the file's only split (GLaMM RefCOCOg is prepared as ``val``), else ``test``;
+    several splits without ``test`` need it named."""
+    monkeypatch.syspath_prepend(str(EVAL))
+    from runner import resolve_split
+
+    from dynrefer.errors import InputError
+
+    def data(*splits):
+        path = tmp_path / f"{'_'.join(map(str, splits)) or 'none'}.jsonl"
+        path.write_text("".join(json.dumps({"image": f"{i}.png", "regions": []} | ({"split": s} if s else {})) + "\n"
+                                for i, s in enumerate(splits)))
+        return path
+
+    assert resolve_split(data("val", "val"), None) == "val"
+    assert resolve_split(data("train", "val", "test"), None) == "test"
+    assert resolve_split(data(None, None), None) is None
+    assert resolve_split(data("train", "val"), "val") == "val"
+    with pytest.raises(InputError, match="has the splits train, val: choose one with --split"):
+        resolve_split(data("train", "val"), None)

@@ -148,10 +148,27 @@ def test_image_paths_match_across_folders(files, capsys):
 
 
 def test_split(files, capsys):
-    _, pred, gt, _ = files
+    tmp, pred, gt, _ = files
     code, out, err = run(["evaluate", "recognition", "--predictions", pred, "--ground-truth", gt,
                           "--split", "val"], capsys)
-    assert_one_line_error(code, out, err, "image 'images/a.jpg': image not in", "(split 'val')")
+    assert_one_line_error(code, out, err, "no predicted image is in", "(split 'val')")
+    # predictions over the whole file, scored on one split: the other split's images are left out and counted
+    mixed = [dict(GT[0]), dict(GT[1], split="train")]
+    gt2 = write_jsonl(tmp / "gt_mixed.jsonl", mixed)
+    wrong = perfect_predictions()
+    wrong[1]["regions"][0]["category"] = ["car", 0.9]  # image b is wrong, but it is not in the test split
+    pred2 = write_jsonl(tmp / "pred_mixed.jsonl", wrong)
+    code, out, err = run(["evaluate", "recognition", "--predictions", pred2, "--ground-truth", gt2,
+                          "--split", "test"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["accuracy"] == pytest.approx(100) and report["predicted_images_of_other_splits"] == 1
+    code, out, err = run(["evaluate", "recognition", "--predictions", pred2, "--ground-truth", gt2], capsys)
+    assert json.loads(out)["accuracy"] == pytest.approx(200 / 3) and "predicted_images_of_other_splits" not in out
+    # an image in no split of the ground truth is still an error
+    stray = perfect_predictions() + [dict(perfect_predictions()[1], image="images/zzz.jpg")]
+    code, out, err = run(["evaluate", "recognition", "--predictions", write_jsonl(tmp / "stray.jsonl", stray),
+                          "--ground-truth", gt2, "--split", "test"], capsys)
+    assert_one_line_error(code, out, err, "'images/zzz.jpg'", "image not in")
 
 
 def mutate_predictions(files, change):

@@ -65,11 +65,12 @@ def test_without_class_scores_map_is_null():
     assert report["map"] is None and "categories" in report["notes"]
 
 
-def test_unpredicted_region_is_a_miss_for_map():
+def test_unpredicted_region_is_a_miss_for_map_and_accuracy():
     preds = predictions(lambda r, c: 1.0 if c == r["category"] else 0.0)
     preds[1]["regions"] = preds[1]["regions"][:1]  # region 22 (person) not predicted
     report = evaluate_recognition(preds, GT)
-    assert report["accuracy"] == pytest.approx(100) and report["unpredicted_regions"] == 1
+    # accuracy over the ground-truth boxes (SPEC §6): 3 right of 4
+    assert report["accuracy"] == pytest.approx(75) and report["unpredicted_regions"] == 1
     assert report["map"] == pytest.approx(100 * (51 / 101 + 1 + 1) / 3)  # person recall tops out at 0.5
     with pytest.raises(InputError, match="no prediction for region 22"):
         evaluate_recognition(preds, GT, strict=True)

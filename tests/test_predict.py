@@ -218,3 +218,56 @@ def test_dataset_names_the_record_of_a_bad_image_size_or_region(dataset, views):
     assert err.startswith("record 1 (img/0.png): region 0 (id 'a'): inverted box"), err
     unsized = [{k: v for k, v in records[0].items() if k not in ("width", "height")}]
     assert "error" not in RecordDataset(unsized, root, views=settings if views else None)[0]
+
+
+def test_resume_after_the_input_changed_never_mixes_images(model_dir, dataset, tmp_path, monkeypatch):
+    """Parts of an interrupted run count only where their image and region id are the input's at that
+    position: with the first record dropped from the input, nothing of image 0 lands on image 1."""
+    import os
+
+    root, records = dataset
+    out = tmp_path / "pred.jsonl"
+    original = predict_mod.PredictModule.predict_step
+
+    def failing(self, batch, batch_idx=0):
+        if batch_idx == 2:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
+    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", original)
+    dropped = root / "dropped.jsonl"
+    unsized = [{k: v for k, v in json.loads(json.dumps(r)).items() if k not in ("width", "height")}
+               for r in records[1:]]
+    unsized[0]["regions"][0]["box"] = [5, 5, 60, 50]  # a region of image 1 edited since: predicted again
+    dropped.write_text("".join(json.dumps(r) + "\n" for r in unsized))
+    summary = run_predict(model_dir, dropped, out, batch_size=1, num_workers=0, progress=False)
+    # image 1's regions were done before the crash (at position 1; now 0): 2 of its 3 still as they were
+    assert (summary["skipped"], summary["predicted"]) == (2, 10)
+    clean = tmp_path / "clean.jsonl"
+    run_predict(model_dir, dropped, clean, batch_size=1, num_workers=0, progress=False)
+    _assert_close(_regions(out), _regions(clean))
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    # no width / height in the input: the output records carry the image's own size (SPEC §5)
+    assert [(r["width"], r["height"]) for r in written] == [(r["width"], r["height"]) for r in records[1:]]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    # a rerun into a finished file with other tasks is an error, not the old predictions returned
+    with pytest.raises(InputError, match="written with other settings .* no categories"):
+        run_predict(model_dir, dropped, out, tasks=("category",), all_scores=True, num_workers=0, progress=False)
+
+
+@pytest.mark.parametrize("record, pattern", [
+    ({"image": 5, "regions": []}, "'image' must be a path"),
+    ({"image": "img/0.png", "regions": {"box": [1, 2, 3, 4]}}, "'regions' must be a list of region objects"),
+    ({"image": "img/0.png", "regions": ["abc"]}, "'regions' must be a list of region objects"),
+])
+def test_bad_input_records_are_named(model_dir, dataset, tmp_path, record, pattern):
+    root, _ = dataset
+    data = root / f"bad_{abs(hash(pattern))}.jsonl"
+    data.write_text(json.dumps(record) + "\n")
+    with pytest.raises(InputError, match=rf"record 1.*{pattern}"):
+        run_predict(model_dir, data, tmp_path / "o.jsonl", num_workers=0, progress=False)

@@ -8,8 +8,6 @@ metrics in percent) and writes it to ``--out`` when given.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 TASKS = ("caption", "densecap", "ovad", "recognition")
@@ -34,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--strict", action="store_true",
                    help="every ground-truth image / region must be predicted (densecap: count the boxes of "
                    "unpredicted images in npos instead of skipping them)")
-    p.add_argument("--split", default=None, metavar="S", help="use only ground-truth records of this split")
+    p.add_argument("--split", default=None, metavar="S", help="use only ground-truth records of this split (predictions of images of other "
+                                                       "splits are left out, and counted in the report)")
     p.add_argument("--image-root", default=None, metavar="DIR",
                    help="folder that relative image paths of both files refer to (default: each file's folder)")
     p.set_defaults(func=_run)
@@ -68,7 +67,10 @@ def run_evaluation(task: str, predictions, ground_truth, *, ovad_attributes=None
     evaluator.unknown_image_hint = (" (images match as written, or as paths relative to each file's folder"
                                     + (" / --image-root)" if image_root is None else f" / '{image_root}')"))
     evaluator.process(preds, gts)
-    return {"task": task, **evaluator.evaluate()}
+    report = {"task": task, **evaluator.evaluate()}
+    if evaluator.skipped_other_split:
+        report["predicted_images_of_other_splits"] = evaluator.skipped_other_split  # left out of the scores
+    return report
 
 
 def _run(args) -> int:
@@ -78,13 +80,8 @@ def _run(args) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from ..records import write_text_atomic
+
+        write_text_atomic(out, text + "\n")
     print(text)
     return 0

@@ -191,12 +191,17 @@ class RecordEvaluator:
     def reset(self) -> None:
         self._pred: dict = {}
         self._gt: dict = {}
+        self._other_split: set = set()  # ground-truth images of other splits (their predictions are skipped)
+        #: predicted images left out because their ground truth is in another split than ``split``
+        self.skipped_other_split = 0
 
     def process(self, predictions=(), ground_truth=()) -> None:
         """Add a batch of prediction records and / or ground-truth records."""
         for record in ground_truth:
             if self.split is None or (isinstance(record, dict) and record.get("split") == self.split):
                 self._add(self._gt, record, self.ground_truth_name)
+            elif isinstance(record, dict) and isinstance(record.get("image"), (str, type(None))):
+                self._other_split.add(record.get("image"))
         for record in predictions:
             self._add(self._pred, record, self.predictions_name)
 
@@ -220,8 +225,13 @@ class RecordEvaluator:
         if not self._pred:
             raise InputError(f"{self.predictions_name}: no prediction records")
         split = f" (split {self.split!r})" if self.split is not None else ""
+        self.skipped_other_split = sum(1 for key in self._pred if key not in self._gt and key in self._other_split)
+        if self.skipped_other_split == len(self._pred):
+            raise InputError(f"{self.predictions_name}: no predicted image is in {self.ground_truth_name}{split}")
         for key, pred in self._pred.items():
             gt = self._gt.get(key)
+            if gt is None and key in self._other_split:
+                continue  # an image of another split: predicting a whole file and scoring one split is fine
             if gt is None:
                 raise InputError(f"{where(self.predictions_name, key)}: image not in {self.ground_truth_name}{split}"
                                  f"{self.unknown_image_hint}")

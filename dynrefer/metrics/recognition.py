@@ -3,8 +3,9 @@
 Protocol:
 
 * regions are matched by ``(image, id)``; the model classifies every ground-truth box;
-* ``accuracy``: share of predicted regions whose ``category`` ([name, score], or a name) equals the
-  ground-truth region's ``category`` (names compared verbatim);
+* ``accuracy``: share of the ground-truth boxes (with a ``category``) of the evaluated images whose
+  predicted ``category`` ([name, score], or a name) equals theirs (names compared verbatim); a box
+  without a prediction counts as wrong, as it is a miss in ``map``;
 * ``map``: COCO box mAP (AP averaged over IoU 0.50:0.95, pycocotools ``COCOeval``, ``iouType="bbox"``,
   up to 100 detections per image and class) where every ground-truth box is a detection **for every
   class**, scored with that class's score from the predicted region's ``categories``
@@ -69,7 +70,13 @@ class RecognitionEvaluator(RecordEvaluator):
             if not isinstance(gt_name, str):
                 raise InputError(f"{m.gt_where}: 'category' must be a class name, got {gt_name!r}")
             correct += _category(m.pred_region["category"], m.where) == gt_name
-        report = {"accuracy": percent(correct / len(matches)) if matches else None}
+        # over the ground-truth boxes of the evaluated images (SPEC §6): an unpredicted box is a miss, as in mAP
+        matched = {(m.image, m.gt_region.get("id")) for m in matches}
+        records = {m.image: m.gt_record for m in matches}
+        unpredicted = sum(1 for key, record in records.items() for region in record.get("regions", [])
+                          if region.get("category") is not None and (key, region.get("id")) not in matched)
+        total = len(matches) + unpredicted
+        report = {"accuracy": percent(correct / total) if total else None}
         if with_scores:
             report.update(self._coco_map(matches))
         else:

@@ -97,16 +97,18 @@ def save_pretrained(model, directory, *, include_frozen: bool = True, frozen_dty
 
 def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_hashes: bool = True, strict=True):
     """Build a ``DynRefer`` from a folder written by :func:`save_pretrained`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     src = resolve_model_dir(directory)
-    for required in ("config.json", WEIGHTS):
+    for required in ("config.json", WEIGHTS, "tags.txt", "vocab.json"):  # what save_pretrained writes
         if not (src / required).is_file():
-            raise InputError(f"'{src}' is not a dynrefer model folder: {required} is missing")
+            raise InputError(f"'{src}' is not a complete dynrefer model folder: {required} is missing")
     config = DynReferConfig.from_file(src / "config.json")
-    tags_file = src / "tags.txt"
-    tags = [t for t in tags_file.read_text().splitlines() if t] if tags_file.is_file() else []
-    frozen = json.loads((src / "frozen.json").read_text()) if (src / "frozen.json").is_file() else {}
+    if config.language.enabled and not (src / "tokenizer").is_dir():
+        raise InputError(f"'{src}' is not a complete dynrefer model folder: tokenizer/ is missing "
+                         "(the model has a language head)")
+    tags = [t for t in _read_text(src / "tags.txt").splitlines() if t]
+    frozen = _read_json(src / "frozen.json") if (src / "frozen.json").is_file() else {}
     if encoder_path is not None:
         config.encoder.weights = str(encoder_path)
     if llm_path is not None:
@@ -122,16 +124,37 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
         config.language.tokenizer_path = str(src / "tokenizer")
     if "encoder" not in frozen:
         config.encoder.weights = None  # the folder's tensors hold the encoder
-    vocab = json.loads((src / "vocab.json").read_text()) if (src / "vocab.json").is_file() else {}
+    vocab = _read_json(src / "vocab.json")
+    if not isinstance(vocab, dict):
+        raise InputError(f"cannot read '{src / 'vocab.json'}': expected an object with 'categories' and 'attributes'")
     model = cls(config, tags=tags, categories=vocab.get("categories"), attributes=vocab.get("attributes"))
-    with safe_open(str(src / WEIGHTS), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        state = {k: fh.get_tensor(k) for k in fh.keys()}
-    for alias, target in json.loads(meta.get("aliases", "{}")).items():
+    try:
+        with safe_open(str(src / WEIGHTS), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        aliases = json.loads(meta.get("aliases", "{}"))
+    except (SafetensorError, OSError, ValueError) as err:  # ValueError: the aliases metadata is not JSON
+        raise InputError(f"cannot read '{src / WEIGHTS}': corrupt or truncated safetensors file "
+                         f"({type(err).__name__}: {err})") from None
+    for alias, target in aliases.items():
         state[alias] = state[target]
     load_checked(model, state, skip_prefixes=tuple(p for n in frozen for p in FROZEN_PREFIXES[n]), strict=strict,
                  source=str(src / WEIGHTS))
     return model
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read '{path}': {err}") from None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise InputError(f"cannot read '{path}': not valid JSON ({err})") from None
 
 
 def builtin_dir() -> Path:

@@ -38,8 +38,24 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def read_parts(out: Path) -> dict[tuple[int, int], dict]:
-    """Finished regions ``{(record index, region index): prediction}`` from an earlier run's parts."""
+def _region_id(record: dict, j: int):
+    spec = record["regions"][j]
+    return spec.get("id", j) if isinstance(spec, dict) else j
+
+
+def region_input(record: dict, j: int) -> dict:
+    """What the prediction of region ``j`` of ``record`` depends on in the input (its box, shape, id and
+    score): a part entry is reused only while this is unchanged."""
+    spec = record["regions"][j]
+    return {k: spec[k] for k in REGION_INPUT_KEYS if k in spec}
+
+
+def read_parts(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]:
+    """Finished regions ``{(record index, region index): part entry}`` from an earlier run's parts, placed by
+    their image and region id in ``records`` (an input edited since the interruption gets its new regions
+    predicted, and the old ones where they are now; never another image's)."""
+    where = {(rec.get("image"), _region_id(rec, j)): (i, j)
+             for i, rec in enumerate(records) for j in range(len(rec.get("regions", [])))}
     done: dict[tuple[int, int], dict] = {}
     folder = parts_dir(out)
     for part in sorted(folder.glob("rank*.jsonl")) if folder.is_dir() else []:
@@ -48,8 +64,11 @@ def read_parts(out: Path) -> dict[tuple[int, int], dict]:
                 item = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the last line of an interrupted write
-            if isinstance(item, dict) and {"record", "region", "prediction"} <= set(item):
-                done[(int(item["record"]), int(item["region"]))] = item["prediction"]
+            if not (isinstance(item, dict) and {"prediction", "image", "id"} <= set(item)):
+                continue
+            key = where.get((item["image"], item["id"]))
+            if key is not None and item.get("input") == region_input(records[key[0]], key[1]):  # same region given
+                done[key] = item
     return done
 
 
@@ -166,8 +185,10 @@ class PredictModule(L.LightningModule):
                                                    image_labels=[b["label"] for b in batch], **self.options)
         out = []
         for item, record in zip(batch, records):
+            size = [record["width"], record["height"]]
             for j, region in zip(item["regions_index"], record["regions"]):
-                out.append({"record": item["record"], "region": j, "prediction": region})
+                out.append({"record": item["record"], "region": j, "image": item["label"], "id": region["id"],
+                            "size": size, "prediction": region})
         return out
 
 
@@ -188,9 +209,10 @@ class JsonlPredictionWriter(BasePredictionWriter):
             with open(part, "rb") as fh:
                 fh.seek(-1, os.SEEK_END)
                 cut = fh.read(1) != b"\n"  # an earlier run stopped mid-line: start a fresh line
+        entries = [p | {"input": region_input(self.records[p["record"]], p["region"])} for p in prediction]
         with open(part, "a", encoding="utf-8") as fh:
             fh.write("\n" if cut else "")
-            fh.write("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prediction))
+            fh.write("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in entries))
             fh.flush()
             os.fsync(fh.fileno())
         self.written += len(prediction)
@@ -206,14 +228,19 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
     """Write ``out`` from the parts and ``finished`` (input order); returns the region count.
     The parts are removed once ``out`` is complete."""
     done = dict(finished or {})
-    done.update(read_parts(out))
+    parts = read_parts(out, records)
+    done.update({key: item["prediction"] for key, item in parts.items()})
+    sizes = {i: item["size"] for (i, _), item in parts.items() if item.get("size")}
     result = []
     for i, rec in enumerate(records):
         regions = [done[(i, j)] for j in range(len(rec.get("regions", []))) if (i, j) in done]
         if len(regions) != len(rec.get("regions", [])):
             raise RuntimeError(f"record {i} ({rec.get('image')}): {len(regions)} of {len(rec['regions'])} regions "
                                "predicted; rerun to finish")
-        result.append({"image": rec.get("image"), "width": rec.get("width"), "height": rec.get("height"),
+        width, height = rec.get("width"), rec.get("height")
+        if (width is None or height is None) and i in sizes:  # the image's own size (SPEC §5 records carry it)
+            width, height = sizes[i]
+        result.append({"image": rec.get("image"), "width": width, "height": height,
                        "regions": regions} | ({"split": rec["split"]} if "split" in rec else {}))
     write_jsonl(out, result)
     folder = parts_dir(out)
@@ -222,6 +249,33 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
     if folder.is_dir():
         folder.rmdir()
     return sum(len(r["regions"]) for r in result)
+
+
+def check_records(records: list[dict], data: Path) -> None:
+    """Each input record needs an ``image`` path (a string) and a ``regions`` list of region objects."""
+    for i, rec in enumerate(records, 1):
+        where = f"'{data}' record {i}"
+        if not isinstance(rec.get("image"), str) or not rec["image"]:
+            raise InputError(f"{where}: 'image' must be a path (a non-empty string), got {rec.get('image')!r}")
+        regions = rec.get("regions", [])
+        if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+            raise InputError(f"{where} ({rec['image']}): 'regions' must be a list of region objects "
+                             "({\"box\": ...}, {\"mask\": ...}, ...)")
+
+
+TASK_FIELDS = {"caption": "caption", "tags": "tags", "attributes": "attributes", "category": "category"}
+
+
+def check_finished_fields(finished: dict, out: Path, tasks, all_scores: bool) -> None:
+    """A rerun keeps the regions already in ``out``; they must hold what this run asks for (else ``out`` was
+    written with other tasks and would be returned stale)."""
+    need = {TASK_FIELDS[t] for t in tasks} | ({"categories"} if all_scores and "category" in tasks else set())
+    for prediction in finished.values():
+        missing = sorted(need - set(prediction))
+        if missing:
+            raise InputError(f"'{out}' exists and was written with other settings (its regions have no "
+                             f"{', '.join(missing)}); a rerun only completes an interrupted run: remove it or choose "
+                             "another --out")
 
 
 def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", "attributes", "category"),
@@ -236,8 +290,10 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
         raise InputError(f"--out '{out}' would overwrite the input file")
     records = read_jsonl(data)
     root = Path(image_root) if image_root else data.parent
+    check_records(records, data)
     finished = read_finished(out, records)
-    done = set(finished) | set(read_parts(out))
+    check_finished_fields(finished, out, tasks, all_scores)
+    done = set(finished) | set(read_parts(out, records))
     dataset = RecordDataset(records, root, done)
     total = sum(len(r.get("regions", [])) for r in records)
     summary = {"out": str(out), "images": len(records), "regions": total, "skipped": len(done)}

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 
 class RegionsProgressBar(TQDMProgressBar):
-    """Lightning's bar over image batches, with ``regions`` done and ``regions/s`` as postfix."""
+    """Lightning's bar over image batches, with ``regions`` done and ``regions/s`` as postfix, on stderr
+    (stdout carries the command's JSON summary)."""
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return Tqdm(desc=self.predict_description, position=2 * self.process_position, disable=self.is_disabled,
+                    leave=True, dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
 
     def on_predict_start(self, trainer, pl_module):
         super().on_predict_start(trainer, pl_module)

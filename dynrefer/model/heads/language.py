@@ -76,7 +76,10 @@ def load_tokenizer(source: str | None):
     path = Path(source)
     if not path.is_dir():
         raise InputError(f"cannot read tokenizer folder '{path}': no such folder")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # json / tokenizers parse errors are ValueErrors
+        raise InputError(f"cannot load the tokenizer in '{path}': {type(err).__name__}: {err}") from None
 
 
 def build_language_model(cfg: LanguageConfig, vocab_size: int | None = None):
