@@ -238,3 +238,54 @@ def test_views_argument_of_spec_section_2(predictor, photo):
         predictor.describe(photo, box, views="greedy", policy="fixed")
     with pytest.raises(InputError, match="unknown views key"):
         predictor.describe(photo, box, views={"n": 3})
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate_weights", "corrupt or truncated safetensors file"),
+    ("empty_weights", "corrupt or truncated safetensors file"),
+    ("no_vocab", "vocab.json is missing"),
+    ("no_tags", "tags.txt is missing"),
+    ("bad_vocab", "vocab.json': not valid JSON"),
+    ("bad_tokenizer", "cannot load the tokenizer in"),
+    ("no_tokenizer", "tokenizer/ is missing"),
+])
+def test_damaged_model_folders_are_one_line_errors(model_dir, photo, tmp_path, capsys, damage, message):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    weights = folder / "model.safetensors"
+    {"truncate_weights": lambda: weights.write_bytes(weights.read_bytes()[:5000]),
+     "empty_weights": lambda: weights.write_bytes(b""),
+     "no_vocab": lambda: (folder / "vocab.json").unlink(),
+     "no_tags": lambda: (folder / "tags.txt").unlink(),
+     "bad_vocab": lambda: (folder / "vocab.json").write_text("{"),
+     "bad_tokenizer": lambda: next((folder / "tokenizer").glob("tokenizer*.json")).write_text("{"),
+     "no_tokenizer": lambda: shutil.rmtree(folder / "tokenizer")}[damage]()
+    code = main(["describe", str(photo), "--box", "1", "1", "50", "50", "--model", str(folder), "--tasks", "category"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_classes_as_one_comma_separated_string(predictor, photo):
+    region = predictor.describe(photo, [[10, 20, 200, 180]], tasks="category", classes="cup, table",
+                                all_scores=True)["regions"][0]
+    assert sorted(name for name, _ in region["categories"]) == ["cup", "table"]
+    with pytest.raises(InputError, match="classes must be strings"):
+        predictor.describe(photo, [[10, 20, 200, 180]], tasks="category", classes=["cup", 3])
+
+
+def test_module_describe_loads_the_folder_a_relative_path_names_now(model_dir, photo, tmp_path, monkeypatch):
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copytree(model_dir, tmp_path / name / "m")
+    monkeypatch.chdir(tmp_path / "a")
+    dynrefer.describe(photo, [[10, 20, 200, 180]], model="m", tasks="category")
+    from dynrefer import predictor as predictor_mod
+
+    first = predictor_mod._PREDICTORS.copy()
+    monkeypatch.chdir(tmp_path / "b")
+    dynrefer.describe(photo, [[10, 20, 200, 180]], model="m", tasks="category")
+    added = set(predictor_mod._PREDICTORS) - set(first)
+    assert len(added) == 1 and str((tmp_path / "b" / "m").resolve()) in added.pop()

@@ -126,7 +126,13 @@ def test_cli_predict_with_config_and_errors(model_dir, dataset, tmp_path, capsys
     out = tmp_path / "p.jsonl"
     code = main(["predict", "--config", str(cfg), "--data", str(root / "in.jsonl"), "--out", str(out)])
     assert code == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predicted"] == 14
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["predicted"] == 14  # stdout is the summary alone (no bar: stderr is no terminal)
+    assert "Predicting" not in captured.err
+    code = main(["predict", "--config", str(cfg), "--data", str(root / "in.jsonl"), "--out", str(tmp_path / "q.jsonl"),
+                 "--progress"])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["predicted"] == 14 and "regions_per_s" in captured.err
     import logging
 
     assert logging.getLogger("lightning.pytorch").getEffectiveLevel() == logging.WARNING  # no start-up tips
@@ -140,6 +146,7 @@ def test_cli_predict_with_config_and_errors(model_dir, dataset, tmp_path, capsys
         (["predict", "--config", str(tmp_path / "none.yaml"), "--out", str(out)], "none.yaml"),
         (["predict", "--data", str(root / "in.jsonl"), "--out", str(out), "--tasks", "poem"], "poem"),
         (["predict", "--data", str(root / "in.jsonl"), "--out", str(out), "--batch-size", "0"], "--batch-size"),
+        (["predict", "--data", str(root / "in.jsonl"), "--out", str(out), "--accelerator", "tpu"], "--accelerator"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err
