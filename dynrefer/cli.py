@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             message = str(exc).strip().replace("\n", " ") or type(exc).__name__
             print(f"dynrefer: error: {message}", file=sys.stderr)
-            return EXIT_USAGE
+            return getattr(exc, "exit_code", EXIT_USAGE)
 
 
 if __name__ == "__main__":  # pragma: no cover

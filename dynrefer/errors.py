@@ -24,6 +24,14 @@ class RegionError(InputError):
     """A region (box, polygon, mask, RLE) is invalid; the message names the region and the reason."""
 
 
+class Interrupted(DynReferError):
+    """Work stopped on a signal (SIGINT / SIGTERM) at a safe point; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def run_script(main, name: str):
     """Run a script's ``main()`` and return its result; a :class:`DynReferError` becomes one line
     ``NAME: error: ...`` on stderr and exit status 2 (the CLI's contract, for the scripts in ``eval/``
@@ -34,4 +42,4 @@ def run_script(main, name: str):
         return main()
     except DynReferError as err:
         print(f"{name}: error: {str(err).strip()}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(err, "exit_code", 2)) from None

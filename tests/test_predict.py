@@ -278,3 +278,36 @@ def test_bad_input_records_are_named(model_dir, dataset, tmp_path, record, patte
     data.write_text(json.dumps(record) + "\n")
     with pytest.raises(InputError, match=rf"record 1.*{pattern}"):
         run_predict(model_dir, data, tmp_path / "o.jsonl", num_workers=0, progress=False)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_at_the_batch_end_and_a_rerun_resumes(model_dir, dataset, tmp_path, monkeypatch, capsys, signum):
+    """SIGTERM / SIGINT during a run: the batch in progress is written, the command stops with one line and
+    exit 128 + the signal (Lightning alone ran SIGTERM to the end); a rerun finishes the same file."""
+    import os
+    import signal
+
+    root, _ = dataset
+    clean = tmp_path / "clean.jsonl"
+    run_predict(model_dir, root / "in.jsonl", clean, batch_size=1, num_workers=0, progress=False)
+    original = predict_mod.PredictModule.predict_step
+    sig = getattr(signal, signum)
+
+    def signalled(self, batch, batch_idx=0):
+        if batch_idx == 1:
+            os.kill(os.getpid(), sig)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", signalled)
+    out = tmp_path / "pred.jsonl"
+    argv = ["predict", "--model", str(model_dir), "--data", str(root / "in.jsonl"), "--out", str(out),
+            "--batch-size", "1", "--num-workers", "0"]
+    assert main(argv) == 128 + int(sig)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"stopped by {signum}" in err and "rerun" in err
+    assert not out.exists() and len((parts_dir(out) / "rank0.jsonl").read_text().splitlines()) == 2 + 3
+    assert signal.getsignal(sig) is not None and "StopOnSignal" not in repr(signal.getsignal(sig))  # restored
+    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", original)
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 5
+    assert out.read_bytes() == clean.read_bytes()

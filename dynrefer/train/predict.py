@@ -309,7 +309,9 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
                                          collate_fn=collate_images, persistent_workers=False)
     writer = JsonlPredictionWriter(out, records, finished)
     strategy = "auto" if int(devices) == 1 else ("ddp_spawn" if accelerator == "cpu" else "ddp")
-    callbacks = [writer]
+    from .signals import StopOnSignal
+
+    callbacks = [writer, StopOnSignal()]  # after the writer: a signal stops once the batch is written
     if progress:
         from .progress import RegionsProgressBar
 
