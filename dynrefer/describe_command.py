@@ -37,12 +37,14 @@ def register(subparsers) -> None:
     p.add_argument("--mask", action=_RegionAction, metavar="MASK.png",
                    help="a mask image of the image's size, non-zero pixels = region (palette index, grey or "
                         "16-bit value, any colour channel; transparent pixels excluded) (repeatable)")
-    p.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy")
+    p.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy", help="how --box numbers are read")
     p.add_argument("--model", default="builtin", help="'builtin' (default) or a model folder")
-    p.add_argument("--tasks", default="caption,tags,attributes,category")
+    p.add_argument("--tasks", default="caption,tags,attributes,category",
+                   help="comma-separated: caption,tags,attributes,category (default: all)")
     p.add_argument("--classes", default=None, help="comma-separated class names (default: the model's)")
     p.add_argument("--attributes", default=None, help="comma-separated attribute names (default: the model's)")
-    p.add_argument("--num-views", type=int, default=None)
+    p.add_argument("--num-views", type=int, default=None,
+                   help="views per region; must be the model's own (a check: its fusion is sized for it)")
     p.add_argument("--all-scores", action="store_true", help="list every tag and every class with its score")
     p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
     p.add_argument("--viz", default=None, help="draw each region with its caption into this PNG")

@@ -16,8 +16,16 @@ from dynrefer.views import render_crops, view_geometry
 from dynrefer.model.config import BUILTIN_CLIP, EncoderConfig
 from dynrefer.model.encoder import FrozenCLIP
 
-data, clip = sys.argv[1], sys.argv[2]
-ntr, nte = int(sys.argv[3]), int(sys.argv[4])
+import argparse  # noqa: E402
+
+_parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+_parser.add_argument("scenes", help="SCENES.jsonl of dynrefer synth")
+_parser.add_argument("clip", help="stage-1 CLIP weights (.safetensors)")
+_parser.add_argument("train_images", type=int, help="train scenes to fit the probes on")
+_parser.add_argument("test_images", type=int, help="test scenes to score them on")
+_args = _parser.parse_args()
+data, clip = _args.scenes, _args.clip
+ntr, nte = _args.train_images, _args.test_images
 torch.manual_seed(0)
 recs = read_jsonl(data); root = Path(data).parent
 train = [r for r in recs if r.get("split") == "train"][:ntr]

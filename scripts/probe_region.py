@@ -14,8 +14,16 @@ from dynrefer.images import load_image
 from dynrefer.regions import parse_region
 from dynrefer.predictor import Predictor
 
-data, model = sys.argv[1], sys.argv[2]
-ntr, nte = int(sys.argv[3]), int(sys.argv[4])
+import argparse  # noqa: E402
+
+_parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+_parser.add_argument("scenes", help="SCENES.jsonl of dynrefer synth")
+_parser.add_argument("model", help="model folder or 'builtin'")
+_parser.add_argument("train_images", type=int, help="train scenes to fit the probes on")
+_parser.add_argument("test_images", type=int, help="test scenes to score them on")
+_args = _parser.parse_args()
+data, model = _args.scenes, _args.model
+ntr, nte = _args.train_images, _args.test_images
 recs = read_jsonl(data); root = Path(data).parent
 train = [r for r in recs if r.get("split") == "train"][:ntr]
 test = [r for r in recs if r.get("split") == "test"][:nte]

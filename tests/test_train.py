@@ -280,13 +280,22 @@ def test_ddp_two_cpu_processes(shapes, tmp_path):
 def test_cli_fit(shapes, tmp_path, capsys):
     from dynrefer.cli import main
 
-    code = main(["fit", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"),
-                 "--data.train_file", str(shapes / "data.jsonl"), "--data.size", "64", "--data.batch_size", "4",
-                 "--data.num_workers", "0", "--trainer.max_steps", "2", "--trainer.accelerator", "cpu",
-                 "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-                 "--trainer.logger", "false", "--trainer.limit_val_batches", "0"])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["fit", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"),
+                     "--data.train_file", str(shapes / "data.jsonl"), "--data.size", "64", "--data.batch_size", "4",
+                     "--data.num_workers", "0", "--trainer.max_steps", "2", "--trainer.accelerator", "cpu",
+                     "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                     "--trainer.logger", "false", "--trainer.limit_val_batches", "0"])
     assert code == 0
     assert list(tmp_path.rglob("*.ckpt"))
+    assert not [w for w in caught if "args parameter" in str(w.message)]  # sys.argv held pytest's own arguments
+    code = main(["fit", "--model.model", "nosuch", "--data.train_file", str(shapes / "data.jsonl"),
+                 "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1].startswith("dynrefer: error: unknown model config 'nosuch'"), err
 
 
 def test_train_builtin_pipeline_smoke(tmp_path):
