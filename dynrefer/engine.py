@@ -235,8 +235,16 @@ class Engine:
     def batch(self, images, plan: ViewPlan, pixels: torch.Tensor | None = None) -> dict:
         """The model's input for ``plan``: rendered unique views (``pixels`` when given: normalised,
         on the model's device), ``view_index`` and ``boxes_in_view``."""
+        if pixels is None:
+            pixels = render_plan(images, plan, self.model.config.views.size, self.device)
+        weight = self.model.tag_embeddings  # a model cast as a whole (model.to(torch.bfloat16)) gets its dtype's pixels
+        if weight.is_floating_point() and pixels.dtype != weight.dtype and self.dtype is None:
+            if weight.device.type == "cpu":
+                raise InputError(f"a {weight.dtype} model on the CPU: torchvision's roi_align has no CPU kernel for it; "
+                                 "keep the model in float32 and ask for dtype='bfloat16' (autocast) instead")
+            pixels = pixels.to(weight.dtype)
         return {
-            "pixels": render_plan(images, plan, self.model.config.views.size, self.device) if pixels is None else pixels,
+            "pixels": pixels,
             "view_index": torch.as_tensor(plan.view_index, device=self.device),
             "boxes_in_view": torch.as_tensor(plan.boxes_in_view, dtype=torch.float32, device=self.device),
         }

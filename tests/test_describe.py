@@ -289,3 +289,9 @@ def test_module_describe_loads_the_folder_a_relative_path_names_now(model_dir, p
     dynrefer.describe(photo, [[10, 20, 200, 180]], model="m", tasks="category")
     added = set(predictor_mod._PREDICTORS) - set(first)
     assert len(added) == 1 and str((tmp_path / "b" / "m").resolve()) in added.pop()
+
+
+def test_a_half_precision_model_on_cpu_is_a_clear_error(model_dir, photo):
+    model = dynrefer.DynRefer.from_pretrained(model_dir).to(torch.bfloat16)
+    with pytest.raises(InputError, match="bfloat16 model on the CPU: .* dtype='bfloat16'"):
+        Predictor(model).describe(photo, [[10, 20, 200, 180]], tasks="category")
