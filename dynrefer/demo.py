@@ -90,6 +90,7 @@ def run_demo(out: Path, model="builtin") -> dict:
     (out / "astronaut.json").write_text(json.dumps(photo_record, indent=1) + "\n")
     describe_sheet(load_image(photo), photo_record, out / "astronaut_described.png")
     views = run_views(photo, list(DEMO_REGIONS.values()), sheet=out / "views_sheet.png")
+    views["image"] = photo.name  # relative to the folder, as in astronaut.json
     (out / "views.json").write_text(json.dumps(views, indent=1) + "\n")
 
     rows = []

@@ -158,7 +158,7 @@ def test_console_script_error_and_demo(photo, tmp_path):
     assert [r["box"] for r in photo["regions"]] == [[150, 15, 300, 190], [132, 345, 210, 425], [278, 338, 330, 378],
                                                    [355, 0, 470, 285]]
     record = json.loads((out_dir / "views.json").read_text())
-    assert len(record["regions"]) == 4
+    assert len(record["regions"]) == 4 and record["image"] == photo["image"] == "astronaut.png"
     for name in ("scene_described.png", "astronaut_described.png"):
         with Image.open(out_dir / name) as picture:
             assert picture.size[0] == 900
