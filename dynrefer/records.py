@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
@@ -69,57 +70,47 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_jsonl(path, records: Iterable[dict]) -> int:
-    """Write records atomically (temporary file + rename: an interruption never leaves a
-    truncated file). Returns the number of records written."""
+@contextmanager
+def atomic_writer(path):
+    """A text file handle whose content replaces ``path`` only when the block ends without an error
+    (temporary file in the same folder + rename: an interruption never leaves a truncated file). The file
+    gets the mode a plain ``open(path, "w")`` would (mkstemp's is 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    count = 0
     try:
-        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; a plain open() would follow the umask
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False))
-                fh.write("\n")
-                count += 1
+            yield fh
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path, records: Iterable[dict]) -> int:
+    """Write records atomically (:func:`atomic_writer`). Returns the number of records written."""
+    count = 0
+    with atomic_writer(path) as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False))
+            fh.write("\n")
+            count += 1
     return count
 
 
 def write_text_atomic(path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`atomic_writer`)."""
+    with atomic_writer(path) as fh:
+        fh.write(text)
 
 
 def write_json(path, obj, *, indent: int = 1, default=None) -> None:
-    """Write one JSON document atomically (temporary file + rename), with a final newline;
-    ``default`` as in :func:`json.dump` (e.g. ``str`` for paths)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, ensure_ascii=False, indent=indent, default=default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write one JSON document atomically (:func:`atomic_writer`), with a final newline; ``default`` as in
+    :func:`json.dump` (e.g. ``str`` for paths)."""
+    with atomic_writer(path) as fh:
+        json.dump(obj, fh, ensure_ascii=False, indent=indent, default=default)
+        fh.write("\n")
 
 
 def region_key(record: dict, region: dict) -> tuple:

@@ -79,11 +79,8 @@ def test_predict_equals_describe_and_keeps_input_order(model_dir, dataset, tmp_p
         _assert_close({r["id"]: r for r in pred["regions"]}, {r["id"]: r for r in ref["regions"]})
 
 
-def test_resume_after_interruption_gives_the_same_file(model_dir, dataset, tmp_path, monkeypatch):
-    root, _ = dataset
-    clean = tmp_path / "clean.jsonl"
-    run_predict(model_dir, root / "in.jsonl", clean, batch_size=1, num_workers=0, progress=False)
-    out = tmp_path / "pred.jsonl"
+def _crash_at_third_image(model_dir, data, out, monkeypatch):
+    """A run (one image a batch) that crashes on the third image, leaving the first two in the parts."""
     original = predict_mod.PredictModule.predict_step
 
     def failing(self, batch, batch_idx=0):
@@ -91,15 +88,23 @@ def test_resume_after_interruption_gives_the_same_file(model_dir, dataset, tmp_p
             raise RuntimeError("simulated crash")
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", failing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(predict_mod.PredictModule, "predict_step", failing)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_predict(model_dir, data, out, batch_size=1, num_workers=0, progress=False)
+
+
+def test_resume_after_interruption_gives_the_same_file(model_dir, dataset, tmp_path, monkeypatch):
+    root, _ = dataset
+    clean = tmp_path / "clean.jsonl"
+    run_predict(model_dir, root / "in.jsonl", clean, batch_size=1, num_workers=0, progress=False)
+    out = tmp_path / "pred.jsonl"
+    _crash_at_third_image(model_dir, root / "in.jsonl", out, monkeypatch)
     assert not out.exists()  # never a partial output file
     part = parts_dir(out) / "rank0.jsonl"
     assert len(part.read_text().splitlines()) == 2 + 3  # the first two images' regions
     with part.open("a") as fh:
         fh.write('{"record": 3, "region": 0, "predic')  # a write cut short
-    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", original)
     summary = run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
     assert (summary["skipped"], summary["predicted"]) == (5, 9)
     assert out.read_bytes() == clean.read_bytes()
@@ -234,17 +239,7 @@ def test_resume_after_the_input_changed_never_mixes_images(model_dir, dataset, t
 
     root, records = dataset
     out = tmp_path / "pred.jsonl"
-    original = predict_mod.PredictModule.predict_step
-
-    def failing(self, batch, batch_idx=0):
-        if batch_idx == 2:
-            raise RuntimeError("simulated crash")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", failing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
-    monkeypatch.setattr(predict_mod.PredictModule, "predict_step", original)
+    _crash_at_third_image(model_dir, root / "in.jsonl", out, monkeypatch)
     dropped = root / "dropped.jsonl"
     unsized = [{k: v for k, v in json.loads(json.dumps(r)).items() if k not in ("width", "height")}
                for r in records[1:]]
