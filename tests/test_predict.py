@@ -306,3 +306,20 @@ def test_a_signal_stops_at_the_batch_end_and_a_rerun_resumes(model_dir, dataset,
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == 5
     assert out.read_bytes() == clean.read_bytes()
+
+
+def test_an_interrupted_run_resumes_only_with_its_settings(model_dir, dataset, tmp_path, monkeypatch):
+    """The parts of an interrupted run are not completed with another vocabulary or tasks (the file would
+    mix two runs); with the same settings it resumes, and a run that failed before any batch leaves no trap."""
+    root, _ = dataset
+    out = tmp_path / "pred.jsonl"
+    with pytest.raises(InputError):
+        run_predict(tmp_path / "no_model", root / "in.jsonl", out, num_workers=0, progress=False)
+    _crash_at_third_image(model_dir, root / "in.jsonl", out, monkeypatch)
+    with pytest.raises(InputError, match=r"interrupted run made with other settings \(classes differ\)"):
+        run_predict(model_dir, root / "in.jsonl", out, classes=["cup", "table"], num_workers=0, progress=False)
+    with pytest.raises(InputError, match=r"other settings \(all_scores, tasks differ\)"):
+        run_predict(model_dir, root / "in.jsonl", out, tasks=("category",), all_scores=True, num_workers=0,
+                    progress=False)
+    summary = run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
+    assert summary["skipped"] == 5 and not parts_dir(out).exists()

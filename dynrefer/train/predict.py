@@ -244,8 +244,8 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
                        "regions": regions} | ({"split": rec["split"]} if "split" in rec else {}))
     write_jsonl(out, result)
     folder = parts_dir(out)
-    for part in folder.glob("rank*.jsonl") if folder.is_dir() else []:
-        part.unlink()
+    for part in list(folder.glob("rank*.jsonl")) + [folder / SETTINGS] if folder.is_dir() else []:
+        part.unlink(missing_ok=True)
     if folder.is_dir():
         folder.rmdir()
     return sum(len(r["regions"]) for r in result)
@@ -278,6 +278,38 @@ def check_finished_fields(finished: dict, out: Path, tasks, all_scores: bool) ->
                              "another --out")
 
 
+SETTINGS = "settings.json"
+
+
+def model_identity(model) -> str:
+    """What names the model of a run: ``builtin``, the folder's absolute path, or the class of a model object."""
+    if not isinstance(model, (str, Path)):
+        return f"<{type(model).__name__} object>"
+    return "builtin" if str(model) == "builtin" else str(Path(model).resolve())
+
+
+def check_run_settings(out: Path, settings: dict) -> None:
+    """An interrupted run's parts are resumed only with the settings they were made with (else the output
+    would mix two models or vocabularies): ``OUT.parts/settings.json`` records them at the first run."""
+    folder = parts_dir(out)
+    path = folder / SETTINGS
+    settings = json.loads(json.dumps(settings))  # as stored: lists, not tuples
+    has_parts = folder.is_dir() and any(p.stat().st_size for p in folder.glob("rank*.jsonl"))
+    if not has_parts:  # nothing to resume: this run's settings (a run that failed before any batch leaves no trap)
+        from ..records import write_json
+
+        write_json(path, settings)
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        before = None
+    if isinstance(before, dict) and before != settings:  # None: parts of an older version, resumed as before
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        raise InputError(f"'{folder}' holds an interrupted run made with other settings ({', '.join(changed)} "
+                         "differ): rerun it with those, or delete the folder to start over")
+
+
 def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", "attributes", "category"),
                 all_scores=False, classes=None, attributes=None, tag_threshold=None, devices=1, accelerator="cpu",
                 batch_size=4, num_workers=2, encoder_batch_size=None, dtype=None, progress=True,
@@ -293,6 +325,8 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
     check_records(records, data)
     finished = read_finished(out, records)
     check_finished_fields(finished, out, tasks, all_scores)
+    check_run_settings(out, dict(model=model_identity(model), tasks=sorted(tasks), all_scores=bool(all_scores),
+                                 classes=classes, attributes=attributes, tag_threshold=tag_threshold, dtype=dtype))
     done = set(finished) | set(read_parts(out, records))
     dataset = RecordDataset(records, root, done)
     total = sum(len(r.get("regions", [])) for r in records)
