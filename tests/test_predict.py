@@ -323,3 +323,12 @@ def test_an_interrupted_run_resumes_only_with_its_settings(model_dir, dataset, t
                     progress=False)
     summary = run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
     assert summary["skipped"] == 5 and not parts_dir(out).exists()
+
+
+def test_more_devices_than_images_runs_one_process_per_image(model_dir, dataset, tmp_path):
+    """--devices 2 over one image: Lightning's distributed sampler needs an image per process (it asserted)."""
+    root, records = dataset
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps(dict(records[0], image=str(root / records[0]["image"]))) + "\n")
+    summary = run_predict(model_dir, data, tmp_path / "o.jsonl", devices=2, num_workers=0, progress=False)
+    assert summary["predicted"] == len(records[0]["regions"])

@@ -342,7 +342,8 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate_images, persistent_workers=False)
     writer = JsonlPredictionWriter(out, records, finished)
-    strategy = "auto" if int(devices) == 1 else ("ddp_spawn" if accelerator == "cpu" else "ddp")
+    devices = min(int(devices), len(dataset))  # no more processes than images (Lightning's sampler needs one each)
+    strategy = "auto" if devices == 1 else ("ddp_spawn" if accelerator == "cpu" else "ddp")
     from .signals import StopOnSignal
 
     callbacks = [writer, StopOnSignal()]  # after the writer: a signal stops once the batch is written
