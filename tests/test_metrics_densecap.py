@@ -267,6 +267,19 @@ def test_shifted_boxes(shift, expected_det):
         assert report["map"] == 0 and report["det_map"] == 0
 
 
+def test_ground_truth_boxes_past_the_image_are_clipped():
+    """Visual Genome has regions that run past the image (DenseCap's preprocessing clamps them): the ground
+    truth is clipped, so a prediction of the clipped box matches it; a prediction past the image stays an error."""
+    preds, gts = perfect_scene()
+    gts[0]["regions"][3]["box"] = [60, 0, 130, 30]  # 30 px past the right edge of the 100 px image
+    preds[0]["regions"][3]["box"] = [60, 0, 100, 30]
+    report = evaluate_densecap(preds, gts, meteor=lambda pairs: [1.0] * len(pairs))
+    assert report["det_map"] == pytest.approx(100) and report["npos"] == 12
+    preds[0]["regions"][3]["box"] = [60, 0, 130, 30]
+    with pytest.raises(InputError, match="outside the 100x100 image"):
+        evaluate_densecap(preds, gts, meteor=lambda pairs: [1.0] * len(pairs))
+
+
 def test_skipped_image_rule_and_strict():
     preds, gts = perfect_scene()
     preds = preds[:2]  # the third image has no predictions

@@ -91,7 +91,6 @@ def test_batches():
     (lambda p, g: p[0]["regions"][0].__setitem__("category", 3), r"'category' must be \[name, score\]"),
     (lambda p, g: g[1]["regions"][0].pop("category"), r"ground truth: image 'val2017/2\.jpg', region 21: missing"),
     (lambda p, g: g[1]["regions"][1].__setitem__("box", [150, 50, 100, 100]), "xywh"),
-    (lambda p, g: g[0]["regions"][0].__setitem__("box", [10, 10, 700, 210]), "outside the 640x480 image"),
     (lambda p, g: p[0]["regions"][0].__setitem__("id", "11"), r"region '11': region id not in ground truth"),
 ])
 def test_bad_input(mutate, message):
@@ -100,3 +99,10 @@ def test_bad_input(mutate, message):
     mutate(preds, gts)
     with pytest.raises(InputError, match=message):
         evaluate_recognition(preds, gts)
+
+
+def test_ground_truth_box_past_the_image_is_clipped():
+    gts = copy.deepcopy(GT)
+    gts[0]["regions"][0]["box"] = [10, 10, 700, 210]  # 60 px past the 640 px edge
+    report = evaluate_recognition(predictions(lambda r, c: 0.9 if c == r["category"] else 0.05), gts)
+    assert report["accuracy"] == pytest.approx(100) and report["map"] == pytest.approx(100)

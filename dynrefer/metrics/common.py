@@ -65,11 +65,13 @@ def check_number(value, what: str) -> float:
     return float(value)
 
 
-def check_box(box, size, what: str) -> tuple[float, float, float, float]:
+def check_box(box, size, what: str, *, clip: bool = False) -> tuple[float, float, float, float]:
     """A validated ``[x1, y1, x2, y2]`` box; ``size = (width, height)`` or ``None`` (not checked).
 
     Raises InputError when the box is not 4 finite numbers, has ``x2 < x1`` / ``y2 < y1``, or lies
-    outside the image by more than 1 px: the usual sign of xywh boxes given as xyxy.
+    outside the image by more than 1 px: the usual sign of xywh boxes given as xyxy. With ``clip``
+    (ground truth: Visual Genome has regions that run past the image, which DenseCap's preprocessing
+    clamps) a box is clipped to the image instead.
     """
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise InputError(f"{what}: 'box' must be [x1, y1, x2, y2], got {box!r}")
@@ -77,6 +79,10 @@ def check_box(box, size, what: str) -> tuple[float, float, float, float]:
     problem = None
     if x2 < x1 or y2 < y1:
         problem = "has x2 < x1 or y2 < y1"
+    elif size is not None and clip:
+        w, h = size
+        x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
+        y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
     elif size is not None:
         w, h = size
         if x1 < -1 or y1 < -1 or x2 > w + 1 or y2 > h + 1:

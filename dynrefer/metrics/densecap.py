@@ -141,7 +141,7 @@ class DenseCaptioningEvaluator(RecordEvaluator):
             rwhat = where_id(what, region.get("id", f"#{i}"))
             if region.get("box") is None:
                 _missing(rwhat, "box")
-            boxes.append(check_box(region["box"], size, rwhat))
+            boxes.append(check_box(region["box"], size, rwhat, clip=True))  # VG boxes can run past the image
             caps = region.get("captions")
             if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
                 raise InputError(f"{rwhat}: " + ("missing field 'captions'" if caps is None else

@@ -107,7 +107,7 @@ class RecognitionEvaluator(RecordEvaluator):
                     raise InputError(f"{rwhat}: 'category' must be a class name, got {name!r}")
                 if region.get("box") is None:
                     raise InputError(f"{rwhat}: missing field 'box'")
-                x1, y1, x2, y2 = check_box(region["box"], size, rwhat)
+                x1, y1, x2, y2 = check_box(region["box"], size, rwhat, clip=True)
                 cat = classes.setdefault(name, len(classes) + 1)
                 ann_ids[(key, region.get("id"))] = len(anns) + 1
                 anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat,
