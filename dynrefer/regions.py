@@ -112,6 +112,12 @@ def mask_to_box(mask: np.ndarray) -> Box:
     return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
 
 
+def box_outside_image(box, image_size: tuple[int, int]) -> bool:
+    """Whether an xyxy ``box`` lies entirely outside an image of ``image_size`` (W, H): the boxes
+    :func:`parse_region` rejects (touching the image is enough to be kept, and clipped)."""
+    return _box_outside(tuple(float(v) for v in box), image_size)
+
+
 def _box_outside(box: Box, image_size: tuple[int, int]) -> bool:
     """True when, on either axis, the box interval does not touch the image."""
     x1, y1, x2, y2 = box

@@ -146,7 +146,7 @@ def test_missing_java_is_a_clear_error(monkeypatch):
     (lambda p, g: p[0]["regions"][1].__setitem__("id", 99), r"region 99: region id not in ground truth"),
     (lambda p, g: p[1].__setitem__("image", "coco/9.jpg"), r"image 'coco/9\.jpg': image not in ground truth"),
     (lambda p, g: g[0]["regions"][0].pop("captions"), r"ground truth: image 'coco/1\.jpg', region 1: missing field"),
-    (lambda p, g: g[0]["regions"][0].__setitem__("captions", []), "non-empty list of strings"),
+    (lambda p, g: g[0]["regions"][0].__setitem__("captions", [3]), "'captions' must be a list of strings"),
     (lambda p, g: p[0]["regions"].append({"id": 1, "caption": "x"}), r"^predictions: .*region id appears twice"),
     (lambda p, g: g[0]["regions"].append({"id": 1, "captions": ["x"]}), "region id appears twice"),
     (lambda p, g: p.append({"image": "coco/1.jpg", "regions": []}), "the image has two records"),
@@ -166,3 +166,21 @@ def test_strict_requires_every_region():
         evaluate_captioning(preds, GT, strict=True, split="val")
     with pytest.raises(InputError, match=r"image 'coco/2\.jpg': no predictions for this image"):
         evaluate_captioning(PRED[:1], GT, strict=True, split="val")
+
+
+def test_a_region_without_reference_captions_is_left_out_and_counted(meteor):
+    """prepare keeps a region whose captions all normalise to nothing with ``captions: []``: it is not scored
+    (no reference), the rest is, as if the region were not there."""
+    import copy
+
+    gts = copy.deepcopy(GT)
+    gts[0]["regions"][1]["captions"] = []
+    report = evaluate_captioning(PRED, gts)
+    without = [dict(PRED[0], regions=[r for r in PRED[0]["regions"] if r["id"] != 2]), PRED[1]]
+    expected = evaluate_captioning(without, GT)
+    assert report["regions_without_references"] == 1 and report["num_regions"] == 4
+    for key in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider"):
+        assert report[key] == pytest.approx(expected[key], rel=1e-12)
+    alone = [dict(PRED[0], regions=[PRED[0]["regions"][1]])]
+    with pytest.raises(InputError, match="no predicted region has a reference caption"):
+        evaluate_captioning(alone, gts)

@@ -134,6 +134,20 @@ def test_prepare_cli_bad_input(sources, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_prepare_out_never_replaces_the_source(sources, tmp_path, capsys):
+    gv = sources["glamm-vg"]
+    before = (gv / "test_caption.json").read_bytes()
+    line = _one_error_line(*run(["prepare", "glamm-vg", "--src", gv, "--out", gv / "test_caption.json",
+                                 "--tagger", "simple"], capsys))
+    assert "would overwrite the source data" in line and (gv / "test_caption.json").read_bytes() == before
+    # a COCO output written into the COCO folder: its categories sidecar is not read as an instances file
+    coco = sources["coco"]
+    for _ in range(2):
+        code, out, err = run(["prepare", "coco", "--src", coco, "--out", coco / "instances_val2017.jsonl"], capsys)
+        assert code == 0, err
+    assert (coco / "instances_val2017.categories.json").is_file()
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -42,6 +42,26 @@ def test_coco_records(tmp_path):
     assert regions[1]["mask"]["size"] == [427, 640] and _box_of(regions[1]["mask"]) == [10.0, 10.0, 40.0, 20.0]
 
 
+def test_coco_boxes_outside_the_image_and_masks_of_no_pixel(tmp_path):
+    """What `dynrefer predict` would reject is not written: a box entirely outside its image is dropped
+    (counted), a polygon that covers no pixel leaves the region with its box alone."""
+    src = write_coco(tmp_path / "annotations")
+    data = json.loads((src / "instances_val2017.json").read_text())
+    image = data["images"][0]  # 640 x 427
+    base = dict(data["annotations"][0], iscrowd=0)
+    data["annotations"] += [
+        dict(base, id=7001, image_id=image["id"], bbox=[700, 10, 20, 20],
+             segmentation=[[700, 10, 720, 10, 720, 30]], area=200),
+        dict(base, id=7002, image_id=image["id"], bbox=[10, 10, 0, 5], segmentation=[[10, 10, 10, 15, 10, 12]],
+             area=0),
+    ]
+    (src / "instances_val2017.json").write_text(json.dumps(data))
+    summary = convert_coco(src / "instances_val2017.json", tmp_path / "o.jsonl")
+    assert summary["dropped"]["boxes_outside_image"] == 1
+    regions = {g["id"]: g for r in read_jsonl(tmp_path / "o.jsonl") for g in r["regions"]}
+    assert 7001 not in regions and regions[7002]["box"] == [10.0, 10.0, 10.0, 15.0] and "mask" not in regions[7002]
+
+
 def test_coco_keep_crowd_split_prefix_single_file(tmp_path):
     src = write_coco(tmp_path / "annotations")
     out = tmp_path / "o.jsonl"

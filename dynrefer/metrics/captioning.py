@@ -102,9 +102,10 @@ def score_captions(references: dict, hypotheses: dict, meteor=None) -> dict:
 class CaptioningEvaluator(RecordEvaluator):
     """Region captioning: BLEU-1..4, METEOR, ROUGE-L, CIDEr (percent), keyed by region.
 
-    Predicted regions need ``caption`` (a string); their ground-truth regions ``captions`` (a non-empty
-    list of strings). Ground-truth images or regions without a prediction are left out (counted in
-    the report; an error with ``strict=True``).
+    Predicted regions need ``caption`` (a string); their ground-truth regions ``captions`` (a list of
+    strings; a region whose list is empty has no reference and is left out, counted as
+    ``regions_without_references``). Ground-truth images or regions without a prediction are left out
+    (counted in the report; an error with ``strict=True``).
     """
 
     task = "caption"
@@ -116,15 +117,23 @@ class CaptioningEvaluator(RecordEvaluator):
     def evaluate(self) -> dict:
         matches, missing = self._match(("caption",), ("captions",))
         refs, hyps = {}, {}
+        scored = []
         for i, m in enumerate(matches):
             caption = m.pred_region["caption"]
             if not isinstance(caption, str):
                 raise InputError(f"{m.where}: 'caption' must be a string, got {caption!r}")
             captions = m.gt_region["captions"]
-            if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
-                raise InputError(f"{m.gt_where}: 'captions' must be a non-empty list of strings")
+            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+                raise InputError(f"{m.gt_where}: 'captions' must be a list of strings")
+            if not captions:  # no reference left (prepare drops captions that normalise to nothing): not scored
+                continue
             refs[i] = list(captions)
             hyps[i] = [caption]
+            scored.append(m)
+        unscored = len(matches) - len(scored)
+        matches = scored
+        if not matches and unscored:
+            raise InputError(f"{self.predictions_name}: no predicted region has a reference caption")
         if not matches:
             raise InputError(f"{self.predictions_name}: no predicted regions to evaluate")
         require_java(JAVA_CAPTIONING)
@@ -134,6 +143,8 @@ class CaptioningEvaluator(RecordEvaluator):
         scores = score_captions(references, hypotheses, self.meteor)
         report = {key: 100.0 * value for key, value in scores.items()}
         report.update(num_regions=len(matches), num_images=len({m.image for m in matches}), **missing)
+        if unscored:
+            report["regions_without_references"] = unscored
         return report
 
 

@@ -10,7 +10,9 @@ and the problem (the CLI prints it as one line and exits with 2).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from ..errors import InputError
 from .coco import OVAD, convert_coco, convert_ovad
 from .glamm import GLAMM_REFCOCOG, GLAMM_VG, convert_glamm_refcocog, convert_glamm_vg
 from .refcocog import INSTANCES, REFS, convert_refcocog
@@ -144,8 +146,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
+def _check_out_is_not_a_source(src, out) -> None:
+    """``--out`` must not replace the downloaded data: ``--src`` itself, or an existing file in it that is
+    not a JSONL (the sources are JSON / pickle files)."""
+    src, out = Path(src).resolve(), Path(out).resolve()
+    inside = src.is_dir() and out.parent == src and out.is_file() and out.suffix != ".jsonl"
+    if out == src or inside:
+        raise InputError(f"--out '{out}' would overwrite the source data in --src; write a .jsonl elsewhere")
+
+
 def run(args) -> dict:
     """Run the converter chosen by parsed ``args``; returns its summary."""
+    _check_out_is_not_a_source(args.src, args.out)
     common = {"image_prefix": args.image_prefix}
     name = args.converter
     if name == "refcocog":

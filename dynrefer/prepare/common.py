@@ -297,12 +297,28 @@ class Summary:
         return out
 
 
+def _describable(records: Iterable[dict], summary: Summary) -> Iterator[dict]:
+    """Regions ``dynrefer predict`` can describe: a box entirely outside its image is dropped (counted),
+    and so is a record left with no region."""
+    from ..regions import box_outside_image
+
+    for record in records:
+        size = (record["width"], record["height"])
+        kept = [r for r in record["regions"] if r.get("box") is None or not box_outside_image(r["box"], size)]
+        summary.drop("boxes_outside_image", len(record["regions"]) - len(kept))
+        if kept:
+            yield record if len(kept) == len(record["regions"]) else dict(record, regions=kept)
+        else:
+            summary.drop("images_without_regions")
+
+
 def write_output(out, records: Iterable[dict], summary: Summary) -> dict:
     """Tag the regions (when the summary has a tagger), write the JSONL atomically and return
     the summary dict."""
     out = Path(out)
     if out.is_dir():
         raise InputError(f"--out '{out}' is a directory; give a .jsonl file name")
+    records = _describable(records, summary)
     if summary.tagger is not None:
         records = _tag_records(records, summary.tagger)
     write_jsonl(out, summary.count(records))

@@ -34,7 +34,8 @@ def _polygons(seg: list, width: int, height: int) -> list[list[float]]:
 
 
 def segmentation_to_rle(seg, width: int, height: int, path, where: str) -> dict | None:
-    """A COCO ``segmentation`` as a compressed RLE dict; ``None`` for an empty one.
+    """A COCO ``segmentation`` as a compressed RLE dict; ``None`` for an empty one, or one that covers no
+    pixel (``dynrefer predict`` would reject an empty mask; the region keeps its box).
 
     Raises:
         InputError: a malformed segmentation (the message names the file and ``where``).
@@ -66,5 +67,7 @@ def segmentation_to_rle(seg, width: int, height: int, path, where: str) -> dict 
             raise ValueError("expected a polygon list or an RLE dict with 'size' and 'counts'")
     except (ValueError, TypeError, OverflowError, UnicodeEncodeError) as exc:
         raise InputError(f"'{path}': {where}: malformed segmentation ({exc})") from None
+    if int(mask_utils.area(rle)) == 0:
+        return None  # covers no pixel (a degenerate or sub-pixel polygon): the region keeps its box alone
     counts = rle["counts"]
     return {"size": [height, width], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
