@@ -298,6 +298,24 @@ def test_cli_fit(shapes, tmp_path, capsys):
     assert code == 2 and err.strip().splitlines()[-1].startswith("dynrefer: error: unknown model config 'nosuch'"), err
 
 
+def test_cli_fit_with_the_ddp_strategy_of_the_recipes(shapes, tmp_path):
+    """``strategy: ddp`` (configs/train) relaunches the command line for each process: ``dynrefer fit`` must
+    leave ``sys.argv`` as it is (blanking it made the second process fail)."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "dynrefer", "fit", "--model.model", "tiny", "--model.tags_file",
+            str(shapes / "tags.txt"), "--data.train_file", str(shapes / "data.jsonl"), "--data.size", "64",
+            "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.max_steps", "2", "--trainer.accelerator",
+            "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--trainer.limit_val_batches", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "max_steps=2" in done.stderr and list(tmp_path.rglob("*.ckpt"))
+
+
 def test_train_builtin_pipeline_smoke(tmp_path):
     """scripts/train_builtin.py end to end at toy scale: scenes, tokenizer, stage 1, stage 2, export."""
     import subprocess

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-from unittest import mock
+import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
 from ..errors import DynReferError
-
 from .data import RegionDataModule
 from .module import DynReferModule
 
@@ -19,8 +18,10 @@ def run(argv: list[str]) -> int:
     """Run LightningCLI on ``argv``; a :class:`~dynrefer.errors.DynReferError` (a bad config value, a missing
     file) is one ``dynrefer: error:`` line and exit status 2, as for the other commands."""
     try:
-        # the arguments are passed explicitly: an empty sys.argv keeps LightningCLI from warning that it sees both
-        with mock.patch.object(sys, "argv", sys.argv[:1]):
+        # sys.argv must stay as it is: Lightning's ddp launcher starts the other processes from it. Its warning
+        # that both sys.argv and args are given is about scripts that call LightningCLI by hand, not this entry point.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             LightningCLI(
                 DynReferModule,
                 RegionDataModule,
