@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -45,21 +46,34 @@ def stand_in(config: dict, data: Path, model_dir: Path, export: Path) -> dict:
     for cb in trainer.get("callbacks", []):
         if cb["class_path"].endswith("ExportPretrained"):
             cb["init_args"]["dirpath"] = str(export)
+        if cb["class_path"].endswith("ModelCheckpoint") and "dirpath" in cb["init_args"]:
+            cb["init_args"]["dirpath"] = str(export.parent / "checkpoints")
     return cfg
 
 
 @pytest.mark.parametrize("recipe", ["train/vg1.2_5e.yaml", "train/refcocog_ft.yaml"])
-def test_training_recipes_step(recipe, fixture_data, tmp_path):
+def test_training_recipes_step(recipe, fixture_data, tmp_path, caplog):
     root, data, model_dir = fixture_data
     config = yaml.safe_load((CONFIGS / recipe).read_text())
     assert config["model"]["lr"] == 1e-4 and config["model"]["weight_decay"] == 0.05
     assert config["data"]["num_views"] == 3 and config["data"]["size"] == 224 and config["data"]["batch_size"] == 64
     assert config["trainer"]["max_epochs"] == (5 if "vg1.2" in recipe else 3)
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(stand_in(config, data, model_dir, tmp_path / "export")))
+    cfg = stand_in(config, data, model_dir, tmp_path / "export")
+    # a logger, as a real run has: each run logs into a new version_N folder (where "last" was looked for)
+    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": str(tmp_path / "logs")}}
+    path.write_text(yaml.safe_dump(cfg))
     assert main(["fit", "--config", str(path)]) == 0
     exported = dynrefer.DynRefer.from_pretrained(tmp_path / "export")
     assert exported.config.views.num_views == 3
+    # the recipes' fixed checkpoint folder: --ckpt_path last resumes (it restarted from scratch before)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 1
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        assert main(["fit", "--config", str(path), "--trainer.max_steps", "2", "--ckpt_path", "last"]) == 0
+    assert "Restoring states from the checkpoint path at" in caplog.text and str(last) in caplog.text
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
 
 
 @pytest.mark.parametrize("recipe", ["eval/vg_densecap.yaml", "eval/vg_caption.yaml", "eval/refcocog.yaml"])
