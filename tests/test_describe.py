@@ -295,3 +295,34 @@ def test_a_half_precision_model_on_cpu_is_a_clear_error(model_dir, photo):
     model = dynrefer.DynRefer.from_pretrained(model_dir).to(torch.bfloat16)
     with pytest.raises(InputError, match="bfloat16 model on the CPU: .* dtype='bfloat16'"):
         Predictor(model).describe(photo, [[10, 20, 200, 180]], tasks="category")
+
+
+def test_a_folder_with_its_frozen_parts_stands_alone(photo, tmp_path):
+    """A model built from a local LM folder and saved with every tensor (the default) loads and describes the
+    same once that LM folder is gone: its architecture is saved beside it (language_config.json)."""
+    import shutil
+
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from dynrefer.model.heads.language import build_char_tokenizer
+
+    torch.manual_seed(0)
+    lm_dir = tmp_path / "t5"
+    tokenizer = build_char_tokenizer()
+    T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=48, num_layers=1,
+                                        num_decoder_layers=1, num_heads=4, decoder_start_token_id=0,
+                                        pad_token_id=0, eos_token_id=1)).save_pretrained(lm_dir)
+    tokenizer.save_pretrained(lm_dir)
+    cfg = tiny_config()
+    cfg.language.path, cfg.language.model_config, cfg.language.tokenizer_path = str(lm_dir), None, None
+    model = dynrefer.DynRefer(cfg, tags=["red", "circle"], categories=CLASSES)
+    assert not any(p.requires_grad for p in model.language_head.lm.parameters())  # a pretrained LM: frozen
+    folder = model.save_pretrained(tmp_path / "m")
+    box = [[10, 20, 200, 180]]
+    before = Predictor(dynrefer.DynRefer.from_pretrained(folder)).describe(photo, box)
+    shutil.rmtree(lm_dir)
+    loaded = dynrefer.DynRefer.from_pretrained(folder)
+    assert not any(p.requires_grad for p in loaded.language_head.lm.parameters())
+    after = Predictor(loaded).describe(photo, box)
+    assert after["regions"][0]["caption"] == before["regions"][0]["caption"]
+    assert after["regions"][0]["caption_score"] == pytest.approx(before["regions"][0]["caption_score"], abs=1e-6)

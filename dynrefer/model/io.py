@@ -28,6 +28,7 @@ from ..errors import InputError
 from .config import DynReferConfig
 
 WEIGHTS = "model.safetensors"
+LM_CONFIG = "language_config.json"  # a pretrained LM's architecture, when its tensors are in the folder
 FROZEN_PREFIXES = {"encoder": ("encoder.",), "language": ("language_head.lm.",)}
 
 
@@ -90,6 +91,9 @@ def save_pretrained(model, directory, *, include_frozen: bool = True, frozen_dty
                                                indent=1) + "\n")
     if model.language_head is not None:
         model.language_head.tokenizer.save_pretrained(str(out / "tokenizer"))
+        if model.config.language.path and "language" not in frozen:  # the LM's tensors are in the folder: its
+            lm_config = model.language_head.lm.config.to_dict()   # architecture too, so that the folder stands alone
+            (out / LM_CONFIG).write_text(json.dumps(lm_config, indent=1, default=str) + "\n")
     if frozen:
         (out / "frozen.json").write_text(json.dumps(frozen, indent=2) + "\n")
     return out
@@ -124,6 +128,13 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
         config.language.tokenizer_path = str(src / "tokenizer")
     if "encoder" not in frozen:
         config.encoder.weights = None  # the folder's tensors hold the encoder
+        config.encoder.extra_norm_weights = None  # and ln_vision
+    config.qformer.init_from = None  # the Q-Former and the BLIP-2 projection are in the folder's tensors
+    if "language" not in frozen and config.language.path and (src / LM_CONFIG).is_file():
+        # the LM's tensors are in the folder: build it from its saved architecture, not from the source folder
+        if config.language.frozen is None:
+            config.language.frozen = True  # what a pretrained LM (``path``) is by default
+        config.language.model_config, config.language.path = _read_json(src / LM_CONFIG), None
     vocab = _read_json(src / "vocab.json")
     if not isinstance(vocab, dict):
         raise InputError(f"cannot read '{src / 'vocab.json'}': expected an object with 'categories' and 'attributes'")
