@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import dynrefer
 from dynrefer.train.data import RegionDataModule, RegionDataset, collate_regions
 from dynrefer.train.module import DynReferModule, parameter_groups
 
@@ -403,3 +404,14 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert second["runs"] == 2 and second["total_seconds"] > first["total_seconds"]
     for key in ("synth", "stage1_seconds", "stage2_seconds", "tag_threshold"):
         assert second[key] == first[key], key
+
+
+def test_module_builtin_is_the_shipped_trained_model():
+    """``--model.model builtin`` starts from the shipped model (it built a random one from the config)."""
+    from dynrefer.model.io import builtin_dir
+
+    module = DynReferModule("builtin")
+    shipped = dynrefer.DynRefer.from_pretrained(builtin_dir())
+    own, ref = module.model.state_dict(), shipped.state_dict()
+    assert set(own) == set(ref) and all(torch.equal(own[k], ref[k]) for k in ref)
+    assert module.model.tag_names == shipped.tag_names and len(module.model.tag_names) > 0

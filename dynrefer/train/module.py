@@ -44,8 +44,9 @@ class DynReferModule(L.LightningModule):
     """Train / validate ``DynRefer``.
 
     Args:
-        model: a config name (``tiny`` / ``mid`` / ``official``), a config file, or a
-            pretrained model folder (``save_pretrained`` output) to start from.
+        model: a config name (``tiny`` / ``mid`` / ``official``), a config file, a pretrained model folder
+            (``save_pretrained`` output) to start from, or ``builtin``: the shipped trained model (to train the
+            built-in architecture from scratch, give ``configs/model/builtin.yaml``).
         tags_file: tag vocabulary (one per line) for a model built from a config.
         overrides: nested dict merged into the config (e.g. ``{"views": {"num_views": 1}}``).
         lr, weight_decay, betas: AdamW settings; ``min_lr``: the cosine floor.
@@ -60,7 +61,12 @@ class DynReferModule(L.LightningModule):
 
     @staticmethod
     def _build(model: str, tags_file, overrides: dict) -> DynRefer:
-        path = Path(model)
+        if str(model) == "builtin":  # the shipped trained model, as everywhere else (its config: configs/model/builtin.yaml)
+            from ..model.io import builtin_dir
+
+            path = builtin_dir()
+        else:
+            path = Path(model)
         if path.is_dir():
             if overrides:
                 raise InputError("config overrides cannot be applied to a pretrained model folder")
