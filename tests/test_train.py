@@ -249,6 +249,21 @@ def test_cosine_schedule_per_step_with_only_a_step_budget():
                                  1e-4, 1e-4], abs=1e-12)
 
 
+def test_constant_lr_without_an_epoch_or_step_budget():
+    """Only max_time (max_epochs -1, no max_steps): the cosine has no length; the lr stays (it reached the
+    floor after the first epoch)."""
+    module = DynReferModule("tiny", lr=1e-3)
+    module.trainer = L.Trainer(max_epochs=-1, max_time="00:00:01:00", accelerator="cpu", logger=False)
+    with pytest.warns(UserWarning, match="stays constant"):
+        conf = module.configure_optimizers()
+    sched = conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(3):
+        lrs.append(sched.get_last_lr()[0])
+        sched.step()
+    assert lrs == [1e-3] * 3
+
+
 class RankReport(L.Callback):
     """Each process writes its rank, world size, steps and the gathered contrastive batch size."""
 
@@ -297,6 +312,11 @@ def test_cli_fit(shapes, tmp_path, capsys):
                  "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines()[-1].startswith("dynrefer: error: unknown model config 'nosuch'"), err
+    code = main(["fit", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"), "--data.train_file",
+                 str(shapes / "data.jsonl"), "--data.num_workers", "0", "--trainer.max_steps", "1",
+                 "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])  # --data.size left at 224
+    err = capsys.readouterr().err
+    assert code == 2 and "--data.size 224 does not match the model's views.size 64" in err.strip().splitlines()[-1]
 
 
 def test_cli_fit_with_the_ddp_strategy_of_the_recipes(shapes, tmp_path):

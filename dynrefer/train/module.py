@@ -84,6 +84,20 @@ class DynReferModule(L.LightningModule):
         gather = self._gather if self.trainer is not None and self.trainer.world_size > 1 else None
         return self.model(batch, gather=gather, rank=self.global_rank if gather else 0)
 
+    def setup(self, stage: str) -> None:
+        """The data's views must be the model's: its encoder takes ``views.size`` pixels and its fusion
+        ``views.num_views`` views (a mismatch failed deep inside open_clip or the fusion)."""
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        hparams = getattr(data, "hparams", None)
+        if hparams is None:
+            return
+        views = self.model.config.views
+        for name, want in (("size", views.size), ("num_views", views.num_views)):
+            got = hparams.get(name)
+            if got is not None and got != want:
+                raise InputError(f"--data.{name} {got} does not match the model's views.{name} {want}: "
+                                 f"set --data.{name} {want}")
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self(batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, on_step=True,
@@ -106,8 +120,16 @@ class DynReferModule(L.LightningModule):
         # only a step budget is given (an epoch schedule would otherwise stay at lr forever).
         if by_steps:
             total = int(trainer.max_steps)
+        elif trainer is not None and (trainer.max_epochs is None or trainer.max_epochs < 0):
+            # no epoch or step budget (e.g. only max_time): no length to decay over; a constant lr, not a
+            # cosine that would reach the floor after the first epoch
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn("no max_epochs or max_steps: the learning rate stays constant (the cosine needs a length)")
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         else:
-            total = max(1, int(trainer.max_epochs or 1)) if trainer is not None else 1
+            total = max(1, int(trainer.max_epochs)) if trainer is not None else 1
 
         def cosine(i: int) -> float:
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
