@@ -143,6 +143,8 @@ def test_cli_describe(model_dir, photo, tmp_path, capsys):
     (["--model", "{model}"], "give at least one region"),
     (["--box", "5000", "5000", "6000", "6000", "--model", "{model}"], "outside"),
     (["--box", "1", "1", "5", "5", "--model", "{missing}"], "no such folder"),
+    (["--box", "1", "1", "5", "5", "--model", "{ckpt}"], "is a file, not a model folder (save_pretrained output) (a "
+                                                          "Lightning checkpoint"),
     (["--polygon", "1", "1", "5", "5", "--model", "{model}"], "--polygon needs at least 3"),
     (["--polygon", "1", "1", "5", "5", "9", "9", "7", "--model", "{model}"], "odd count of 7"),
     (["--box", "9", "9", "5", "5", "--model", "{model}"], "inverted"),
@@ -153,7 +155,9 @@ def test_cli_describe(model_dir, photo, tmp_path, capsys):
 ])
 def test_cli_describe_errors(args, reason, model_dir, photo, tmp_path, capsys):
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "small.png")
-    subst = {"{model}": str(model_dir), "{missing}": str(tmp_path / "nope"), "{small_mask}": str(tmp_path / "small.png")}
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    subst = {"{model}": str(model_dir), "{missing}": str(tmp_path / "nope"), "{small_mask}": str(tmp_path / "small.png"),
+             "{ckpt}": str(tmp_path / "last.ckpt")}
     code = main(["describe", str(photo)] + [subst.get(a, a) for a in args])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""

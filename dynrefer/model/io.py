@@ -182,6 +182,10 @@ def resolve_model_dir(directory) -> Path:
                              "(train it with scripts/train_builtin.sh, or pass a model folder)")
         return path
     path = Path(directory)
+    if path.is_file():
+        hint = (" (a Lightning checkpoint: export a model folder with the dynrefer.train.callbacks.ExportPretrained "
+                "callback, see README Training)" if path.suffix == ".ckpt" else "")
+        raise InputError(f"'{path}' is a file, not a model folder (save_pretrained output){hint}")
     if not path.is_dir():
         raise InputError(f"cannot read model folder '{path}': no such folder")
     return path
