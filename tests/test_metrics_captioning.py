@@ -149,7 +149,8 @@ def test_missing_java_is_a_clear_error(monkeypatch):
     (lambda p, g: g[0]["regions"][0].__setitem__("captions", [3]), "'captions' must be a list of strings"),
     (lambda p, g: p[0]["regions"].append({"id": 1, "caption": "x"}), r"^predictions: .*region id appears twice"),
     (lambda p, g: g[0]["regions"].append({"id": 1, "captions": ["x"]}), "region id appears twice"),
-    (lambda p, g: p.append({"image": "coco/1.jpg", "regions": []}), "the image has two records"),
+    (lambda p, g: p.append({"image": "coco/1.jpg", "regions": [{"id": 1, "caption": "x"}]}),
+     "the image has two records"),
 ])
 def test_bad_input(mutate, message):
     import copy
@@ -184,3 +185,26 @@ def test_a_region_without_reference_captions_is_left_out_and_counted(meteor):
     alone = [dict(PRED[0], regions=[PRED[0]["regions"][1]])]
     with pytest.raises(InputError, match="no predicted region has a reference caption"):
         evaluate_captioning(alone, gts)
+
+
+def test_an_image_listed_once_per_split(meteor):
+    """RefCOCOg's Google split puts refs of one image in train and val, and prepare writes a record per image and
+    split (and predict one per input record): the records of an image are merged; with --split only that
+    split's regions are scored, the other split's predictions left out."""
+    import copy
+
+    gts = copy.deepcopy(GT)
+    first = gts[0]
+    gts[0] = dict(first, regions=first["regions"][:2])
+    gts.append(dict(first, split="train", regions=first["regions"][2:]))
+    preds = copy.deepcopy(PRED)
+    preds[0] = dict(PRED[0], regions=PRED[0]["regions"][:2])
+    preds.append(dict(PRED[0], regions=PRED[0]["regions"][2:]))
+    merged = evaluate_captioning(preds, gts, split=None)
+    whole = evaluate_captioning(PRED, GT, split=None)
+    assert merged["num_regions"] == whole["num_regions"] == 5
+    assert merged["cider"] == pytest.approx(whole["cider"], rel=1e-12)
+    val = evaluate_captioning(preds, gts, split="val")
+    assert val["num_regions"] == 4
+    only_val = [dict(PRED[0], regions=PRED[0]["regions"][:2]), PRED[1]]
+    assert val["cider"] == pytest.approx(evaluate_captioning(only_val, GT, split="val")["cider"], rel=1e-12)

@@ -173,6 +173,21 @@ class Match:
     gt_where: str
 
 
+def _merge_records(first: dict, second: dict, what: str) -> dict:
+    """One record for an image listed twice, e.g. once per split (the RefCOCOg Google split puts refs of one
+    image in train and val; ``prepare`` writes a record per image and split): the regions of both, when
+    the two agree on the size and share no region id; else an error."""
+    size = lambda r: (r.get("width"), r.get("height"))  # noqa: E731
+    regions = [r for rec in (first, second) for r in (rec.get("regions") or [])]
+    ids = [r.get("id") for r in regions if isinstance(r, dict)]
+    if size(first) != size(second) or len(ids) != len(set(ids)) or None in ids:
+        raise InputError(f"{what}: the image has two records (with another size, or the same region ids)")
+    merged = {k: v for k, v in first.items() if k != "split"} | {"regions": regions}
+    if first.get("split") == second.get("split") and "split" in first:
+        merged["split"] = first["split"]
+    return merged
+
+
 class RecordEvaluator:
     """Base of the evaluators: collects records; subclasses implement :meth:`evaluate`.
 
@@ -197,7 +212,8 @@ class RecordEvaluator:
     def reset(self) -> None:
         self._pred: dict = {}
         self._gt: dict = {}
-        self._other_split: set = set()  # ground-truth images of other splits (their predictions are skipped)
+        # ground-truth images of other splits → their region ids (predictions of those are left out)
+        self._other_split: dict = {}
         #: predicted images left out because their ground truth is in another split than ``split``
         self.skipped_other_split = 0
 
@@ -207,7 +223,8 @@ class RecordEvaluator:
             if self.split is None or (isinstance(record, dict) and record.get("split") == self.split):
                 self._add(self._gt, record, self.ground_truth_name)
             elif isinstance(record, dict) and isinstance(record.get("image"), (str, type(None))):
-                self._other_split.add(record.get("image"))
+                ids = {r.get("id") for r in record.get("regions") or [] if isinstance(r, dict)}
+                self._other_split.setdefault(record.get("image"), set()).update(ids)
         for record in predictions:
             self._add(self._pred, record, self.predictions_name)
 
@@ -223,7 +240,8 @@ class RecordEvaluator:
         if key in store:
             if store[key] == record:
                 return
-            raise InputError(f"{where(source, key)}: the image has two records")
+            store[key] = _merge_records(store[key], record, where(source, key))
+            return
         store[key] = record
 
     def _images(self):
@@ -268,6 +286,8 @@ class RecordEvaluator:
             for region in check_regions(pred, pred_what, need_ids=True):  # ids are unique
                 rid = region["id"]
                 if rid not in by_id:
+                    if rid in self._other_split.get(key, ()):
+                        continue  # a region of this image in another split (RefCOCOg's Google split has such)
                     raise InputError(f"{where_id(pred_what, rid)}: region id not in {self.ground_truth_name}")
                 seen.add(rid)
                 for field in pred_fields:
