@@ -435,3 +435,17 @@ def test_module_builtin_is_the_shipped_trained_model():
     own, ref = module.model.state_dict(), shipped.state_dict()
     assert set(own) == set(ref) and all(torch.equal(own[k], ref[k]) for k in ref)
     assert module.model.tag_names == shipped.tag_names and len(module.model.tag_names) > 0
+
+
+def test_checkpoint_hyperparameters_hold_absolute_paths(shapes, tmp_path, monkeypatch):
+    """A checkpoint made with a relative --model.tags_file loads from another folder."""
+    monkeypatch.chdir(shapes)
+    module = DynReferModule("tiny", tags_file="tags.txt")
+    assert module.hparams.tags_file == str(shapes / "tags.txt")
+    trainer = L.Trainer(max_steps=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    monkeypatch.chdir(tmp_path)
+    loaded = DynReferModule.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=False)
+    assert loaded.model.tag_names == module.model.tag_names

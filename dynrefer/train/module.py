@@ -56,6 +56,10 @@ class DynReferModule(L.LightningModule):
                  lr: float = 1e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.999),
                  min_lr: float = 0.0):
         super().__init__()
+        if tags_file is not None:  # absolute in the checkpoint's hyperparameters: it loads from any folder
+            tags_file = str(Path(tags_file).resolve())
+        if Path(str(model)).exists():
+            model = str(Path(model).resolve())
         self.save_hyperparameters()
         self.model = self._build(model, tags_file, overrides or {})
 
