@@ -317,6 +317,11 @@ def test_cli_fit(shapes, tmp_path, capsys):
                  "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])  # --data.size left at 224
     err = capsys.readouterr().err
     assert code == 2 and "--data.size 224 does not match the model's views.size 64" in err.strip().splitlines()[-1]
+    for args, reason in ((["--model.colour", "red"], "unrecognized arguments: --model.colour red"),
+                         (["--data.batch_size", "x"], "data.batch_size"), (["--config", "nope.yaml"], "nope.yaml")):
+        code = main(["fit", "--model.model", "tiny", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("dynrefer: error: ") and reason in err, err
 
 
 def test_cli_fit_with_the_ddp_strategy_of_the_recipes(shapes, tmp_path):

@@ -3,6 +3,7 @@ RegionDataModule (any ``--trainer.*``, ``--model.*``, ``--data.*`` option of Lig
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -28,8 +29,14 @@ def run(argv: list[str]) -> int:
                 args=argv,
                 seed_everything_default=42,
                 save_config_kwargs={"overwrite": True},
-                parser_kwargs={"prog": "dynrefer"},
+                parser_kwargs={"prog": "dynrefer", "exit_on_error": False},  # errors raised: one line below
             )
+    except argparse.ArgumentError as err:  # an unknown option, a wrong type, a missing --config file
+        if os.environ.get("DYNREFER_DEBUG") == "1":
+            raise
+        message = " ".join(str(err).split())
+        print(f"dynrefer: error: {message} (dynrefer {argv[0]} --help lists the options)", file=sys.stderr)
+        return 2
     except DynReferError as err:
         if os.environ.get("DYNREFER_DEBUG") == "1":
             raise
