@@ -313,10 +313,18 @@ def test_cli_fit(shapes, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines()[-1].startswith("dynrefer: error: unknown model config 'nosuch'"), err
     code = main(["fit", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"), "--data.train_file",
-                 str(shapes / "data.jsonl"), "--data.num_workers", "0", "--trainer.max_steps", "1",
-                 "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])  # --data.size left at 224
+                 str(shapes / "data.jsonl"), "--data.num_workers", "0", "--data.batch_size", "4", "--trainer.max_steps",
+                 "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])  # --data.size left at 224
     err = capsys.readouterr().err
     assert code == 2 and "--data.size 224 does not match the model's views.size 64" in err.strip().splitlines()[-1]
+    code = main(["fit", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"), "--data.train_file",
+                 str(shapes / "data.jsonl"), "--data.size", "64", "--data.batch_size", "64", "--data.num_workers", "0",
+                 "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "fewer than --data.batch_size 64" in err.strip().splitlines()[-1]  # it exited 0 silently
+    code = main(["validate", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"),
+                 "--data.train_file", str(shapes / "data.jsonl"), "--data.size", "64", "--trainer.logger", "false"])
+    assert code == 2 and "give --data.val_file" in capsys.readouterr().err
     for args, reason in ((["--model.colour", "red"], "unrecognized arguments: --model.colour red"),
                          (["--data.batch_size", "x"], "data.batch_size"), (["--config", "nope.yaml"], "nope.yaml")):
         code = main(["fit", "--model.model", "tiny", *args])

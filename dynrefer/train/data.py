@@ -232,6 +232,12 @@ class RegionDataModule(L.LightningDataModule):
         if h.val_file and self.val_set is None:
             self.val_set = RegionDataset(h.val_file, split=h.val_split, policy=h.val_policy, ts=h.val_ts, train=False,
                                          max_regions=h.max_val_regions, **common)
+        if stage in (None, "fit") and self.train_set is not None and len(self.train_set) < h.batch_size:
+            raise InputError(f"the training data has {len(self.train_set)} region(s) (split {h.train_split!r} of "
+                             f"'{h.train_file}'), fewer than --data.batch_size {h.batch_size}: training drops the "
+                             "last partial batch, so there would be nothing to train on")
+        if stage == "validate" and not h.val_file:
+            raise InputError("validate needs validation data: give --data.val_file")
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         h = self.hparams
