@@ -31,8 +31,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .phash import FLAVOURS
-from .view_selection import check_model_views, select_views
+from .view_selection import check_hash_flavour, check_model_views, select_views
 from .views import normalize, render_crops
 
 TASKS = ("caption", "tags", "attributes", "category")
@@ -226,8 +225,8 @@ class Engine:
         where = "ts"
         if policy == "fixed" and ts is None:
             ts, where = cfg.fixed_ts, "views.fixed_ts"
-        if hash_flavour is not None and hash_flavour not in FLAVOURS:
-            raise InputError(f"unknown pHash flavour {hash_flavour!r}; expected one of {', '.join(FLAVOURS)}")
+        if hash_flavour is not None:
+            check_hash_flavour(hash_flavour)
         check_model_views(policy, cfg.num_views, ts, where=where)
         return dict(num_views=cfg.num_views, size=cfg.size, policy=policy, ts=None if ts is None else list(ts),
                     hash_flavour=hash_flavour or cfg.hash_flavour, base_t=cfg.base_t)

@@ -201,7 +201,9 @@ def describe(image, regions, *, model="builtin", **kwargs):
     if isinstance(model, (str, Path)):
         # the folder itself (absolute; and its weights' modification time): a relative path after a chdir, or
         # a folder saved again, loads what is there now
-        key = "builtin" if str(model) == "builtin" else str(Path(model).resolve())
+        from .model.io import model_identity
+
+        key = model_identity(model)
         weights = Path(key) / "model.safetensors"
         if key != "builtin" and weights.is_file():
             key = f"{key}@{weights.stat().st_mtime_ns}"

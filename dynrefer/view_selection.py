@@ -83,6 +83,12 @@ def check_policy_args(policy: str, num_views: int, ts=None) -> list[float] | Non
     return None
 
 
+def check_hash_flavour(flavour: str) -> None:
+    """``flavour`` must be one of :data:`~dynrefer.phash.FLAVOURS`."""
+    if flavour not in FLAVOURS:
+        raise InputError(f"unknown pHash flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
+
+
 def _check_image(image) -> tuple[int, int]:
     """(W, H) of a (3, H, W) uint8 tensor, else :class:`~dynrefer.errors.InputError`."""
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
@@ -193,8 +199,7 @@ def select_views(
         One :class:`RegionViews` per box, in input order.
     """
     extra_fixed = check_policy_args(policy, num_views, ts)
-    if hash_flavour not in FLAVOURS:
-        raise InputError(f"unknown pHash flavour {hash_flavour!r}; expected one of {FLAVOURS}")
+    check_hash_flavour(hash_flavour)
     image_size = _check_image(image)
     boxes = _check_boxes(boxes, image_size)
     greedy = policy in ("greedy", "greedy_unique")

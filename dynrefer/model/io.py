@@ -173,6 +173,14 @@ def builtin_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "builtin"
 
 
+def model_identity(model) -> str:
+    """What names a model given as ``builtin``, a folder (its absolute path: the same after a chdir) or a model
+    object (its class)."""
+    if not isinstance(model, (str, Path)):
+        return f"<{type(model).__name__} object>"
+    return "builtin" if str(model) == "builtin" else str(Path(model).resolve())
+
+
 def resolve_model_dir(directory) -> Path:
     """``"builtin"`` → the packaged built-in model; anything else → a path."""
     if str(directory) == "builtin":

@@ -31,15 +31,12 @@ def run(argv: list[str]) -> int:
                 save_config_kwargs={"overwrite": True},
                 parser_kwargs={"prog": "dynrefer", "exit_on_error": False},  # errors raised: one line below
             )
-    except argparse.ArgumentError as err:  # an unknown option, a wrong type, a missing --config file
+    except (argparse.ArgumentError, DynReferError) as err:  # ArgumentError: an unknown option, a wrong type, ...
         if os.environ.get("DYNREFER_DEBUG") == "1":
             raise
-        message = " ".join(str(err).split())
-        print(f"dynrefer: error: {message} (dynrefer {argv[0]} --help lists the options)", file=sys.stderr)
-        return 2
-    except DynReferError as err:
-        if os.environ.get("DYNREFER_DEBUG") == "1":
-            raise
-        print(f"dynrefer: error: {str(err).strip()}", file=sys.stderr)
+        message = str(err).strip()
+        if isinstance(err, argparse.ArgumentError):  # jsonargparse's messages can span lines
+            message = " ".join(message.split()) + f" (dynrefer {argv[0]} --help lists the options)"
+        print(f"dynrefer: error: {message}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     return 0

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..images import load_image
+from ..model.io import model_identity
 from ..regions import parse_regions
 from ..records import read_jsonl, write_jsonl
 
@@ -43,6 +44,12 @@ def _region_id(record: dict, j: int):
     return spec.get("id", j) if isinstance(spec, dict) else j
 
 
+def _positions(records: list[dict]) -> dict[tuple, tuple[int, int]]:
+    """``{(image, region id): (record index, region index)}``: where a region of an earlier run's output is now."""
+    return {(rec.get("image"), _region_id(rec, j)): (i, j)
+            for i, rec in enumerate(records) for j in range(len(rec.get("regions", [])))}
+
+
 def region_input(record: dict, j: int) -> dict:
     """What the prediction of region ``j`` of ``record`` depends on in the input (its box, shape, id and
     score): a part entry is reused only while this is unchanged."""
@@ -54,8 +61,7 @@ def read_parts(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]:
     """Finished regions ``{(record index, region index): part entry}`` from an earlier run's parts, placed by
     their image and region id in ``records`` (an input edited since the interruption gets its new regions
     predicted, and the old ones where they are now; never another image's)."""
-    where = {(rec.get("image"), _region_id(rec, j)): (i, j)
-             for i, rec in enumerate(records) for j in range(len(rec.get("regions", [])))}
+    where = _positions(records)
     done: dict[tuple[int, int], dict] = {}
     folder = parts_dir(out)
     for part in sorted(folder.glob("rank*.jsonl")) if folder.is_dir() else []:
@@ -76,8 +82,7 @@ def read_finished(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]
     """Regions already in ``out`` (a finished earlier run), matched to the input by (image, id)."""
     if not out.is_file():
         return {}
-    where = {(rec.get("image"), reg.get("id", j)): (i, j)
-             for i, rec in enumerate(records) for j, reg in enumerate(rec.get("regions", []))}
+    where = _positions(records)
     done = {}
     for rec in read_jsonl(out):
         for reg in rec.get("regions", []):
@@ -110,10 +115,7 @@ class RecordDataset(Dataset):
     def __getitem__(self, k: int) -> dict:
         i, todo = self.items[k]
         rec = self.records[i]
-        regions = []
-        for j in todo:
-            spec = rec["regions"][j]
-            regions.append({key: spec[key] for key in REGION_INPUT_KEYS if key in spec} | {"id": spec.get("id", j)})
+        regions = [region_input(rec, j) | {"id": _region_id(rec, j)} for j in todo]
         item = {"record": i, "regions_index": todo, "label": rec["image"]}
         # a bad image or region gives an item with the message, raised by predict_step in the main
         # process: one clear line naming the record, no worker traceback
@@ -263,13 +265,10 @@ def check_records(records: list[dict], data: Path) -> None:
                              "({\"box\": ...}, {\"mask\": ...}, ...)")
 
 
-TASK_FIELDS = {"caption": "caption", "tags": "tags", "attributes": "attributes", "category": "category"}
-
-
 def check_finished_fields(finished: dict, out: Path, tasks, all_scores: bool) -> None:
     """A rerun keeps the regions already in ``out``; they must hold what this run asks for (else ``out`` was
     written with other tasks and would be returned stale)."""
-    need = {TASK_FIELDS[t] for t in tasks} | ({"categories"} if all_scores and "category" in tasks else set())
+    need = set(tasks) | ({"categories"} if all_scores and "category" in tasks else set())  # a task's field: its name
     for prediction in finished.values():
         missing = sorted(need - set(prediction))
         if missing:
@@ -279,13 +278,6 @@ def check_finished_fields(finished: dict, out: Path, tasks, all_scores: bool) ->
 
 
 SETTINGS = "settings.json"
-
-
-def model_identity(model) -> str:
-    """What names the model of a run: ``builtin``, the folder's absolute path, or the class of a model object."""
-    if not isinstance(model, (str, Path)):
-        return f"<{type(model).__name__} object>"
-    return "builtin" if str(model) == "builtin" else str(Path(model).resolve())
 
 
 def check_run_settings(out: Path, settings: dict) -> None:
