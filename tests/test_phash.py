@@ -351,3 +351,40 @@ def test_hamming_counts():
         assert hamming(bits_to_hex(a), b) == want
         assert hamming(a, a) == 0
         assert hamming(a, b) == hamming(b, a)
+
+
+def test_official_guarded_single_path_equals_the_reference(photos, monkeypatch):
+    """The batched path's fallback (a coefficient within ``margin`` of its mean) takes the 8×8 block of the
+    reference's own ``cv2.resize`` as a float64 product and calls SciPy's DCT only within
+    ``REFERENCE_DCT_GUARD`` of the mean. Its assumption, checked: the reference's float32 DCT is within a
+    twentieth of the guard of that block; and its bits equal ``phash_official_single`` on every crop, with the guard
+    on (few SciPy calls) and off (none)."""
+    import cv2
+
+    from dynrefer import phash
+
+    rng = np.random.default_rng(21)
+    d = phash.dct_matrix(224, 8, "ortho")
+    worst, checked = 0.0, 0
+    calls = []
+    real_single = phash.phash_official_single
+    monkeypatch.setattr(phash, "phash_official_single", lambda crop: calls.append(1) or real_single(crop))
+    for photo in photos.values():
+        gray = ref_gray(photo.array)
+        for c in view_crops(photo, rng, 3):
+            part = gray[c[1] : c[3], c[0] : c[2]]
+            resized = cv2.resize(np.ascontiguousarray(part), (224, 224), interpolation=cv2.INTER_LINEAR)
+            exact = d @ resized.astype(np.float64) @ d.T
+            worst = max(worst, float(np.abs(scipy.fft.dctn(resized, norm="ortho")[:8, :8] - exact).max()))
+            want = real_single(part)
+            assert np.array_equal(phash._official_single_guarded(part), want), (photo.name, c.tolist())
+            checked += 1
+    print(f"[phash] reference float32 DCT vs exact block: max |d| {worst:.3g} over {checked} crops; "
+          f"{len(calls)} SciPy fallbacks")
+    assert checked >= 150 and worst < phash.REFERENCE_DCT_GUARD / 20
+    assert len(calls) < checked // 10
+    monkeypatch.setattr(phash, "REFERENCE_DCT_GUARD", 1e12)  # every crop through SciPy: still the same bits
+    c = view_crops(photos["coffee"], rng, 1)[3]
+    part = ref_gray(photos["coffee"].array)[c[1] : c[3], c[0] : c[2]]
+    calls.clear()
+    assert np.array_equal(phash._official_single_guarded(part), real_single(part)) and len(calls) == 1

@@ -89,6 +89,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
@@ -179,11 +180,23 @@ class DeformableAlignment(nn.Module):
                 f"view and reference must both be (B, {self.channels}, H, W); "
                 f"got {tuple(view.shape)} and {tuple(reference.shape)}"
             )
-        stacked = torch.cat([view, reference], dim=1)
-        if stacked.device.type == "cpu":  # oneDNN's grouped convolution is ~2x faster channels-last on CPU
-            stacked = stacked.contiguous(memory_format=torch.channels_last)
-        hidden = self.offset_mask_dw(stacked)
-        return self.offset_mask(hidden.permute(0, 2, 3, 1))
+        return self.offset_mask(self.offset_mask_hidden(view, reference))
+
+    def offset_mask_hidden(self, view: Tensor, reference: Tensor) -> Tensor:
+        """``offset_mask_dw(cat[view, reference])`` channels-last, (B, H, W, C).
+
+        Computed as a depthwise convolution over the 2C channels (output ``j`` = input ``j`` convolved with
+        ``weight[j // 2, j % 2]``) and the sum of each channel pair plus the bias: the same sum as the grouped
+        convolution (two inputs per group), in another order (rounding only), and ~5x faster on CPU, where
+        oneDNN's two-input grouped convolution is slow; the concatenation is written channels-last directly.
+        """
+        conv = self.offset_mask_dw
+        stacked = torch.cat([view.permute(0, 2, 3, 1), reference.permute(0, 2, 3, 1)], dim=-1)  # (B, H, W, 2C)
+        weight = conv.weight.reshape(2 * self.channels, 1, *conv.weight.shape[2:])
+        each = F.conv2d(stacked.permute(0, 3, 1, 2), weight, None, padding=conv.padding, groups=2 * self.channels)
+        each = each.permute(0, 2, 3, 1)  # channels-last view of (B, 2C, H, W)
+        hidden = each[..., 0::2] + each[..., 1::2]
+        return hidden + conv.bias if conv.bias is not None else hidden
 
     def unpack_offset_mask(self, packed: Tensor) -> tuple[Tensor, Tensor]:
         """Packed DCNv4 (B, H, W, P) -> torchvision ``(offset (B, 2GK, H, W), mask (B, GK, H, W))``."""
@@ -198,55 +211,57 @@ class DeformableAlignment(nn.Module):
         return offset, mask
 
     def forward(self, view: Tensor, reference: Tensor) -> Tensor:
-        offset, mask = self.unpack_offset_mask(self.packed_offset_mask(view, reference))
-        x = self.value_proj(view.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        packed = self.packed_offset_mask(view, reference)
+        x = self.value_proj(view.permute(0, 2, 3, 1))  # (B, H, W, C)
         dtype = x.dtype
         sampler = self.sampler
         if sampler == "auto":
             sampler = "grid_sample" if x.device.type == "cpu" else "deform_conv2d"
-        if x.shape[-1] < 2 or x.shape[-2] < 2:
+        if x.shape[1] < 2 or x.shape[2] < 2:
             sampler = "deform_conv2d"  # grid_sample's normalised coordinates need two pixels per axis
         if sampler == "grid_sample":
             if dtype != torch.float64:  # coordinates in at least float32
-                x, offset, mask = x.float(), offset.float(), mask.float()
-            sampled = deformable_sample(x, offset, mask, self.kernel_size, self.groups)
+                x, packed = x.float(), packed.float()
+            sampled = deformable_sample(x, packed, self.kernel_size, self.groups)  # (B, H, W, C)
         else:
+            offset, mask = self.unpack_offset_mask(packed)
+            x = x.permute(0, 3, 1, 2).contiguous()
             if dtype not in _NATIVE_DTYPES:  # e.g. bfloat16: torchvision has no kernel, sample in float32
                 x, offset, mask = x.float(), offset.float(), mask.float()
             ones = torch.ones(self.channels, 1, self.kernel_size, self.kernel_size, dtype=x.dtype, device=x.device)
             sampled = deform_conv2d(x, offset, ones, mask=mask, padding=(self.kernel_size - 1) // 2)
-        return self.output_proj(sampled.to(dtype).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            sampled = sampled.permute(0, 2, 3, 1)
+        return self.output_proj(sampled.to(dtype)).permute(0, 3, 1, 2)
 
 
-def deformable_sample(x: Tensor, offset: Tensor, mask: Tensor, kernel_size: int, groups: int) -> Tensor:
-    """``deform_conv2d(x, offset, ones(C, 1, k, k), mask=mask, padding=(k-1)//2)`` (stride 1, dilation 1,
-    depthwise unit weights) computed with one ``grid_sample`` call: x (B, C, H, W), offset (B, 2GK, H, W),
-    mask (B, GK, H, W) in torchvision's layout (see the module docstring) → (B, C, H, W).
+def deformable_sample(x: Tensor, packed: Tensor, kernel_size: int, groups: int) -> Tensor:
+    """The modulated deformable sampling of the module docstring, ``s`` from ``x`` (B, H, W, C) channels-last
+    and the packed DCNv4 ``offset_mask`` output (B, H, W, P), with one ``grid_sample`` call → (B, H, W, C).
 
-    Sampling location of point ``t = iy*k + ix`` at output ``q``: ``(q_y - pad + iy + dy, q_x - pad + ix +
-    dx)``, bilinear at integer pixel centres with zero corners outside the map, which is ``grid_sample``'s
-    ``align_corners=True, padding_mode="zeros"`` once the location is normalised by ``(H-1, W-1)`` (so
-    ``H, W >= 2``). Equal to torchvision's kernel up to rounding (1e-14 in float64), and several times
-    faster on CPU, where ``deform_conv2d`` runs single-threaded im2col loops.
+    Sampling location of point ``p = ix*k + iy`` at output ``q``: ``(q_x - pad + ix + dx, q_y - pad + iy +
+    dy)``, bilinear at integer pixel centres with zero corners outside the map, which is ``grid_sample``'s
+    ``align_corners=True, padding_mode="zeros"`` once the location is normalised by ``(W-1, H-1)`` (so
+    ``H, W >= 2``); the packed (dx, dy) pairs are already ``grid_sample``'s (x, y) order. Equal to torchvision's
+    ``deform_conv2d`` (the ``"deform_conv2d"`` sampler, after :meth:`DeformableAlignment.unpack_offset_mask`)
+    up to rounding (1e-14 in float64), and several times faster on CPU, where that kernel runs single-threaded
+    im2col loops.
     """
-    import torch.nn.functional as F
-
-    b, c, h, w = x.shape
-    g, kk = groups, kernel_size * kernel_size
+    b, h, w, c = x.shape
+    g, n = groups, kernel_size * kernel_size
     pad = (kernel_size - 1) // 2
-    off = offset.reshape(b, g, kk, 2, h, w)
-    steps = torch.arange(kernel_size, dtype=x.dtype, device=x.device) - pad
-    iy, ix = steps.repeat_interleave(kernel_size).view(1, 1, kk, 1, 1), steps.repeat(kernel_size).view(1, 1, kk, 1, 1)
-    qy = torch.arange(h, dtype=x.dtype, device=x.device).view(1, 1, 1, h, 1)
-    qx = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, 1, 1, w)
-    loc_y = off[:, :, :, 0] + (qy + iy)
-    loc_x = off[:, :, :, 1] + (qx + ix)
-    grid = torch.stack([loc_x * (2.0 / (w - 1)) - 1.0, loc_y * (2.0 / (h - 1)) - 1.0], dim=-1)
-    sampled = F.grid_sample(x.reshape(b * g, c // g, h, w), grid.view(b * g, kk * h, w, 2), mode="bilinear",
-                            padding_mode="zeros", align_corners=True)
-    sampled = sampled.view(b, g, c // g, kk, h, w)
-    mask = mask.reshape(b, g, 1, kk, h, w)
+    core = packed[..., : 3 * g * n].unflatten(-1, (g, 3 * n))  # (B, H, W, G, 3K)
+    points = torch.arange(n, device=x.device)
+    base_x = torch.arange(w, dtype=x.dtype, device=x.device).view(1, w, 1) + (points // kernel_size - pad).to(x.dtype)
+    base_y = torch.arange(h, dtype=x.dtype, device=x.device).view(h, 1, 1) + (points % kernel_size - pad).to(x.dtype)
+    base = torch.stack(torch.broadcast_tensors(base_x, base_y), dim=-1).unsqueeze(2)  # (H, W, 1, K, 2): q + (ix, iy) - pad
+    scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], dtype=x.dtype, device=x.device)
+    grid = (core[..., : 2 * n].unflatten(-1, (n, 2)) + base) * scale - 1.0  # (B, H, W, G, K, 2)
+    grid = grid.permute(0, 3, 4, 1, 2, 5).reshape(b * g, 1, n * h * w, 2)  # one row: ~20 % faster than (K·H, W)
+    values = x.reshape(b, h, w, g, c // g).permute(0, 3, 4, 1, 2).reshape(b * g, c // g, h, w)
+    sampled = F.grid_sample(values, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    sampled = sampled.view(b, g, c // g, n, h, w)
+    mask = core[..., 2 * n :].permute(0, 3, 4, 1, 2).contiguous().unsqueeze(2)  # (B, G, 1, K, H, W)
     out = sampled[:, :, :, 0] * mask[:, :, :, 0]  # the sum over kernel points, one point at a time: no
-    for t in range(1, kk):                         # (B, G, D, K, H, W) product tensor
+    for t in range(1, n):                          # (B, G, D, K, H, W) product tensor
         out.addcmul_(sampled[:, :, :, t], mask[:, :, :, t])  # in place: autograd needs only the factors
-    return out.reshape(b, c, h, w)
+    return out.permute(0, 3, 4, 1, 2).reshape(b, h, w, c)

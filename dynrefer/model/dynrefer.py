@@ -134,8 +134,9 @@ class DynRefer(nn.Module):
     def encode_regions(self, pixels, boxes_in_view, view_index=None, encoder_batch_size=None) -> torch.Tensor:
         """Region representations R (num_regions, num_query_tokens, hidden)."""
         cls, patches = self.encode_views(pixels, encoder_batch_size)
-        if view_index is not None:
-            cls, patches = cls[view_index], patches[view_index]
+        if view_index is not None and not (view_index.shape[0] == cls.shape[0] and bool(
+                torch.equal(view_index, torch.arange(cls.shape[0], device=view_index.device)))):
+            cls, patches = cls[view_index], patches[view_index]  # (an identity map: every view unique, in order)
         n = self.config.views.num_views
         if cls.shape[0] % n:
             raise ValueError(f"{cls.shape[0]} views is not a multiple of num_views={n}")
@@ -144,11 +145,11 @@ class DynRefer(nn.Module):
         tokens = tokens.reshape(r, n, tokens.shape[1], tokens.shape[2])
         if self.align is not None:
             h = w = self.roi.output_size
-            grid = tokens[:, :, 1:].reshape(r, n, h, w, -1).permute(0, 1, 4, 2, 3)  # (R, n, C, h, w)
-            reference = grid[:, 0]
-            extra = grid[:, 1:].reshape(r * (n - 1), *grid.shape[2:])
-            aligned = self.align(extra, reference.repeat_interleave(n - 1, dim=0))
-            aligned = aligned.reshape(r, n - 1, *grid.shape[2:]).permute(0, 1, 3, 4, 2).reshape(r, n - 1, h * w, -1)
+            maps = tokens[:, :, 1:].unflatten(2, (h, w))  # (R, n, h, w, C), channels-last throughout
+            extra = maps[:, 1:].reshape(r * (n - 1), h, w, -1)
+            reference = maps[:, 0].repeat_interleave(n - 1, dim=0)
+            aligned = self.align(extra.permute(0, 3, 1, 2), reference.permute(0, 3, 1, 2))  # (B, C, h, w)
+            aligned = aligned.permute(0, 2, 3, 1).reshape(r, n - 1, h * w, -1)
             tokens = torch.cat([tokens[:, :1], torch.cat([tokens[:, 1:, :1], aligned], dim=2)], dim=1)
         fused = self.fusion(tokens)
         return self.qformer(fused)

@@ -156,23 +156,30 @@ class FrozenCLIP(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cls (N, C), patches (N, C, h, w))``; for open_clip's own towers ``patches`` is a view of the
+        token tensor (channels-last memory: ``patches.permute(0, 2, 3, 1)`` is the (N, h, w, C) tokens, no
+        copy), for timm trunks a contiguous map."""
+        timm = hasattr(self.visual, "trunk")
         out = self.visual.forward_intermediates(
             pixels,
             indices=1,
             stop_early=True,
             normalize_intermediates=self.cfg.final_norm,
             intermediates_only=True,
-            output_fmt="NCHW",
+            output_fmt="NCHW" if timm else "NLC",
             output_extra_tokens=True,
         )
         patches = out["image_intermediates"][-1]
         cls = out["image_intermediates_prefix"][-1][:, 0]
+        if not timm:  # (N, h·w, C) tokens -> an (N, C, h, w) view
+            h, w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+            patches = patches.unflatten(1, (h, w)).permute(0, 3, 1, 2)
         if self.ln_vision is not None:
             n, c, h, w = patches.shape
             tokens = torch.cat([cls[:, None], patches.flatten(2).transpose(1, 2)], dim=1)
             tokens = self.ln_vision(tokens)
             cls = tokens[:, 0]
-            patches = tokens[:, 1:].transpose(1, 2).reshape(n, c, h, w)
+            patches = tokens[:, 1:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
         return cls, patches
 
     @property

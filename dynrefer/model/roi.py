@@ -58,7 +58,7 @@ def separable_roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size
         features: (N, C, H, W); boxes: (N, 4) xyxy in input pixels; ``sampling_ratio`` > 0.
     Returns:
         (N, C, output_size, output_size), in ``features``' dtype (computed in float32, as torchvision's
-        autocast rule does).
+        autocast rule does), a view of channels-last memory (``.permute(0, 2, 3, 1)`` is contiguous).
     """
     if sampling_ratio <= 0:
         raise ValueError("separable_roi_align needs a fixed sampling_ratio > 0")
@@ -71,10 +71,13 @@ def separable_roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size
     wy = _axis_weights(b[:, 1], h, output_size, sampling_ratio, height)
     wx = _axis_weights(b[:, 0], w, output_size, sampling_ratio, width) / float(sampling_ratio * sampling_ratio)
     with torch.autocast(device_type=features.device.type, enabled=False):
-        f = features.to(torch.float32)
-        cols = torch.matmul(f, wx.transpose(1, 2)[:, None])  # (N, C, H, w)
-        out = torch.matmul(wy[:, None], cols)  # (N, C, h, w)
-    return out.to(features.dtype)
+        # channels-last (N, H, W, C): rows first as one (h, H) @ (H, W·C) product per map, then the columns
+        # as (w, W) @ (W, C) per output row; free of copies when ``features`` is a channels-last view (the
+        # encoder's patches), and far fewer, larger products than (h, H) @ (H, W) per channel
+        f = features.to(torch.float32).permute(0, 2, 3, 1)
+        rows = torch.bmm(wy, f.reshape(n, height, -1)).view(n, output_size, width, -1)  # (N, h, W, C)
+        out = torch.matmul(wx[:, None], rows)  # (N, h, w, C)
+    return out.to(features.dtype).permute(0, 3, 1, 2)
 
 
 class ViewRoIAlign(nn.Module):
