@@ -200,8 +200,9 @@ class DynRefer(nn.Module):
         probs = torch.sigmoid(self.tag_head(region, self.tag_embeddings)).float().cpu()
         thr = self.config.tags.threshold if threshold is None else threshold
         out = []
-        for row in probs:
-            keep = [(self.tag_names[i], float(row[i])) for i in torch.nonzero(row > thr).flatten().tolist()]
+        # Python lists (iterating a tensor costs a tensor per element); the comparison stays the tensor's
+        for row, above in zip(probs.tolist(), (probs > thr).tolist()):
+            keep = [(name, p) for name, p, ok in zip(self.tag_names, row, above) if ok]
             out.append(sorted(keep, key=lambda x: (-x[1], x[0])))
         return out
 
@@ -288,17 +289,17 @@ class DynRefer(nn.Module):
             prompts, owner = attribute_prompts(attributes, noun)
             names = [a if isinstance(a, str) else a["name"] for a in attributes]
             probs = torch.sigmoid(max_over_prompts(self.score_texts(region, prompts), owner, len(names))).cpu()
-            for o, row in zip(out, probs):
-                o["attributes"] = sorted(([n, float(p)] for n, p in zip(names, row)), key=lambda x: (-x[1], x[0]))
+            for o, row in zip(out, probs.tolist()):
+                o["attributes"] = sorted(([n, p] for n, p in zip(names, row)), key=lambda x: (-x[1], x[0]))
         if "category" in tasks and categories:
             logits = self.score_texts(region, category_prompts(categories))
             probs = torch.softmax(logits.float(), dim=1).cpu()
             thr = self.config.contrastive.none_threshold if none_threshold is None else none_threshold
-            for o, row, lrow in zip(out, probs, logits.cpu()):
-                best = int(torch.argmax(row))
-                none = thr is not None and float(lrow[best]) < thr
-                o["category"] = None if none else [categories[best], float(row[best])]
-                o["categories"] = sorted(([c, float(p)] for c, p in zip(categories, row)), key=lambda x: (-x[1], x[0]))
+            best_of = torch.argmax(probs, dim=1).tolist()
+            for o, row, lrow, best in zip(out, probs.tolist(), logits.float().cpu().tolist(), best_of):
+                none = thr is not None and lrow[best] < thr
+                o["category"] = None if none else [categories[best], row[best]]
+                o["categories"] = sorted(([c, p] for c, p in zip(categories, row)), key=lambda x: (-x[1], x[0]))
         return out
 
     @classmethod
