@@ -200,3 +200,22 @@ def test_vg_bad_files(tmp_path):
         dump(tmp_path / "vg2" / "image_data.json", meta)
         convert_vg(tmp_path / "vg2", out, url_paths=True, tagger="simple")
     assert not out.exists()
+
+
+def test_split_file_with_string_ids_matches_numeric_ids(tmp_path):
+    """Split files written by other tools list ids as strings ("1"); VG's files use numbers: the same images."""
+    src = write_vg(tmp_path / "vg")
+    dump(src / "densecap_splits.json", {k: [str(i) for i in v] for k, v in densecap_splits().items()})
+    summary = convert_vg_densecap(src, tmp_path / "s.jsonl", tagger="simple")
+    assert summary["images"] == {"train": 2, "val": 1, "test": 1, "total": 4}
+    want = convert_vg_densecap(write_vg(tmp_path / "vg2"), tmp_path / "n.jsonl", tagger="simple")
+    assert summary["dropped"] == want["dropped"]
+    assert read_jsonl(tmp_path / "s.jsonl") == read_jsonl(tmp_path / "n.jsonl")
+
+
+def test_split_file_of_another_dataset_is_an_error(tmp_path):
+    src = write_vg(tmp_path / "vg")
+    dump(src / "densecap_splits.json", {"train": [900001, 900002], "test": [900003]})
+    with pytest.raises(InputError, match=r"none of its 3 image ids is in .*region_descriptions\.json.*another dataset"):
+        convert_vg_densecap(src, tmp_path / "o.jsonl", tagger="simple")
+    assert not (tmp_path / "o.jsonl").exists()

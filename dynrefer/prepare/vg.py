@@ -64,8 +64,8 @@ def phrase_words(phrase: str) -> int:
 
 
 def load_splits(path) -> dict:
-    """``{image id: split}`` from a DenseCap-style split file ``{"train": [ids], "val": [...],
-    "test": [...]}`` (any subset of the three keys)."""
+    """``{image id key: split}`` (:func:`id_key`) from a DenseCap-style split file ``{"train": [ids], "val":
+    [...], "test": [...]}`` (any subset of the three keys)."""
     data = expect_type(load_json(path, "split file"), dict, path, "the top level")
     if not data:
         raise InputError(f"'{path}': the split file names no split (expected keys {', '.join(SPLITS)})")
@@ -76,10 +76,17 @@ def load_splits(path) -> dict:
         for image_id in expect_type(ids, list, path, f"'{split}'"):
             if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
                 raise InputError(f"'{path}': '{split}' must list image ids (numbers), got {image_id!r}")
-            if image_id in out:
-                raise InputError(f"'{path}': image {image_id!r} is in both '{out[image_id]}' and '{split}'")
-            out[image_id] = split
+            key = id_key(image_id)
+            if key in out:
+                raise InputError(f"'{path}': image {image_id!r} is in both '{out[key]}' and '{split}'")
+            out[key] = split
     return out
+
+
+def id_key(image_id) -> str:
+    """The key an image id is matched by across the three files: ``1`` and ``"1"`` are one image (split files
+    written by other tools list ids as strings; VG's own files use numbers)."""
+    return str(image_id).strip()
 
 
 def _image_id(entry: dict, path, where: str):
@@ -97,9 +104,9 @@ def _image_data(path) -> dict:
     out = {}
     for i, entry in enumerate(data):
         image_id = _image_id(entry, path, f"entry [{i}]")
-        if image_id in out:
+        if id_key(image_id) in out:
             raise InputError(f"'{path}': image {image_id!r} appears twice")
-        out[image_id] = entry
+        out[id_key(image_id)] = entry
     return out
 
 
@@ -149,16 +156,16 @@ def convert_vg(
         seen = set()
         for i, entry in enumerate(progress(entries, f"{name} images")):
             image_id = _image_id(entry, regions_path, f"entry [{i}]")
-            if image_id in seen:
+            if id_key(image_id) in seen:
                 raise InputError(f"'{regions_path}': image {image_id!r} appears twice")
-            seen.add(image_id)
-            split = split_of.get(image_id)
+            seen.add(id_key(image_id))
+            split = split_of.get(id_key(image_id))
             if split is None and split_of:
                 if densecap:
                     summary.drop("images_not_in_split")
                     continue
                 summary.drop("images_without_split")
-            meta = metas.get(image_id)
+            meta = metas.get(id_key(image_id))
             if meta is None:
                 raise InputError(f"'{regions_path}': image {image_id!r} is not in '{meta_path}'")
             width, height = image_size(meta, meta_path, f"image {image_id!r}")
@@ -197,6 +204,9 @@ def convert_vg(
                 record["split"] = split
             record["regions"] = out_regions
             yield record
+        if split_of and seen and not any(k in seen for k in split_of):
+            raise InputError(f"'{split_path}': none of its {len(split_of)} image ids is in '{regions_path}' "
+                             f"(e.g. {next(iter(split_of))!r} there, {next(iter(seen))!r} here): another dataset's split?")
         summary.drop("split_images_missing", sum(1 for k in split_of if k not in seen))
 
     return write_output(out, records(), summary)
