@@ -117,6 +117,12 @@ def test_contrastive_cached_scoring_equals_direct(tiny):
     # Chunking the vocabulary gives the same scores: queries are independent.
     chunked = head(region, tiny.embed_texts(vocab), chunk=2)
     assert torch.allclose(cached, chunked, atol=1e-5)
+    # Two vocabularies scored in one pass (predict: attributes and categories), each cached on its own.
+    other = ["the red", "the star"]
+    both = tiny.score_texts(region, [vocab, other])
+    assert both.shape == (4, len(vocab) + 2) and tuple(other) in tiny._text_cache
+    assert torch.allclose(both[:, : len(vocab)], cached, atol=1e-5)
+    assert torch.allclose(both[:, len(vocab) :], tiny.score_texts(region, other), atol=1e-5)
 
 
 def test_siglip_loss_official_normalisation(tiny):

@@ -207,11 +207,16 @@ class DynRefer(nn.Module):
         return out
 
     @torch.no_grad()
-    def score_texts(self, region: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Contrastive logits (R, V) of regions against ``texts`` (embeddings cached)."""
+    def score_texts(self, region: torch.Tensor, texts: list) -> torch.Tensor:
+        """Contrastive logits (R, V) of regions against ``texts`` (embeddings cached): a list of strings, or a
+        list of such lists (vocabularies cached one by one, scored in one pass, columns in that order)."""
         if self.contrastive_head is None:
             raise ValueError("this model has no contrastive head")
-        return self.contrastive_head(region, self.cached_text_embeddings(texts))
+        if texts and not isinstance(texts[0], str):
+            embeddings = torch.cat([self.cached_text_embeddings(group) for group in texts])
+        else:
+            embeddings = self.cached_text_embeddings(texts)
+        return self.contrastive_head(region, embeddings)
 
     @torch.no_grad()
     def caption(self, region: torch.Tensor, tags: list[list[str]] | None = None, **generate_kwargs):
@@ -285,14 +290,20 @@ class DynRefer(nn.Module):
             captions, scores = self.caption(region, [[n for n, _ in t] for t in tags], **generate_kwargs)
             for o, c, s in zip(out, captions, scores):
                 o["caption"], o["caption_score"] = c, s
-        if "attributes" in tasks and attributes:
-            prompts, owner = attribute_prompts(attributes, noun)
+        want_attributes = "attributes" in tasks and bool(attributes)
+        want_categories = "category" in tasks and bool(categories)
+        attribute_texts = attribute_prompts(attributes, noun) if want_attributes else ([], None)
+        category_texts = category_prompts(categories) if want_categories else []
+        if want_attributes or want_categories:  # one decoder pass for both vocabularies: its queries are independent
+            scores = self.score_texts(region, [t for t in (attribute_texts[0], category_texts) if t])
+        if want_attributes:
+            prompts, owner = attribute_texts
             names = [a if isinstance(a, str) else a["name"] for a in attributes]
-            probs = torch.sigmoid(max_over_prompts(self.score_texts(region, prompts), owner, len(names))).cpu()
+            probs = torch.sigmoid(max_over_prompts(scores[:, : len(prompts)], owner, len(names))).cpu()
             for o, row in zip(out, probs.tolist()):
                 o["attributes"] = sorted(([n, p] for n, p in zip(names, row)), key=lambda x: (-x[1], x[0]))
-        if "category" in tasks and categories:
-            logits = self.score_texts(region, category_prompts(categories))
+        if want_categories:
+            logits = scores[:, len(attribute_texts[0]) :]
             probs = torch.softmax(logits.float(), dim=1).cpu()
             thr = self.config.contrastive.none_threshold if none_threshold is None else none_threshold
             best_of = torch.argmax(probs, dim=1).tolist()
