@@ -36,6 +36,7 @@ import functools
 import numpy as np
 import torch
 
+from .errors import InputError
 from .resample import _check_crops, linear_coefficients, linear_resize_crops, resample_crops
 
 HASH_SIZE = 8
@@ -58,6 +59,8 @@ def rgb_to_gray_official(image) -> np.ndarray:
     import cv2
 
     if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise InputError(f"expected a (3, H, W) uint8 image tensor, got {image.dtype} of shape {tuple(image.shape)}")
         planes = image.detach().cpu().to(torch.int32)
         gray = (planes[0] * 9798 + planes[1] * 19235 + planes[2] * 3735 + 16384) >> 15
         return gray.to(torch.float32).numpy()

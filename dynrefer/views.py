@@ -163,10 +163,12 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, S, S) → float32 ``(x / 255 − mean) / std`` with the CLIP mean / std."""
     std = torch.tensor(CLIP_STD, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
-    # Same value as the formula above up to float32 rounding (~1e-7), in two fused passes; written
-    # into the float copy (out=): a new, broadcast output is ~4x slower on CPU, same bits.
-    out = pixels.to(torch.float32, copy=True)  # never the caller's tensor
-    return torch.addcmul(-mean / std, out, 1.0 / (255.0 * std), out=out)
+    # Same value as the formula above up to float32 rounding (~1e-7), in two fused passes. uint8 RGB views are
+    # written into their float copy (out=): a new, broadcast output is ~4x slower on CPU, same bits.
+    if pixels.dtype == torch.uint8 and pixels.dim() >= 3 and pixels.shape[-3] == 3:
+        out = pixels.to(torch.float32)  # a new tensor (never the caller's)
+        return torch.addcmul(-mean / std, out, 1.0 / (255.0 * std), out=out)
+    return torch.addcmul(-mean / std, pixels.to(torch.float32), 1.0 / (255.0 * std))
 
 
 def _render_reference(image: torch.Tensor, crops: np.ndarray, size: int) -> torch.Tensor:

@@ -273,3 +273,24 @@ def test_rejects_bad_arguments():
     mod = DeformableAlignment(8, groups=2)
     with pytest.raises(ValueError, match="B, 8, H, W"):
         mod(torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 5))
+
+
+def test_offset_hidden_rounds_once_in_half_precision():
+    """A bfloat16 module computes the offset convolution in float32 and rounds once, like the grouped
+    convolution it replaces (three bfloat16 roundings doubled the error)."""
+    torch.manual_seed(5)
+    c = 16
+    mod = DeformableAlignment(c, groups=4)
+    with torch.no_grad():
+        mod.offset_mask_dw.bias.normal_()
+    view, ref = torch.randn(2, 3, c, 5, 6)
+    dw = mod.offset_mask_dw
+    exact = F.conv2d(torch.cat([view, ref], 1).double(), dw.weight.double(), dw.bias.double(), padding=dw.padding,
+                     groups=c).permute(0, 2, 3, 1)
+    torch.testing.assert_close(mod.offset_mask_hidden(view, ref).double(), exact, rtol=0, atol=1e-5)
+    half = mod.to(torch.bfloat16)
+    got = half.offset_mask_hidden(view.bfloat16(), ref.bfloat16())
+    assert got.dtype == torch.bfloat16
+    want = F.conv2d(torch.cat([view, ref], 1).bfloat16().double(), half.offset_mask_dw.weight.double(),
+                    half.offset_mask_dw.bias.double(), padding=dw.padding, groups=c).permute(0, 2, 3, 1).bfloat16()
+    assert (got == want).float().mean() > 0.99  # one rounding of the float32 sum: equal but for rare ties

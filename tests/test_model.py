@@ -123,6 +123,9 @@ def test_contrastive_cached_scoring_equals_direct(tiny):
     assert both.shape == (4, len(vocab) + 2) and tuple(other) in tiny._text_cache
     assert torch.allclose(both[:, : len(vocab)], cached, atol=1e-5)
     assert torch.allclose(both[:, len(vocab) :], tiny.score_texts(region, other), atol=1e-5)
+    import numpy as np
+
+    assert torch.equal(tiny.score_texts(region, np.array(other)), tiny.score_texts(region, other))  # any sequence
 
 
 def test_siglip_loss_official_normalisation(tiny):

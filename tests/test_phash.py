@@ -388,3 +388,11 @@ def test_official_guarded_single_path_equals_the_reference(photos, monkeypatch):
     part = ref_gray(photos["coffee"].array)[c[1] : c[3], c[0] : c[2]]
     calls.clear()
     assert np.array_equal(phash._official_single_guarded(part), real_single(part)) and len(calls) == 1
+
+
+def test_official_gray_needs_a_uint8_rgb_tensor():
+    from dynrefer.errors import InputError
+
+    for bad in (torch.zeros(3, 4, 5, dtype=torch.int16), torch.zeros(3, 4, 5), torch.zeros(4, 4, 5, dtype=torch.uint8)):
+        with pytest.raises(InputError, match="expected a \\(3, H, W\\) uint8 image tensor"):
+            rgb_to_gray_official(bad)

@@ -264,3 +264,25 @@ def test_view_geometries_match_the_reference_arithmetic_region_by_region():
             assert np.array_equal(one.crops, geom.crops) and np.array_equal(one.box_in_view, geom.box_in_view)
     with pytest.raises(ValueError, match="must lie in"):
         view_geometries(boxes[:2], size, (0.0, 1.5))
+
+
+def test_normalize_values_and_inputs():
+    """CLIP normalisation of uint8 RGB views (the fast in-place path) and of other inputs (a float tensor
+    that needs gradients, a one-channel map broadcast over the three channels) as the formula."""
+    from dynrefer.views import CLIP_MEAN, CLIP_STD, normalize
+
+    def formula(x):
+        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(3, 1, 1)
+        return (x.to(torch.float64) / 255 - mean.double()) / std.double()
+
+    u8 = torch.randint(0, 256, (2, 3, 5, 4), dtype=torch.uint8)
+    before = u8.clone()
+    torch.testing.assert_close(normalize(u8).double(), formula(u8), rtol=0, atol=1e-6)
+    assert torch.equal(u8, before)
+    f = u8.float().requires_grad_()
+    out = normalize(f)
+    out.sum().backward()
+    assert f.grad is not None and torch.allclose(out.detach().double(), formula(u8), atol=1e-6)
+    one = torch.randint(0, 256, (1, 5, 4), dtype=torch.uint8)
+    assert normalize(one).shape == (3, 5, 4)

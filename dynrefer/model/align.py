@@ -87,6 +87,7 @@ Parameter names and shapes match the official ``cvem_align.*`` keys (``value_pro
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -192,11 +193,19 @@ class DeformableAlignment(nn.Module):
         """
         conv = self.offset_mask_dw
         stacked = torch.cat([view.permute(0, 2, 3, 1), reference.permute(0, 2, 3, 1)], dim=-1)  # (B, H, W, 2C)
-        weight = conv.weight.reshape(2 * self.channels, 1, *conv.weight.shape[2:])
-        each = F.conv2d(stacked.permute(0, 3, 1, 2), weight, None, padding=conv.padding, groups=2 * self.channels)
-        each = each.permute(0, 2, 3, 1)  # channels-last view of (B, 2C, H, W)
-        hidden = each[..., 0::2] + each[..., 1::2]
-        return hidden + conv.bias if conv.bias is not None else hidden
+        # float32 (at least) throughout, then the input's dtype: the grouped convolution accumulates its 2k² terms
+        # in float32 and rounds once; three half-precision roundings here would double a bf16 model's error
+        work = torch.promote_types(stacked.dtype, torch.float32)
+        weight = conv.weight.to(work).reshape(2 * self.channels, 1, *conv.weight.shape[2:])
+        plain = stacked.device.type in ("cpu", "cuda")  # where autocast exists (not on the meta device)
+        with torch.autocast(device_type=stacked.device.type, enabled=False) if plain else nullcontext():
+            each = F.conv2d(stacked.permute(0, 3, 1, 2).to(work), weight, None, padding=conv.padding,
+                            groups=2 * self.channels)
+            each = each.permute(0, 2, 3, 1)  # channels-last view of (B, 2C, H, W)
+            hidden = each[..., 0::2] + each[..., 1::2]
+            if conv.bias is not None:
+                hidden = hidden + conv.bias.to(work)
+        return hidden.to(view.dtype)
 
     def unpack_offset_mask(self, packed: Tensor) -> tuple[Tensor, Tensor]:
         """Packed DCNv4 (B, H, W, P) -> torchvision ``(offset (B, 2GK, H, W), mask (B, GK, H, W))``."""

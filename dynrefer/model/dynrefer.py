@@ -212,7 +212,7 @@ class DynRefer(nn.Module):
         list of such lists (vocabularies cached one by one, scored in one pass, columns in that order)."""
         if self.contrastive_head is None:
             raise ValueError("this model has no contrastive head")
-        if texts and not isinstance(texts[0], str):
+        if len(texts) and not isinstance(texts[0], str):
             embeddings = torch.cat([self.cached_text_embeddings(group) for group in texts])
         else:
             embeddings = self.cached_text_embeddings(texts)

@@ -151,6 +151,11 @@ def convert_vg(
         split_of = load_splits(split_path)
     metas = _image_data(meta_path)
     entries = list_of_objects(load_json(regions_path, "VG region descriptions"), None, regions_path, "the top level")
+    if split_of and entries:  # before any work: a split file of another dataset would drop every image
+        present = {id_key(_image_id(entry, regions_path, f"entry [{i}]")) for i, entry in enumerate(entries)}
+        if present.isdisjoint(split_of):
+            raise InputError(f"'{split_path}': none of its {len(split_of)} image ids is in '{regions_path}' (e.g. "
+                             f"{next(iter(split_of))!r} there, {next(iter(present))!r} here): another dataset's split?")
 
     def records() -> Iterator[dict]:
         seen = set()
@@ -204,9 +209,6 @@ def convert_vg(
                 record["split"] = split
             record["regions"] = out_regions
             yield record
-        if split_of and seen and not any(k in seen for k in split_of):
-            raise InputError(f"'{split_path}': none of its {len(split_of)} image ids is in '{regions_path}' "
-                             f"(e.g. {next(iter(split_of))!r} there, {next(iter(seen))!r} here): another dataset's split?")
         summary.drop("split_images_missing", sum(1 for k in split_of if k not in seen))
 
     return write_output(out, records(), summary)
