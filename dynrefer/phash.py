@@ -53,28 +53,26 @@ def rgb_to_gray_official(image) -> np.ndarray:
     """OpenCV's RGB→GRAY on uint8, ``(9798 R + 19235 G + 3735 B + 16384) >> 15``, as float32 (H, W).
 
     ``image``: (3, H, W) uint8 tensor or (H, W, 3) uint8 array. A tensor's three planes go through the
-    integer formula in torch (no channel-last copy: ~2x faster than the copy plus ``cv2.cvtColor``); an array
-    through ``cv2.cvtColor`` (the same integer formula, vectorised; ``tests/test_phash.py`` checks both).
+    integer formula (:func:`gray_formula`; no channel-last copy: ~2x faster than the copy plus ``cv2.cvtColor``);
+    an array through ``cv2.cvtColor`` (the same integer formula, vectorised; ``tests/test_phash.py`` checks both).
     """
     import cv2
 
     if isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise InputError(f"expected a (3, H, W) uint8 image tensor, got {image.dtype} of shape {tuple(image.shape)}")
-        planes = image.detach().cpu().to(torch.int32)
-        gray = (planes[0] * 9798 + planes[1] * 19235 + planes[2] * 3735 + 16384) >> 15
-        return gray.to(torch.float32).numpy()
+        return gray_formula(image)
     arr = np.asarray(image)
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
     return cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
 def gray_formula(image) -> np.ndarray:
-    """The same grayscale written out in integer numpy (slow reference)."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().permute(1, 2, 0).numpy()
-    arr = np.asarray(image).astype(np.int32)
-    return ((9798 * arr[..., 0] + 19235 * arr[..., 1] + 3735 * arr[..., 2] + 16384) >> 15).astype(np.float32)
+    """The same grayscale written out in integer numpy on the three planes of a (3, H, W) tensor or an
+    (H, W, 3) array (no channel-last copy)."""
+    planes = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.moveaxis(np.asarray(image), -1, 0)
+    r, g, b = planes.astype(np.int32)
+    return ((9798 * r + 19235 * g + 3735 * b + 16384) >> 15).astype(np.float32)
 
 
 def rgb_to_gray_pillow(image: torch.Tensor) -> torch.Tensor:
@@ -111,13 +109,23 @@ def hamming(a, b) -> int:
 
 def phash_official_single(gray_crop: np.ndarray) -> np.ndarray:
     """Official pHash bits (64,) of one float32 grayscale crop, with OpenCV and SciPy."""
+    return _official_bits_scipy(_official_resized(gray_crop))
+
+
+def _official_resized(gray_crop: np.ndarray) -> np.ndarray:
+    """Steps 2–3 of the official hash for one crop: ``cv2.resize`` to 224² (float32)."""
     import cv2
-    from scipy.fft import dctn
 
     crop = np.ascontiguousarray(gray_crop, dtype=np.float32)
     if crop.ndim != 2 or crop.size == 0:
         raise ValueError(f"expected a non-empty 2-D grayscale crop, got shape {crop.shape}")
-    resized = cv2.resize(crop, (OFFICIAL_RESIZE, OFFICIAL_RESIZE), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(crop, (OFFICIAL_RESIZE, OFFICIAL_RESIZE), interpolation=cv2.INTER_LINEAR)
+
+
+def _official_bits_scipy(resized: np.ndarray) -> np.ndarray:
+    """Steps 4–5 of the official hash, literally: SciPy's 2-D DCT of the resized crop, its 8×8 block."""
+    from scipy.fft import dctn
+
     low = dctn(resized, norm="ortho")[:HASH_SIZE, :HASH_SIZE]
     return (low > low.mean()).reshape(-1)
 
@@ -258,25 +266,16 @@ def phash_official_batched(
 REFERENCE_DCT_GUARD = 0.25
 
 
-@functools.lru_cache(maxsize=1)
-def _official_dct_rows() -> torch.Tensor:
-    return torch.from_numpy(dct_matrix(OFFICIAL_RESIZE, HASH_SIZE, "ortho"))
-
-
 def _official_single_guarded(gray_crop: np.ndarray) -> np.ndarray:
-    """:func:`phash_official_single`'s bits at a fraction of its cost: the same ``cv2.resize``, then only the
-    8×8 block as ``D₈ · resized · D₈ᵀ`` in float64 instead of SciPy's whole 224² DCT; a block with a
-    coefficient within :data:`REFERENCE_DCT_GUARD` of its mean (where the reference's float32 rounding
-    could decide the bit) is handed to :func:`phash_official_single` itself."""
-    import cv2
-
-    crop = np.ascontiguousarray(gray_crop, dtype=np.float32)
-    resized = cv2.resize(crop, (OFFICIAL_RESIZE, OFFICIAL_RESIZE), interpolation=cv2.INTER_LINEAR)
-    d = _official_dct_rows()
-    low = (d @ torch.from_numpy(resized).to(torch.float64) @ d.T).numpy()
+    """:func:`phash_official_single`'s bits at a fraction of its cost: the same resize, then only the 8×8
+    block as ``D₈ · resized · D₈ᵀ`` in float64 (:func:`_low_block`) instead of SciPy's whole 224² DCT; a block
+    with a coefficient within :data:`REFERENCE_DCT_GUARD` of its mean (where the reference's float32 rounding
+    could decide the bit) goes through SciPy's DCT of that same resize."""
+    resized = _official_resized(gray_crop)
+    low = _low_block(torch.from_numpy(resized)[None], OFFICIAL_RESIZE, "ortho", fast=False)[0].numpy()
     mean = low.mean()
     if np.abs(low - mean).min() <= REFERENCE_DCT_GUARD:
-        return phash_official_single(crop)
+        return _official_bits_scipy(resized)
     return (low > mean).reshape(-1)
 
 

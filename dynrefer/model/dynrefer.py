@@ -292,18 +292,17 @@ class DynRefer(nn.Module):
                 o["caption"], o["caption_score"] = c, s
         want_attributes = "attributes" in tasks and bool(attributes)
         want_categories = "category" in tasks and bool(categories)
-        attribute_texts = attribute_prompts(attributes, noun) if want_attributes else ([], None)
+        prompts, owner = attribute_prompts(attributes, noun) if want_attributes else ([], [])
         category_texts = category_prompts(categories) if want_categories else []
         if want_attributes or want_categories:  # one decoder pass for both vocabularies: its queries are independent
-            scores = self.score_texts(region, [t for t in (attribute_texts[0], category_texts) if t])
+            scores = self.score_texts(region, [t for t in (prompts, category_texts) if t])
         if want_attributes:
-            prompts, owner = attribute_texts
             names = [a if isinstance(a, str) else a["name"] for a in attributes]
             probs = torch.sigmoid(max_over_prompts(scores[:, : len(prompts)], owner, len(names))).cpu()
             for o, row in zip(out, probs.tolist()):
                 o["attributes"] = sorted(([n, p] for n, p in zip(names, row)), key=lambda x: (-x[1], x[0]))
         if want_categories:
-            logits = scores[:, len(attribute_texts[0]) :]
+            logits = scores[:, len(prompts) :]
             probs = torch.softmax(logits.float(), dim=1).cpu()
             thr = self.config.contrastive.none_threshold if none_threshold is None else none_threshold
             best_of = torch.argmax(probs, dim=1).tolist()

@@ -151,26 +151,27 @@ def convert_vg(
         split_of = load_splits(split_path)
     metas = _image_data(meta_path)
     entries = list_of_objects(load_json(regions_path, "VG region descriptions"), None, regions_path, "the top level")
-    if split_of and entries:  # before any work: a split file of another dataset would drop every image
-        present = {id_key(_image_id(entry, regions_path, f"entry [{i}]")) for i, entry in enumerate(entries)}
+    image_ids = [_image_id(entry, regions_path, f"entry [{i}]") for i, entry in enumerate(entries)]
+    if split_of and image_ids:  # before any work: a split file of another dataset would drop every image
+        present = {id_key(image_id) for image_id in image_ids}
         if present.isdisjoint(split_of):
             raise InputError(f"'{split_path}': none of its {len(split_of)} image ids is in '{regions_path}' (e.g. "
                              f"{next(iter(split_of))!r} there, {next(iter(present))!r} here): another dataset's split?")
 
     def records() -> Iterator[dict]:
         seen = set()
-        for i, entry in enumerate(progress(entries, f"{name} images")):
-            image_id = _image_id(entry, regions_path, f"entry [{i}]")
-            if id_key(image_id) in seen:
+        for entry, image_id in zip(progress(entries, f"{name} images"), image_ids):
+            key = id_key(image_id)
+            if key in seen:
                 raise InputError(f"'{regions_path}': image {image_id!r} appears twice")
-            seen.add(id_key(image_id))
-            split = split_of.get(id_key(image_id))
+            seen.add(key)
+            split = split_of.get(key)
             if split is None and split_of:
                 if densecap:
                     summary.drop("images_not_in_split")
                     continue
                 summary.drop("images_without_split")
-            meta = metas.get(id_key(image_id))
+            meta = metas.get(key)
             if meta is None:
                 raise InputError(f"'{regions_path}': image {image_id!r} is not in '{meta_path}'")
             width, height = image_size(meta, meta_path, f"image {image_id!r}")
