@@ -107,12 +107,13 @@ def check_threshold(tag_threshold) -> None:
 
 
 def plan_views(images, boxes, *, num_views, size, policy="greedy", ts=None, hash_flavour="official",
-               generator=None, base_t=0.0) -> ViewPlan:
+               generator=None, base_t=0.0, truncate_boxes=False) -> ViewPlan:
     """Choose the views of every region of every image and deduplicate their crops per image.
 
     Args:
         images: list of (3, H, W) uint8 tensors.
         boxes: per image, a list of region boxes (xyxy floats).
+        truncate_boxes: the RoI boxes as the official processor passes them (integers; ``roi.truncate_boxes``).
     """
     crops, owner, index, biv, all_views, counts = [], [], [], [], [], []
     offset = 0
@@ -128,7 +129,7 @@ def plan_views(images, boxes, *, num_views, size, policy="greedy", ts=None, hash
         crops.append(unique)
         owner.append(np.full(len(unique), i, dtype=np.int64))
         index.append(inverse.reshape(-1) + offset)
-        biv.append(np.concatenate([v.geometry.box_in_view for v in views]))
+        biv.append(np.concatenate([v.geometry.roi_boxes(truncate_boxes) for v in views]))
         all_views.extend(views)
         offset += len(unique)
     if not crops:
@@ -229,7 +230,8 @@ class Engine:
             check_hash_flavour(hash_flavour)
         check_model_views(policy, cfg.num_views, ts, where=where)
         return dict(num_views=cfg.num_views, size=cfg.size, policy=policy, ts=None if ts is None else list(ts),
-                    hash_flavour=hash_flavour or cfg.hash_flavour, base_t=cfg.base_t)
+                    hash_flavour=hash_flavour or cfg.hash_flavour, base_t=cfg.base_t,
+                    truncate_boxes=self.model.config.roi.truncate_boxes)
 
     def batch(self, images, plan: ViewPlan, pixels: torch.Tensor | None = None) -> dict:
         """The model's input for ``plan``: rendered unique views (``pixels`` when given: normalised,

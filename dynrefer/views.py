@@ -89,6 +89,17 @@ def _boxes_in_view_rows(boxes: np.ndarray, crops: np.ndarray, size: int) -> np.n
     return (boxes[:, None, :] - origin) * size / extent
 
 
+def _truncated_boxes_in_view_rows(boxes: np.ndarray, crops: np.ndarray, size: int) -> np.ndarray:
+    """(R, T, 4) float64 holding integers: the official processor's box in each view (SPEC §1.1), from (R, 4)
+    region boxes and their (R, T, 4) integer crops: the box truncated to integers, minus the crop origin, times
+    ``float32(S) / extent`` in float32, truncated again (the float32 scale reproduces the original's boxes bit
+    for bit: 270 · (224 / 270) is 223.99998 there, so a 270-px side maps to 223, not 224)."""
+    moved = (np.trunc(boxes)[:, None, :] - crops[:, :, [0, 1, 0, 1]]).astype(np.float32)
+    c = crops.astype(np.float32)
+    extent = np.concatenate([c[:, :, 2:3] - c[:, :, 0:1], c[:, :, 3:4] - c[:, :, 1:2]] * 2, axis=2)
+    return np.trunc(moved * (np.float32(size) / extent)).astype(np.float64)
+
+
 def boxes_in_view(box, crops, size: int = DEFAULT_SIZE) -> np.ndarray:
     """Region box expressed in each view's ``size×size`` pixel frame, (T, 4) float64.
 
@@ -117,6 +128,8 @@ class ViewGeometry:
         crops: (T, 4) int64 pixel crops ``x1, y1, x2, y2`` (exclusive ends).
         box_in_view: (T, 4) float64 region box in each view's ``size×size`` frame.
         size: the view side S.
+        box_in_view_truncated: (T, 4) the same box as the official processor passes it to RoI-align:
+            integers (in float64), see :func:`roi_boxes`.
     """
 
     ts: np.ndarray
@@ -124,6 +137,12 @@ class ViewGeometry:
     crops: np.ndarray
     box_in_view: np.ndarray
     size: int
+    box_in_view_truncated: np.ndarray | None = None
+
+    def roi_boxes(self, truncate: bool = False) -> np.ndarray:
+        """The box RoI-align pools in each view: ``box_in_view``, or with ``truncate`` the official integer
+        box (``config.roi.truncate_boxes``)."""
+        return self.box_in_view_truncated if truncate else self.box_in_view
 
 
 def _check_ts(ts: np.ndarray) -> None:
@@ -156,7 +175,8 @@ def view_geometries(boxes, image_size, ts, size: int = DEFAULT_SIZE) -> list[Vie
     bt = _view_boxes_rows(b.astype(np.float32), image_size, ts_arr.astype(np.float32))
     crops = crop_boxes(bt.reshape(-1, 4), image_size).reshape(r, ts_arr.shape[1], 4)
     biv = _boxes_in_view_rows(b, crops, size)
-    return [ViewGeometry(np.array(ts_arr[k]), bt[k], crops[k], biv[k], size) for k in range(r)]
+    biv_int = _truncated_boxes_in_view_rows(b, crops, size)
+    return [ViewGeometry(np.array(ts_arr[k]), bt[k], crops[k], biv[k], size, biv_int[k]) for k in range(r)]
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:

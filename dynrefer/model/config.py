@@ -13,6 +13,7 @@ Pretrained parts are always **local paths** (``encoder.weights``, ``qformer.init
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -53,6 +54,10 @@ class EncoderConfig:
 
     model: Any = "ViT-B-16"
     weights: str | None = None
+    #: Keyword arguments of ``timm.create_model`` for a timm-backed vision tower (open_clip passes none through):
+    #: the trunk's sizes, e.g. ``{"embed_dim": 128, "depth": 4, "num_heads": 2, "mlp_ratio": 4.3637,
+    #: "patch_size": 14}`` for a reduced EVA ViT-g. None: the sizes of ``vision_cfg.timm_model_name``.
+    timm_kwargs: dict | None = None
     drop_last_blocks: int = 0
     final_norm: bool = True
     extra_norm: bool = False
@@ -67,6 +72,10 @@ class RoIConfig:
     output_size: int | None = None  # None: the patch grid size (16 for 224 px / patch 14)
     sampling_ratio: int = 2
     aligned: bool = False
+    #: The box RoI-align pools, as the official processor passes it: the clipped region box truncated to
+    #: integers, moved to the integer crop origin, rescaled and truncated again (SPEC §1.1). True for the
+    #: official configuration and every converted checkpoint (trained on it); False keeps float precision.
+    truncate_boxes: bool = False
 
 
 @dataclass
@@ -129,6 +138,15 @@ class ContrastiveHeadConfig:
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
     none_threshold: float | None = None
+    #: Inference scores. ``"calibrated"``: attributes ``sigmoid(s·exp(t) + b)``, classes the softmax of the
+    #: SigLIP logits. ``"official"`` (the original's evaluation): attributes ``sigmoid(s)``, classes the raw
+    #: ``s`` (argmax), ``t`` and ``b`` unused.
+    scores: str = "calibrated"
+    #: The noun of the attribute prompts (``"the {attr} {noun}"``); the original uses an empty one.
+    prompt_noun: str = "object"
+    #: Extra synonyms per attribute name (OVAD ``"type:syn1/syn2"``), added to its prompts; the original expands
+    #: OVAD's maturity attributes (:data:`OVAD_MATURITY_SYNONYMS`).
+    extra_synonyms: dict | None = None
 
 
 @dataclass
@@ -150,8 +168,17 @@ class LanguageConfig:
     max_new_tokens: int = 20
     repetition_penalty: float = 1.5
     length_penalty: float = 0.0
+    #: Token limit of control strings and captions (the original's ``max_txt_len`` is 32).
     max_caption_tokens: int = 40
     control_dropout: float = 0.5
+    #: Tokenise the control string with the tokenizer's special tokens (T5: ``</s>`` at the end), as the
+    #: original does; False: the bare string.
+    control_eos: bool = False
+    #: The LM's feed-forward activation, replacing the folder's (the original runs Flan-T5 with ``"gelu"``,
+    #: exact GELU, whatever its config says: ``gelu_new``). None: the folder's own.
+    dense_act_fn: str | None = None
+    #: Strip white space around generated captions (the original returns them as decoded).
+    strip_captions: bool = True
 
 
 @dataclass
@@ -326,7 +353,31 @@ def mid_config() -> DynReferConfig:
     )
 
 
+#: The original's extra prompts for OVAD's maturity attributes (SPEC §1.4), by attribute name.
+OVAD_MATURITY_SYNONYMS = {
+    "maturity:young/baby": ["kid", "kids", "child", "toddler", "boy", "girl"],
+    "maturity:adult/old/aged": ["teen", "elder"],
+}
+
+#: Every setting in which the original code (callsys/DynRefer) differs from a model we train, as config
+#: overrides: the official configuration and every converted checkpoint use them (SPEC §1.1, §1.4).
+OFFICIAL_BEHAVIOUR = {
+    "roi": {"truncate_boxes": True},
+    "contrastive": {"scores": "official", "prompt_noun": "", "extra_synonyms": OVAD_MATURITY_SYNONYMS},
+    "language": {"control_eos": True, "dense_act_fn": "gelu", "max_caption_tokens": 32, "strip_captions": False},
+}
+
+
+def with_official_behaviour(config: DynReferConfig) -> DynReferConfig:
+    """A copy of ``config`` with :data:`OFFICIAL_BEHAVIOUR` applied (sizes and everything else kept)."""
+    return DynReferConfig.from_dict(merge_dicts(config.to_dict(), copy.deepcopy(OFFICIAL_BEHAVIOUR)))
+
+
 def official_config() -> DynReferConfig:
+    return with_official_behaviour(_official_sizes())
+
+
+def _official_sizes() -> DynReferConfig:
     return DynReferConfig(
         name="official",
         views=ViewsConfig(num_views=3, size=224),

@@ -207,24 +207,30 @@ class DynRefer(nn.Module):
         return out
 
     @torch.no_grad()
-    def score_texts(self, region: torch.Tensor, texts: list) -> torch.Tensor:
+    def score_texts(self, region: torch.Tensor, texts: list, *, raw: bool = False) -> torch.Tensor:
         """Contrastive logits (R, V) of regions against ``texts`` (embeddings cached): a list of strings, or a
-        list of such lists (vocabularies cached one by one, scored in one pass, columns in that order)."""
+        list of such lists (vocabularies cached one by one, scored in one pass, columns in that order).
+        ``raw``: the scores ``s`` before the SigLIP scale and bias."""
         if self.contrastive_head is None:
             raise ValueError("this model has no contrastive head")
         if len(texts) and not isinstance(texts[0], str):
             embeddings = torch.cat([self.cached_text_embeddings(group) for group in texts])
         else:
             embeddings = self.cached_text_embeddings(texts)
-        return self.contrastive_head(region, embeddings)
+        return self.contrastive_head(region, embeddings, raw=raw)
 
     @torch.no_grad()
-    def caption(self, region: torch.Tensor, tags: list[list[str]] | None = None, **generate_kwargs):
-        """Captions and scores; ``tags`` (per region, deterministic order) form the control strings."""
+    def caption(self, region: torch.Tensor, tags: list[list[str]] | None = None, *, controls: list[str] | None = None,
+                **generate_kwargs):
+        """Captions and scores; ``tags`` (per region, deterministic order) form the control strings, unless
+        ``controls`` (one control string per region, e.g. ``"red car,street|"``) gives them."""
         if self.language_head is None:
             raise ValueError("this model has no language head")
-        controls = [control_string(t) for t in (tags or [[] for _ in range(region.shape[0])])]
-        return self.language_head.generate(region, controls, **generate_kwargs)
+        if controls is None:
+            controls = [control_string(t) for t in (tags or [[] for _ in range(region.shape[0])])]
+        elif len(controls) != region.shape[0]:
+            raise ValueError(f"{len(controls)} control strings for {region.shape[0]} regions")
+        return self.language_head.generate(region, list(controls), **generate_kwargs)
 
     # ---------------------------------------------------------------------------- I/O
     def save_pretrained(self, directory, *, include_frozen: bool = True, frozen_dtype: str | None = None):
@@ -256,19 +262,24 @@ class DynRefer(nn.Module):
         tag_threshold: float | None = None,
         all_tags: bool = False,
         none_threshold: float | None = None,
-        noun: str = "object",
+        noun: str | None = None,
         encoder_batch_size: int | None = None,
+        controls: list[str] | None = None,
         **generate_kwargs,
     ) -> list[dict]:
         """Per-region outputs for a batch of rendered views (see the module docstring).
 
         Returns one dict per region with the keys of the requested tasks: ``caption`` and
-        ``caption_score`` (``exp`` of the beam score; the control string is always the tags
-        above the threshold); ``tags`` ([name, prob] above the threshold, by score; every tag
-        with ``all_tags``); ``attributes`` ([name, sigmoid(logit)] for every queried
-        attribute, max over its prompts); ``category`` ([name, softmax prob] of the argmax, or
-        None when the best logit is below ``none_threshold``) and ``categories`` (every class).
-        ``encoder_batch_size`` bounds the views per encoder call.
+        ``caption_score`` (``exp`` of the beam score; the control string is the tags above the
+        threshold, by score, unless ``controls`` gives one string per region); ``tags`` ([name,
+        prob] above the threshold, by score; every tag with ``all_tags``); ``attributes`` ([name,
+        score] for every queried attribute, max over its prompts); ``category`` ([name, score]
+        of the argmax, or None when the best logit is below ``none_threshold``) and
+        ``categories`` (every class). Scores follow ``config.contrastive.scores``: ``"calibrated"``
+        attributes ``sigmoid(logit)`` and classes the softmax of the logits, ``"official"``
+        attributes ``sigmoid(s)`` and classes the raw ``s``. ``noun``: the attribute prompts' noun
+        (default ``config.contrastive.prompt_noun``). ``encoder_batch_size`` bounds the views per
+        encoder call.
         """
         from .vocab import attribute_prompts, category_prompts, max_over_prompts
 
@@ -287,15 +298,19 @@ class DynRefer(nn.Module):
             for o, t in zip(out, scored):
                 o["tags"] = [[n, s] for n, s in t]
         if "caption" in tasks:
-            captions, scores = self.caption(region, [[n for n, _ in t] for t in tags], **generate_kwargs)
+            captions, scores = self.caption(region, [[n for n, _ in t] for t in tags], controls=controls,
+                                            **generate_kwargs)
             for o, c, s in zip(out, captions, scores):
                 o["caption"], o["caption_score"] = c, s
         want_attributes = "attributes" in tasks and bool(attributes)
         want_categories = "category" in tasks and bool(categories)
-        prompts, owner = attribute_prompts(attributes, noun) if want_attributes else ([], [])
+        ccfg = self.config.contrastive
+        official = ccfg.scores == "official"
+        noun = ccfg.prompt_noun if noun is None else noun
+        prompts, owner = (attribute_prompts(attributes, noun, ccfg.extra_synonyms) if want_attributes else ([], []))
         category_texts = category_prompts(categories) if want_categories else []
         if want_attributes or want_categories:  # one decoder pass for both vocabularies: its queries are independent
-            scores = self.score_texts(region, [t for t in (prompts, category_texts) if t])
+            scores = self.score_texts(region, [t for t in (prompts, category_texts) if t], raw=official)
         if want_attributes:
             names = [a if isinstance(a, str) else a["name"] for a in attributes]
             probs = torch.sigmoid(max_over_prompts(scores[:, : len(prompts)], owner, len(names))).cpu()
@@ -303,8 +318,8 @@ class DynRefer(nn.Module):
                 o["attributes"] = sorted(([n, p] for n, p in zip(names, row)), key=lambda x: (-x[1], x[0]))
         if want_categories:
             logits = scores[:, len(prompts) :]
-            probs = torch.softmax(logits.float(), dim=1).cpu()
-            thr = self.config.contrastive.none_threshold if none_threshold is None else none_threshold
+            probs = (logits.float() if official else torch.softmax(logits.float(), dim=1)).cpu()
+            thr = ccfg.none_threshold if none_threshold is None else none_threshold
             best_of = torch.argmax(probs, dim=1).tolist()
             for o, row, lrow, best in zip(out, probs.tolist(), logits.float().cpu().tolist(), best_of):
                 none = thr is not None and lrow[best] < thr

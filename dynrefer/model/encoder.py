@@ -28,27 +28,100 @@ from .config import EncoderConfig
 from .fast_attention import use_sdpa_self_attention
 
 
-def build_open_clip(model) -> nn.Module:
-    """An open_clip CLIP model with random weights, from a registered name or a config dict."""
+def build_open_clip(model, *, weights=None, timm_kwargs: dict | None = None) -> nn.Module:
+    """An open_clip CLIP model from a registered name or a config dict, with ``weights`` (a local file) loaded.
+
+    A registered name with weights goes through open_clip's own factory (``open_clip.create_model(name,
+    pretrained=file)``: open_clip's checkpoint loading, with its conversions of older layouts). Otherwise the
+    model is built from its config with open_clip's classes, as the factory does: a random tower (the factory
+    warns on the root logger when it loads nothing), a config dict (the factory takes registered names only),
+    and ``timm_kwargs`` (open_clip's timm adapter passes no size arguments to
+    ``timm.create_model``: the trunk is built here with them, see :func:`_resized_timm_tower`). Nothing is
+    downloaded: no pretrained tags, no timm / Hugging Face base weights.
+    """
     import open_clip
 
+    if weights is not None and not Path(weights).is_file():
+        raise InputError(f"cannot read encoder weights '{weights}': no such file")
     if isinstance(model, str):
         cfg = open_clip.get_model_config(model)
         if cfg is None:
             raise InputError(f"unknown open_clip model {model!r}; pass a registered name or a config dict")
+        if weights is not None and not timm_kwargs:
+            return _create_registered(model, weights)
     elif isinstance(model, dict):
         cfg = copy.deepcopy(model)
     else:
         raise InputError(f"encoder.model must be an open_clip model name or a config dict, got {type(model).__name__}")
-    cfg = dict(cfg)
+    cfg = dict(cfg)  # "quick_gelu" kept: an OpenAI *-quickgelu tower needs QuickGELU
     custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
-    for key in ("multimodal_cfg", "quick_gelu"):
-        cfg.pop(key, None)
+    cfg.pop("multimodal_cfg", None)  # CoCa's text decoder: not a tower DynRefer uses
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    text = cfg.get("text_cfg", {})
+    if "hf_model_name" in text:
+        text["hf_model_pretrained"] = False  # never fetch Hugging Face weights
     vision = cfg.get("vision_cfg", {})
     if vision.get("timm_model_name"):
         vision["timm_model_pretrained"] = False  # never fetch timm weights
-    return cls(**cfg)
+    if timm_kwargs:
+        if not vision.get("timm_model_name"):
+            raise InputError("encoder.timm_kwargs sizes a timm-backed vision tower, but this config's vision_cfg "
+                             "has no timm_model_name")
+        tower = _resized_timm_tower(vision, int(cfg["embed_dim"]), timm_kwargs)
+        cfg["vision_cfg"] = _PLACEHOLDER_VISION  # replaced by the resized tower below
+        clip = cls(**cfg)
+        clip.visual = tower
+    else:
+        clip = cls(**cfg)
+    if weights is not None:
+        load_local_weights(clip, weights, what="encoder weights")
+    return clip
+
+
+#: A minimal native vision tower that stands in while a CLIP whose vision tower is built separately is created.
+_PLACEHOLDER_VISION = {"image_size": 8, "layers": 1, "width": 8, "head_width": 8, "patch_size": 8}
+
+
+def _create_registered(name: str, weights) -> nn.Module:
+    import pickle
+
+    import open_clip
+
+    try:
+        return open_clip.create_model(name, pretrained=None if weights is None else str(weights),
+                                      pretrained_image=False, pretrained_text=False, weights_only=True)
+    except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                     str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise InputError(f"encoder weights '{weights}' do not load into open_clip model {name!r}: {first}") from None
+
+
+def _resized_timm_tower(vision: dict, embed_dim: int, timm_kwargs: dict) -> nn.Module:
+    """open_clip's timm adapter around ``timm.create_model(vision["timm_model_name"], **timm_kwargs)``.
+
+    The adapter is built on the ``meta`` device (the named trunk's own sizes are never materialised) and its
+    trunk replaced by the resized one. Only towers whose adapter adds no head of its own (``timm_proj`` null /
+    ``"none"`` / empty, no attention pool: e.g. EVA01-g-14, where the trunk's classifier is the projection) can be
+    resized so; the adapter's head would keep the named trunk's width.
+    """
+    import timm
+    from open_clip.timm_model import TimmModel
+
+    name = vision["timm_model_name"]
+    pool, proj = vision.get("timm_pool", "avg"), vision.get("timm_proj", "linear")
+    if proj in ("linear", "mlp") or pool in ("abs_attn", "rot_attn"):
+        raise InputError(f"encoder.timm_kwargs resizes timm trunks whose open_clip adapter adds no head "
+                         f"(timm_proj null or 'none', no attention pool, as EVA01-g-14); this tower has "
+                         f"timm_proj={proj!r}, timm_pool={pool!r}")
+    with torch.device("meta"):
+        tower = TimmModel(name, embed_dim, image_size=vision.get("image_size", 224), pool=pool, proj=proj,
+                          pretrained=False)
+    try:
+        tower.trunk = timm.create_model(name, pretrained=False, num_classes=0 if proj == "none" else embed_dim,
+                                        global_pool=pool, **timm_kwargs)
+    except TypeError as err:
+        raise InputError(f"encoder.timm_kwargs {timm_kwargs} do not fit timm model {name!r}: {err}") from None
+    return tower
 
 
 def load_local_weights(module: nn.Module, path, *, what: str = "weights") -> None:
@@ -130,10 +203,7 @@ class FrozenCLIP(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.cfg = cfg
-        clip = build_open_clip(cfg.model)
-        if cfg.weights:
-            load_local_weights(clip, cfg.weights, what="encoder weights")
-        self.clip = clip
+        self.clip = clip = build_open_clip(cfg.model, weights=cfg.weights or None, timm_kwargs=cfg.timm_kwargs)
         self.context_length = int(getattr(getattr(clip, "text", clip), "context_length", 77))
         self.width, self.patch_size = _vision_geometry(self.visual)
         owner, attr = _blocks(self.visual)

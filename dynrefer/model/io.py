@@ -213,7 +213,37 @@ def load_checked(model, state: dict, *, skip_prefixes=(), strict=True, source="c
             if items:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:20])}{' ...' if len(items) > 20 else ''}")
         raise InputError(f"cannot load '{source}': " + "; ".join(parts))
+    if untie_differing(model, state):
+        own = model.state_dict()
     with torch.no_grad():
         for k, v in state.items():
             if k in own and tuple(v.shape) == tuple(own[k].shape):
                 own[k].copy_(v)
+
+
+def untie_differing(model, state: dict) -> list[str]:
+    """Give its own tensor to each parameter that ``model`` ties to another (one tensor under several names) but
+    that ``state`` saves with other values; returns their names.
+
+    A model built from a config ties what the config says (transformers 5 ties every T5's ``lm_head`` to its
+    embeddings), while the saved tensors may hold them apart (Flan-T5's ``lm_head`` is its own: transformers'
+    ``from_pretrained`` leaves such weights untied). Copying both into one shared tensor would keep only the last.
+    """
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    untied = []
+    for names in groups.values():
+        first = next((n for n in names if n in state), None)
+        if first is None:
+            continue
+        for name in names:
+            value = state.get(name)
+            if name == first or value is None or (value.shape == state[first].shape and torch.equal(value, state[first])):
+                continue
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            old = getattr(module, attr)
+            setattr(module, attr, torch.nn.Parameter(old.detach().clone(), requires_grad=old.requires_grad))
+            untied.append(name)
+    return untied

@@ -21,7 +21,6 @@ dtypes) are ever added to the allowed set.
 from __future__ import annotations
 
 import collections
-import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,15 +267,15 @@ def _read_tags(tags) -> list[str]:
 def convert_official(checkpoint, eva=None, blip2=None, llm=None, tags=None, eva_clip_text=None, config=None):
     """``(model, report)``: see :func:`from_official`. ``report`` lists, per source, the mapped and the
     ignored-on-purpose tensors (with reasons) and any warnings."""
-    from .config import DynReferConfig, official_config
+    from .config import DynReferConfig, official_config, with_official_behaviour
     from .dynrefer import DynRefer
 
     if config is None:
         config = official_config()
     elif not isinstance(config, DynReferConfig):
         config = DynReferConfig.from_name(str(config))
-    else:
-        config = copy.deepcopy(config)  # the caller's config is left as it is
+    # the weights were trained with the original's processing: the converted model behaves as the original does
+    config = with_official_behaviour(config)  # (a copy: the caller's config is left as it is)
     config.qformer.init_from = None
     if llm is not None:
         if not Path(llm).is_dir():

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 DEFAULT_NOUN = "object"
 
 
@@ -38,19 +40,33 @@ def as_attributes(items) -> list[Attribute]:
         elif isinstance(item, dict):
             name = str(item["name"])
             typ = str(item.get("type") or (name.split(":", 1)[0] if ":" in name else ""))
-            out.append(Attribute(name, typ, bool(item.get("is_has_att", False))))
+            out.append(Attribute(name, typ, _is_has(item.get("is_has_att", False), name)))
         else:
             name = str(item)
             out.append(Attribute(name, name.split(":", 1)[0] if ":" in name else ""))
     return out
 
 
-def attribute_prompts(attributes, noun: str = DEFAULT_NOUN) -> tuple[list[str], list[int]]:
-    """All prompts and, for each, the index of its attribute."""
+def _is_has(value, name: str) -> bool:
+    """OVAD's ``is_has_att``: the strings ``"is"`` / ``"has"`` (as OVAD's files write it) or a boolean."""
+    if isinstance(value, str) and value.strip().lower() in ("is", "has"):
+        return value.strip().lower() == "has"
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    raise InputError(f"attribute {name!r}: is_has_att must be 'is', 'has' or a boolean, got {value!r}")
+
+
+def attribute_prompts(attributes, noun: str = DEFAULT_NOUN, extra_synonyms: dict | None = None
+                      ) -> tuple[list[str], list[int]]:
+    """All prompts and, for each, the index of its attribute. ``extra_synonyms`` maps an attribute's full name
+    to more synonyms prompted for it (the original adds some to OVAD's maturity attributes; an attribute's
+    score is the max over its prompts, so their order does not matter)."""
     prompts, owner = [], []
+    extra_synonyms = extra_synonyms or {}
     for i, attr in enumerate(as_attributes(attributes)):
         type_word = attr.type.replace(" tone", "")
-        for syn in attr.synonyms:
+        synonyms = attr.synonyms + [s for s in extra_synonyms.get(attr.name, []) if s not in attr.synonyms]
+        for syn in synonyms:
             if attr.is_has:
                 texts = [f"the {syn} {type_word} {noun}", f"the {noun} has {syn} {type_word}"]
             else:

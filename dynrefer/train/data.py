@@ -95,7 +95,7 @@ class RegionDataset(Dataset):
 
     def __init__(self, path, *, split=None, image_root=None, num_views=3, size=224, policy="random",
                  control_dropout=0.5, train=True, max_regions=None, short_text_prob=0.0, base_t=0.0, ts=None,
-                 short_text_skip=()):
+                 short_text_skip=(), truncate_boxes=False):
         self.path = Path(path)
         self.root = Path(image_root) if image_root else self.path.parent
         self.records = [r for r in read_jsonl(self.path) if split is None or r.get("split") == split]
@@ -106,7 +106,7 @@ class RegionDataset(Dataset):
         if not self.items:
             raise InputError(f"'{self.path}' has no captioned regions" + (f" in split {split!r}" if split else ""))
         self.num_views, self.size, self.policy = num_views, size, policy
-        self.base_t, self.ts = float(base_t), ts
+        self.base_t, self.ts, self.truncate_boxes = float(base_t), ts, bool(truncate_boxes)
         self.control_dropout, self.train = control_dropout, train
         if not 0.0 <= float(short_text_prob) <= 1.0:
             raise InputError(f"short_text_prob must be in [0, 1], got {short_text_prob!r}")
@@ -145,7 +145,7 @@ class RegionDataset(Dataset):
                 text, facts = short[0], short[1:]
         return {
             "pixels": views.pixels,
-            "boxes_in_view": torch.as_tensor(views.geometry.box_in_view, dtype=torch.float32),
+            "boxes_in_view": torch.as_tensor(views.geometry.roi_boxes(self.truncate_boxes), dtype=torch.float32),
             "caption": caption,
             "contrastive_text": text,
             "text_facts": facts,
@@ -208,6 +208,8 @@ class RegionDataModule(L.LightningDataModule):
             ``val_policy`` / ``val_ts``: the validation views (default greedy); ``train_policy`` /
             ``train_ts``: the training views (default random, the method's stochastic views).
         short_text_prob, short_text_skip: see :class:`RegionDataset`.
+        truncate_boxes: RoI boxes as the official processor passes them (the model's ``roi.truncate_boxes``:
+            true to fine-tune a converted official checkpoint).
     """
 
     def __init__(self, train_file: str | None = None, val_file: str | None = None, *, train_split: str | None = "train",
@@ -216,14 +218,15 @@ class RegionDataModule(L.LightningDataModule):
                  max_train_regions: int | None = None, max_val_regions: int | None = None,
                  short_text_prob: float = 0.0, base_t: float = 0.0, val_policy: str = "greedy",
                  val_ts: list[float] | None = None, train_policy: str = "random", train_ts: list[float] | None = None,
-                 short_text_skip: list[str] | None = None):
+                 short_text_skip: list[str] | None = None, truncate_boxes: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.train_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
-        common = dict(image_root=h.image_root, num_views=h.num_views, size=h.size, base_t=h.base_t)
+        common = dict(image_root=h.image_root, num_views=h.num_views, size=h.size, base_t=h.base_t,
+                      truncate_boxes=h.truncate_boxes)
         if h.train_file and stage in (None, "fit") and self.train_set is None:
             self.train_set = RegionDataset(h.train_file, split=h.train_split, policy=h.train_policy, ts=h.train_ts,
                                            control_dropout=h.control_dropout, train=True,

@@ -96,10 +96,12 @@ class DynReferModule(L.LightningModule):
         if hparams is None:
             return
         views = self.model.config.views
-        for name, want in (("size", views.size), ("num_views", views.num_views)):
+        for name, want in (("size", views.size), ("num_views", views.num_views),
+                           ("truncate_boxes", self.model.config.roi.truncate_boxes)):
             got = hparams.get(name)
             if got is not None and got != want:
-                raise InputError(f"--data.{name} {got} does not match the model's views.{name} {want}: "
+                where = "roi" if name == "truncate_boxes" else "views"
+                raise InputError(f"--data.{name} {got} does not match the model's {where}.{name} {want}: "
                                  f"set --data.{name} {want}")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

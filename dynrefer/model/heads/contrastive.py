@@ -17,8 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import InputError
 from ..config import ContrastiveHeadConfig
 from .decoder import CrossAttentionDecoder, decode_vocabulary
+
+
+#: ``contrastive.scores``: what inference reports (see :meth:`dynrefer.model.dynrefer.DynRefer.predict`).
+SCORE_MODES = ("calibrated", "official")
 
 
 class ContrastiveHead(nn.Module):
@@ -26,6 +31,8 @@ class ContrastiveHead(nn.Module):
 
     def __init__(self, cfg: ContrastiveHeadConfig, region_dim: int, text_dim: int):
         super().__init__()
+        if cfg.scores not in SCORE_MODES:
+            raise InputError(f"contrastive.scores must be one of {', '.join(SCORE_MODES)}, got {cfg.scores!r}")
         self.cfg = cfg
         self.text_proj = nn.Linear(text_dim, cfg.dim)
         self.region_proj = nn.Linear(region_dim, cfg.dim)
@@ -34,13 +41,17 @@ class ContrastiveHead(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
 
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        s = self.score(F.normalize(hidden, dim=-1)).squeeze(-1)
-        return s * self.logit_scale.exp() + self.logit_bias
+    def _raw(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(F.normalize(hidden, dim=-1)).squeeze(-1)
 
-    def forward(self, region: torch.Tensor, text_embeddings: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._raw(hidden) * self.logit_scale.exp() + self.logit_bias
+
+    def forward(self, region: torch.Tensor, text_embeddings: torch.Tensor, chunk: int = 1024, *,
+                raw: bool = False) -> torch.Tensor:
+        """(B, V) logits ``s·exp(t) + b``; ``raw``: the scores ``s`` alone."""
         text = self.text_proj(text_embeddings.to(self.text_proj.weight.dtype))
-        return decode_vocabulary(self.decoder, self._head, text, self.region_proj(region), chunk)
+        return decode_vocabulary(self.decoder, self._raw if raw else self._head, text, self.region_proj(region), chunk)
 
     def loss(
         self,

@@ -83,7 +83,8 @@ def load_tokenizer(source: str | None):
 
 
 def build_language_model(cfg: LanguageConfig, vocab_size: int | None = None):
-    """``(model, tokenizer)`` from a local folder or a config dict; never downloads."""
+    """``(model, tokenizer)`` from a local folder or a config dict; never downloads. ``cfg.dense_act_fn``
+    replaces the LM's feed-forward activation (T5 family) before it is built."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     if cfg.kind not in ("seq2seq", "causal"):
@@ -93,7 +94,8 @@ def build_language_model(cfg: LanguageConfig, vocab_size: int | None = None):
         path = Path(cfg.path)
         if not path.is_dir():
             raise InputError(f"cannot read language model folder '{path}': no such folder")
-        model = auto.from_pretrained(str(path), local_files_only=True)
+        hf_cfg = _with_activation(AutoConfig.from_pretrained(str(path), local_files_only=True), cfg.dense_act_fn)
+        model = auto.from_pretrained(str(path), config=hf_cfg, local_files_only=True)
         tokenizer = load_tokenizer(cfg.tokenizer_path or str(path))
         return model, tokenizer
     if not cfg.model_config:
@@ -106,10 +108,25 @@ def build_language_model(cfg: LanguageConfig, vocab_size: int | None = None):
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     if cfg.kind == "seq2seq":
         kwargs.setdefault("decoder_start_token_id", tokenizer.pad_token_id)
-    hf_cfg = AutoConfig.for_model(model_type, **kwargs)
+    hf_cfg = _with_activation(AutoConfig.for_model(model_type, **kwargs), cfg.dense_act_fn)
     if hf_cfg.vocab_size < len(tokenizer):
         raise InputError(f"language.model_config vocab_size {hf_cfg.vocab_size} < tokenizer size {len(tokenizer)}")
     return auto.from_config(hf_cfg), tokenizer
+
+
+def _with_activation(hf_cfg, dense_act_fn: str | None):
+    """``hf_cfg`` with its feed-forward activation replaced (None: as it is)."""
+    if dense_act_fn is None:
+        return hf_cfg
+    from transformers.activations import ACT2FN
+
+    if not hasattr(hf_cfg, "dense_act_fn"):
+        raise InputError(f"language.dense_act_fn applies to T5-family LMs; a {type(hf_cfg).__name__} has none")
+    if dense_act_fn not in ACT2FN:
+        raise InputError(f"language.dense_act_fn {dense_act_fn!r} is not a transformers activation "
+                         f"(e.g. 'gelu', 'gelu_new', 'relu')")
+    hf_cfg.dense_act_fn = dense_act_fn
+    return hf_cfg
 
 
 def control_string(tags) -> str:
@@ -155,7 +172,7 @@ class LanguageHead(nn.Module):
 
     def _prefix(self, region: torch.Tensor, controls: list[str]):
         """``[proj(R); control + vector]`` embeddings and mask, right-padded: (B, L, d), (B, L)."""
-        ids, mask = self._tokens(controls, add_eos=False)
+        ids, mask = self._tokens(controls, add_eos=self.cfg.control_eos)
         embed = self.lm.get_input_embeddings()
         ctrl = embed(ids) + self.control_vector.to(embed.weight.dtype)
         ctrl = ctrl * mask[..., None].to(ctrl.dtype)
@@ -164,30 +181,34 @@ class LanguageHead(nn.Module):
         return torch.cat([vis, ctrl], dim=1), torch.cat([vis_mask, mask], dim=1)
 
     # -------------------------------------------------------------------------- training
-    def loss(self, region: torch.Tensor, controls: list[str], captions: list[str]) -> torch.Tensor:
-        """Mean token cross-entropy of ``captions`` given ``R`` and control strings."""
+    def teacher_forced(self, region: torch.Tensor, controls: list[str], captions: list[str]):
+        """``(output, labels)``: the LM's output (``.logits``, ``.loss`` = mean token cross-entropy) on
+        ``captions`` (with their end token) given ``R`` and control strings, and the labels it was scored on
+        (-100 where there is no token). Seq2seq LMs get the captions' padding as the decoder's attention mask,
+        as the original does (it changes the logits at padded positions only); causal LMs read
+        ``[prefix; caption]`` (labels aligned with that sequence)."""
         prefix, prefix_mask = self._prefix(region, controls)
         ids, mask = self._tokens(captions, add_eos=True)
         labels = ids.masked_fill(mask == 0, -100)
         if self.is_seq2seq:
-            return self.lm(inputs_embeds=prefix, attention_mask=prefix_mask, labels=labels).loss
+            out = self.lm(inputs_embeds=prefix, attention_mask=prefix_mask, labels=labels, decoder_attention_mask=mask)
+            return out, labels
         text = self.lm.get_input_embeddings()(ids)
         embeds, attn, full_labels = _pack_causal(prefix, prefix_mask, text, mask, labels)
-        return self.lm(inputs_embeds=embeds, attention_mask=attn, labels=full_labels).loss
+        return self.lm(inputs_embeds=embeds, attention_mask=attn, labels=full_labels), full_labels
+
+    def loss(self, region: torch.Tensor, controls: list[str], captions: list[str]) -> torch.Tensor:
+        """Mean token cross-entropy of ``captions`` given ``R`` and control strings."""
+        return self.teacher_forced(region, controls, captions)[0].loss
 
     @torch.no_grad()
     def log_likelihood(self, region: torch.Tensor, controls: list[str], captions: list[str]) -> torch.Tensor:
         """Summed token log-probabilities (B,) of ``captions`` (with their end token) given ``R`` and
         control strings: per caption, ``-loss * tokens`` of :meth:`loss` on that caption alone."""
-        prefix, prefix_mask = self._prefix(region, controls)
-        ids, mask = self._tokens(captions, add_eos=True)
-        labels = ids.masked_fill(mask == 0, -100)
-        if self.is_seq2seq:
-            logits = self.lm(inputs_embeds=prefix, attention_mask=prefix_mask, labels=labels).logits
-        else:
-            text = self.lm.get_input_embeddings()(ids)
-            embeds, attn, labels = _pack_causal(prefix, prefix_mask, text, mask, labels)
-            logits, labels = self.lm(inputs_embeds=embeds, attention_mask=attn).logits[:, :-1], labels[:, 1:]
+        out, labels = self.teacher_forced(region, controls, captions)
+        logits = out.logits
+        if not self.is_seq2seq:  # position i predicts token i + 1
+            logits, labels = logits[:, :-1], labels[:, 1:]
         lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
         return (lp * (labels != -100)).sum(-1)
 
@@ -214,8 +235,7 @@ class LanguageHead(nn.Module):
         ids = dict(eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         if search == "auto" and beam.supports(self.lm, settings, **ids):
             sequences, scores = beam.t5_beam_search(self.lm, prefix, prefix_mask, **ids, **settings)
-            texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-            return [t.strip() for t in texts], torch.exp(scores.float()).tolist()
+            return self._decode(sequences), torch.exp(scores.float()).tolist()
         kwargs = dict(do_sample=False, return_dict_in_generate=True, output_scores=True, **ids)
         kwargs.update(settings)
         out = self.lm.generate(inputs_embeds=prefix, attention_mask=prefix_mask, **kwargs)
@@ -225,8 +245,11 @@ class LanguageHead(nn.Module):
         else:
             trans = self.lm.compute_transition_scores(sequences, out.scores, normalize_logits=True)
             scores = trans.sum(-1)
+        return self._decode(sequences), torch.exp(scores.float()).tolist()
+
+    def _decode(self, sequences) -> list[str]:
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        return [t.strip() for t in texts], torch.exp(scores.float()).tolist()
+        return [t.strip() for t in texts] if self.cfg.strip_captions else texts
 
 
 def _pack_causal(prefix, prefix_mask, text, text_mask, labels):
