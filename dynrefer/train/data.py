@@ -91,6 +91,7 @@ class RegionDataset(Dataset):
         short_text_prob: training only: probability of pairing the contrastive head with
             :func:`short_description` instead of the caption.
         short_text_skip: attribute prefixes never named in a short text (e.g. ``["position:"]``).
+        truncate_boxes: RoI boxes as the official processor passes them (integers; ``roi.truncate_boxes``).
     """
 
     def __init__(self, path, *, split=None, image_root=None, num_views=3, size=224, policy="random",
