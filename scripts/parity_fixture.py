@@ -69,31 +69,37 @@ def _resolve(obj, tensors):
 
 
 def fixture_config(fixture: Fixture):
-    """The official configuration at the fixture's sizes (EVA trunk through ``encoder.timm_kwargs``, the
-    EVA-CLIP text tower, Q-Former, the fixture's T5 folder), with its tag threshold."""
-    from dynrefer.model.config import DynReferConfig, merge_dicts, official_config
+    """The official configuration at the fixture's sizes: ``summary.sizes.eva`` are ``timm.create_model``'s EVA
+    arguments (``encoder.timm_kwargs``; ``depth`` = the blocks kept: a further block in the file is ignored on
+    purpose by the converter, as the real file's 40th), ``text`` the EVA-CLIP text tower (open_clip's names, with
+    ``embed_dim``), ``qformer`` the Q-Former's; the T5 is the fixture's folder; views and tag threshold as the
+    fixture's inputs."""
+    from dynrefer.model.config import DynReferConfig, QFormerConfig, merge_dicts, official_config
 
     s = fixture.sizes
-    eva, text, qformer = s["eva"], s["text"], s["qformer"]
+    text = dict(s["text"])
+    embed_dim = int(text.pop("embed_dim"))
+    views = fixture.inputs["views"]
+    size = int(views.shape[-1])
+    timm_kwargs = dict(s["eva"])
+    if size != 224:
+        timm_kwargs.setdefault("img_size", size)
+    qformer_keys = {f for f in QFormerConfig.__dataclass_fields__}
     overrides = {
         "name": "official-parity-fixture",
+        "views": {"num_views": int(views.shape[1]), "size": size},
         "encoder": {
             "model": {
-                "embed_dim": int(text["embed_dim"]),
-                "vision_cfg": {"image_size": 224, "timm_model_name": "eva_giant_patch14_224", "timm_pool": "token",
+                "embed_dim": embed_dim,
+                "vision_cfg": {"image_size": size, "timm_model_name": "eva_giant_patch14_224", "timm_pool": "token",
                                "timm_proj": None},
-                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": int(text["width"]),
-                             "heads": int(text["heads"]), "layers": int(text["layers"])},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, **text},
                 "custom_text": True,
             },
-            # the depth kept: the file's extra (last) block is ignored on purpose by the converter
-            "timm_kwargs": {"embed_dim": int(eva["embed_dim"]), "depth": int(eva["depth"]),
-                            "num_heads": int(eva["num_heads"]), "mlp_ratio": float(eva["mlp_ratio"]),
-                            "patch_size": int(eva["patch_size"])},
+            "timm_kwargs": timm_kwargs,
             "drop_last_blocks": 0,
         },
-        "qformer": {k: int(qformer[k]) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                 "intermediate_size")},
+        "qformer": {k: v for k, v in s["qformer"].items() if k in qformer_keys},
         "tags": {"threshold": fixture.tag_threshold},
         "language": {"path": str(fixture.folder / "t5"), "model_config": None},
     }
@@ -149,12 +155,16 @@ class Recorder:
 
 def view_stages(fixture: Fixture) -> tuple[list[dict], list]:
     """Our greedy pHash views and RoI boxes against the official processor's."""
+    from dynrefer.regions import parse_region
     from dynrefer.view_selection import select_views
 
     stages, ts_ok, pixels, boxes = [], 0, [], []
+    shape = fixture.inputs["views"].shape
     for meta, image in zip(fixture.inputs["meta"], fixture.images()):
-        views = select_views(image, np.asarray(meta["boxes"], dtype=np.float64), num_views=3, policy="greedy",
-                             size=224)
+        size = (int(image.shape[2]), int(image.shape[1]))
+        regions = [parse_region(list(map(float, box)), size).box for box in meta["boxes"]]  # as describe reads them
+        views = select_views(image, np.asarray(regions, dtype=np.float64), num_views=int(shape[1]), policy="greedy",
+                             size=int(shape[-1]))
         for k, rv in enumerate(views):
             want = [float(meta["cascade_ratios"][v][k]) for v in range(len(meta["cascade_ratios"]))]
             ts_ok += int(np.allclose(rv.ts, want))

@@ -47,8 +47,14 @@ def test_converted_checkpoints_get_the_official_behaviour(tmp_path):
     clip = DynRefer(cfg).encoder.clip
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp_path / "clip.safetensors"))
     cfg.encoder.weights = str(tmp_path / "clip.safetensors")
-    torch.save({"model": official_state(cfg)}, tmp_path / "dynrefer.pth")
+    state = official_state(cfg)
+    # a checkpoint that saves the T5's embeddings: they win over the LM's own, as in the original's loading
+    state["t5_model.encoder.embed_tokens.weight"] = torch.randn(512, 64)
+    torch.save({"model": state}, tmp_path / "dynrefer.pth")
     model, _ = convert_official(tmp_path / "dynrefer.pth", tags=TAGS, config=cfg)
+    lm = model.language_head.lm
+    assert torch.equal(lm.shared.weight, state["t5_model.encoder.embed_tokens.weight"])
+    assert torch.equal(lm.encoder.embed_tokens.weight, lm.shared.weight)
     got, want = model.config.to_dict(), with_official_behaviour(cfg).to_dict()
     for part in OFFICIAL_BEHAVIOUR:
         assert got[part] == want[part]
