@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from .errors import InputError
+from .records import check_output_path, write_text_atomic
 
 
 class _RegionAction(argparse.Action):
@@ -77,32 +78,39 @@ def _region_specs(items, image_size) -> list:
 
 
 def run(args) -> int:
+    from .engine import check_tasks, check_vocabulary
     from .images import load_image
+    from .model.io import resolve_model_dir
     from .predictor import Predictor
+    from .regions import parse_regions
 
     if not args.regions:
         raise InputError("give at least one region with --box, --polygon or --mask")
     if args.viz is not None and not args.viz.lower().endswith(".png"):
         raise InputError(f"--viz must name a .png file, got {args.viz!r}")
+    for option, value in (("--out", args.out), ("--viz", args.viz)):
+        if value is not None:
+            check_output_path(value, option)  # before the model loads
     image = load_image(args.image)
     size = (int(image.shape[2]), int(image.shape[1]))
     specs = _region_specs(args.regions, size)
-    split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text is not None else None  # noqa: E731
+    # every input checked before the model loads (seconds): regions, tasks, vocabularies, the model folder
+    parse_regions(specs, size, box_format=args.box_format)
+    tasks = check_tasks(args.tasks)
+    classes, attributes = check_vocabulary(args.classes, "classes"), check_vocabulary(args.attributes, "attributes")
+    if args.model != "builtin":
+        resolve_model_dir(args.model)
     predictor = Predictor(args.model)
-    record = predictor.describe(image, specs, tasks=args.tasks, num_views=args.num_views, box_format=args.box_format,
-                                classes=split(args.classes), attributes=split(args.attributes),
-                                all_scores=args.all_scores, image_label=str(args.image))
+    record = predictor.describe(image, specs, tasks=tasks, num_views=args.num_views, box_format=args.box_format,
+                                classes=classes, attributes=attributes, all_scores=args.all_scores,
+                                image_label=str(args.image))
     if args.viz:
         from .visualize import describe_sheet
 
         describe_sheet(image, record, args.viz)
     text = json.dumps(record)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)  # atomic: an interruption never leaves a partial file
+        write_text_atomic(args.out, text + "\n")  # a full disk or an interruption never leaves a file behind
     else:
         print(text)
     return 0

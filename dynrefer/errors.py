@@ -32,6 +32,38 @@ class Interrupted(DynReferError):
         self.exit_code = exit_code
 
 
+#: OSError numbers that come from the user's files or machine (a missing or unwritable path, a full disk):
+#: reported as bad input, one line and exit 2, like an :class:`InputError`.
+USER_ERRNOS = frozenset({"ENOENT", "EACCES", "EPERM", "EROFS", "EISDIR", "ENOTDIR", "EEXIST", "ENOSPC", "EDQUOT",
+                         "ENAMETOOLONG", "ENOTEMPTY", "EMFILE", "ENFILE", "EFBIG", "EXDEV"})
+EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def report(err: BaseException, prog: str = "dynrefer") -> int:
+    """The command line's error contract: print one line for ``err`` on stderr and return the exit status.
+
+    Bad input (:class:`DynReferError`, an ``OSError`` of :data:`USER_ERRNOS`): ``PROG: error: ...``, exit 2 (an
+    :class:`Interrupted`: its own code); Ctrl+C: exit 130; anything else is a bug: ``PROG: internal error: ...``,
+    exit 1 (``DYNREFER_DEBUG=1`` shows the traceback: the caller re-raises then).
+    """
+    import errno
+    import sys
+
+    message = " ".join(str(err).split())
+    if isinstance(err, DynReferError) or getattr(err, "is_usage_error", False):
+        print(f"{prog}: error: {message or type(err).__name__}", file=sys.stderr)
+        return getattr(err, "exit_code", EXIT_INPUT)
+    if isinstance(err, KeyboardInterrupt):
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(err, OSError) and errno.errorcode.get(err.errno or -1) in USER_ERRNOS:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"{prog}: internal error: {type(err).__name__}: {message} (a bug; DYNREFER_DEBUG=1 shows the traceback: "
+          "please report it with that)", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
 def run_script(main, name: str):
     """Run a script's ``main()`` and return its result; a :class:`DynReferError` becomes one line
     ``NAME: error: ...`` on stderr and exit status 2 (the CLI's contract, for the scripts in ``eval/``

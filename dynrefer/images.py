@@ -176,8 +176,22 @@ def _check_pil_size(img: Image.Image, label: str, error) -> None:
         raise error(label, f"image is empty ({img.width}x{img.height} pixels)")
 
 
-def _load_file(path: Path, label: str, convert=None):
-    """Open, fully decode and convert an image file (``convert``: :func:`_from_pil` by default)."""
+def image_file_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(W, H)`` of an image file as :func:`load_image` returns it (EXIF orientation applied), read from its
+    header without decoding the pixels: a quick check of a whole dataset before any work. Raises
+    :class:`ImageLoadError` for a missing, empty, unreadable or unrecognised file."""
+    return _load_file(Path(path), str(path), convert=_oriented_size, decode=False)
+
+
+def _oriented_size(img: Image.Image, label: str, *, is_file: bool) -> tuple[int, int]:
+    _check_pil_size(img, label, _file_error)
+    orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation: 5-8 turn the image by 90 degrees
+    return (int(img.height), int(img.width)) if orientation in (5, 6, 7, 8) else (int(img.width), int(img.height))
+
+
+def _load_file(path: Path, label: str, convert=None, *, decode: bool = True):
+    """Open, fully decode and convert an image file (``convert``: :func:`_from_pil` by default); ``decode=False``
+    reads the header only."""
     convert = convert or _from_pil
     try:
         if not path.exists():
@@ -192,7 +206,8 @@ def _load_file(path: Path, label: str, convert=None):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(path) as img:
-                img.load()
+                if decode:
+                    img.load()
                 return convert(img, label, is_file=True)
         except ImageLoadError:
             raise

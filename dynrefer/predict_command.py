@@ -25,7 +25,7 @@ DEFAULTS = {
     "model": "builtin", "data": None, "out": None, "tasks": "caption,tags,attributes,category", "image_root": None,
     "devices": 1, "accelerator": "cpu", "all_scores": False, "classes": None, "attributes": None,
     "classes_file": None, "attributes_file": None, "tag_threshold": None, "batch_size": 4, "num_workers": 2,
-    "encoder_batch_size": None, "dtype": None, "progress": None,
+    "encoder_batch_size": None, "dtype": None, "progress": None, "allow_empty": False,
 }  # fmt: skip
 
 
@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers: decode the images, parse the regions, plan and render the views (default 2)")
     p.add_argument("--encoder-batch-size", type=int, default=None, help="views per encoder call (default: 256 on a GPU, sized to the cache on CPU)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16"), help="autocast precision")
+    p.add_argument("--allow-empty", action="store_true", default=None,
+                   help="accept a dataset with no region at all (an empty output; by default an error)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="the progress bar (regions, regions/s) on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
@@ -101,6 +103,9 @@ def resolve_options(args) -> dict:
     for key in ("data", "out"):
         if not opts[key]:
             raise InputError(f"--{key} is required (or set it in --config)")
+    for key in ("classes_file", "attributes_file"):
+        if opts[key] and not Path(opts[key]).is_file():
+            raise InputError(f"cannot read {key} '{opts[key]}': no such file")
     for key in ("classes", "attributes"):
         value = opts[key]
         if isinstance(value, str):
@@ -127,28 +132,19 @@ def resolve_options(args) -> dict:
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
-def quiet_lightning() -> None:
-    """Keep Lightning's start-up notices (accelerator lines, product tips) off a command's stderr;
-    warnings and errors still show."""
-    import logging
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def run(args) -> int:
     from .engine import check_tasks
     from .train.predict import run_predict
 
     opts = resolve_options(args)
-    quiet_lightning()
     summary = run_predict(opts["model"], opts["data"], opts["out"], image_root=opts["image_root"],
                           tasks=check_tasks(opts["tasks"]), all_scores=bool(opts["all_scores"]),
                           classes=opts["classes"], attributes=opts["attributes"], tag_threshold=opts["tag_threshold"],
                           devices=int(opts["devices"]), accelerator=opts["accelerator"],
                           batch_size=int(opts["batch_size"]), num_workers=int(opts["num_workers"]),
                           encoder_batch_size=_optional_int(opts["encoder_batch_size"]), dtype=opts["dtype"],
-                          progress=sys.stderr.isatty() if opts["progress"] is None else bool(opts["progress"]))
+                          progress=sys.stderr.isatty() if opts["progress"] is None else bool(opts["progress"]),
+                          allow_empty=bool(opts["allow_empty"]))
     print(json.dumps(summary))
     return 0
 

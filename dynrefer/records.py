@@ -82,10 +82,31 @@ def atomic_writer(path):
         os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             yield fh
+            fh.flush()
+            os.fsync(fh.fileno())  # the content is on disk before the rename makes it the file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_path(path, option: str = "--out") -> Path:
+    """An output file path that can be written: not a folder, its folder (created when missing) writable.
+    Checked before any work, so that a long run does not fail at its end."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} '{path}' is a folder; name a file")
+    parent = path.parent
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{option} '{path}': '{probe}' is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{option} '{path}': cannot write into '{probe}' (permission denied)")
+    if path.exists() and not os.access(path, os.W_OK) and not os.access(parent, os.W_OK):
+        raise InputError(f"{option} '{path}': the file cannot be replaced (permission denied)")
+    return path
 
 
 def write_jsonl(path, records: Iterable[dict]) -> int:

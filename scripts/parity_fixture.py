@@ -27,23 +27,27 @@ OFFICIAL_FILES = ("dynrefer.pth", "blip2.pth", "eva_vit_g.pth", "eva_clip_psz14.
 
 # ------------------------------------------------------------------------------------------ reading
 class Fixture:
-    """A fixture folder: ``data`` (fixture.json with its tensors in place), ``sizes``, vocabularies."""
+    """A fixture folder: ``data`` (fixture.json with its tensors in place), ``sizes``, vocabularies. An unreadable
+    or incomplete folder is an :class:`InputError` naming what is wrong."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         missing = [f for f in OFFICIAL_FILES if not (self.folder / f).exists()]
         if missing:
             raise InputError(f"'{self.folder}' is not a parity fixture: {', '.join(missing)} missing")
+        try:
+            self._read()
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:  # json / safetensors errors included
+            raise InputError(f"cannot read the parity fixture '{self.folder}': {type(err).__name__}: {err}") from None
+
+    def _read(self) -> None:
         from safetensors.torch import load_file
 
         tensors = load_file(str(self.folder / "fixture.safetensors"))
         raw = json.loads((self.folder / "fixture.json").read_text())
         self.data = _resolve(raw, tensors)
         self.inputs, self.outputs = self.data["inputs"], self.data["outputs"]
-        try:
-            self.sizes = self.data["summary"]["sizes"]
-        except KeyError:
-            raise InputError(f"'{self.folder / 'fixture.json'}' has no summary.sizes") from None
+        self.sizes = self.data["summary"]["sizes"]
         self.tags = [t.strip() for t in (self.folder / "tags.txt").read_text().splitlines() if t.strip()]
         self.attributes = json.loads((self.folder / "ovad_small.json").read_text())["attributes"]
         self.classes = json.loads((self.folder / "coco_small.json").read_text())

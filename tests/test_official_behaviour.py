@@ -5,6 +5,9 @@ way (EVA sizes, QuickGELU towers, the decoder's padding mask, untied LM heads af
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,8 @@ from dynrefer.model.heads.language import LanguageHead, build_char_tokenizer, bu
 from dynrefer.model.vocab import as_attributes, attribute_prompts
 from dynrefer.views import view_geometries
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 # --------------------------------------------------------------------------------------------- config
 def test_official_config_and_yaml_carry_the_official_behaviour():
@@ -25,9 +30,9 @@ def test_official_config_and_yaml_carry_the_official_behaviour():
     assert cfg.language.max_caption_tokens == 32 and not cfg.language.strip_captions
     assert cfg.contrastive.scores == "official" and cfg.contrastive.prompt_noun == ""
     assert cfg.contrastive.extra_synonyms["maturity:young/baby"] == ["kid", "kids", "child", "toddler", "boy", "girl"]
-    yaml_cfg = DynReferConfig.from_file("configs/official/dynrefer_flant5xl.yaml")
+    yaml_cfg = DynReferConfig.from_file(ROOT / "configs/official/dynrefer_flant5xl.yaml")
     assert with_official_behaviour(yaml_cfg).to_dict() == yaml_cfg.to_dict()
-    assert DynReferConfig.from_file("configs/model/official.yaml").to_dict() == cfg.to_dict()
+    assert DynReferConfig.from_file(ROOT / "configs/model/official.yaml").to_dict() == cfg.to_dict()
     # our own models keep theirs
     tiny = tiny_config()
     assert not tiny.roi.truncate_boxes and not tiny.language.control_eos and tiny.contrastive.scores == "calibrated"
@@ -77,6 +82,41 @@ def test_truncated_roi_boxes_follow_the_original_arithmetic():
         ext = np.array([crop[2] - crop[0], crop[3] - crop[1]] * 2, dtype=np.float32)
         assert got.tolist() == np.trunc(moved * (np.float32(224) / ext)).tolist()
         assert np.all(got == np.round(got))
+    # the region box is truncated as the original holds it, in float32: 150.99999999999997 is 151 there
+    geom = view_geometries(np.array([[10.0, 20.0, 150.99999999999997, 200.0]]), (512, 512), [0.0], 224)[0]
+    assert geom.roi_boxes(truncate=True)[0].tolist() == [0.0, 0.0, 224.0, 224.0]
+
+
+def test_training_data_follows_the_models_roi_boxes(tmp_path):
+    """The official recipes (model: official) train with truncated boxes without a data option."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from dynrefer.train.data import RegionDataModule
+    from dynrefer.train.module import DynReferModule
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
+    record = {"image": "red.png", "split": "train", "regions": [{"box": [4.5, 4.5, 40.7, 40.2],
+                                                                  "captions": ["a red square"], "tags": ["red"]}] * 2}
+    (tmp_path / "d.jsonl").write_text(json.dumps(record) + "\n")
+    (tmp_path / "tags.txt").write_text("red\n")
+    for truncate in (True, False):
+        data = RegionDataModule(train_file=str(tmp_path / "d.jsonl"), size=64, batch_size=2, num_workers=0)
+        data.setup("fit")
+        module = DynReferModule("tiny", tags_file=str(tmp_path / "tags.txt"),
+                                overrides={"roi": {"truncate_boxes": truncate}})
+        module._trainer = SimpleNamespace(datamodule=data)
+        module.setup("fit")
+        boxes = data.train_set[0]["boxes_in_view"]
+        assert data.train_set.truncate_boxes is truncate and torch.equal(boxes, boxes.round()) is truncate
+    data = RegionDataModule(train_file=str(tmp_path / "d.jsonl"), size=64, batch_size=2, num_workers=0,
+                            truncate_boxes=False)
+    data.setup("fit")
+    module._trainer = SimpleNamespace(datamodule=data)
+    module.model.config.roi.truncate_boxes = True
+    with pytest.raises(InputError, match="--data.truncate_boxes False does not match the model's roi.truncate_boxes"):
+        module.setup("fit")
 
 
 def test_engine_plans_the_rois_the_config_asks_for(photos):
@@ -263,8 +303,8 @@ def test_timm_kwargs_build_a_reduced_eva():
              "vision_cfg": {"image_size": 28, "timm_model_name": "eva_giant_patch14_224", "timm_pool": "token",
                             "timm_proj": None},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    enc = FrozenCLIP(EncoderConfig(model=model, timm_kwargs={"img_size": 28, "embed_dim": 24, "depth": 2,
-                                                             "num_heads": 2, "mlp_ratio": 4.3637, "patch_size": 14}))
+    enc = FrozenCLIP(EncoderConfig(model=model, timm_kwargs={"embed_dim": 24, "depth": 2, "num_heads": 2,
+                                                             "mlp_ratio": 4.3637, "patch_size": 14}))
     trunk = enc.visual.trunk
     assert len(trunk.blocks) == 2 and trunk.embed_dim == 24 and trunk.blocks[0].mlp.fc1.out_features == int(24 * 4.3637)
     assert not any(p.is_meta for p in enc.parameters())
@@ -289,5 +329,7 @@ def test_quickgelu_towers_keep_quickgelu(tmp_path):
     assert not isinstance(plain.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
     bad = tmp_path / "bad.pt"
     torch.save({"visual.proj": torch.zeros(3)}, bad)
-    with pytest.raises(InputError, match="do not load into open_clip model 'ViT-B-32'"):
+    with pytest.raises(InputError, match="do not load into open_clip model 'ViT-B-32'.*Missing key.*visual"):
         build_open_clip("ViT-B-32", weights=bad)
+    with pytest.raises(InputError, match="registered open_clip name"):
+        build_open_clip("hf-hub:someone/model", weights=bad)

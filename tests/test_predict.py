@@ -140,7 +140,10 @@ def test_cli_predict_with_config_and_errors(model_dir, dataset, tmp_path, capsys
     assert code == 0 and json.loads(captured.out)["predicted"] == 14 and "regions_per_s" in captured.err
     import logging
 
-    assert logging.getLogger("lightning.pytorch").getEffectiveLevel() == logging.WARNING  # no start-up tips
+    from dynrefer.cli import LIGHTNING_NOTICE_LOGGERS
+
+    for name in LIGHTNING_NOTICE_LOGGERS:  # no start-up tips (tests/test_battery.py checks stderr itself)
+        assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING
     for region in _regions(out).values():
         assert set(region) == {"id", "box", "views", "score", "category", "categories"}
         assert sorted(c for c, _ in region["categories"]) == ["circle", "star"]

@@ -339,7 +339,7 @@ def test_cli_fit_with_the_ddp_strategy_of_the_recipes(shapes, tmp_path):
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "dynrefer", "fit", "--model.model", "tiny", "--model.tags_file",
+    argv = [sys.executable, "-m", "dynrefer", "--verbose", "fit", "--model.model", "tiny", "--model.tags_file",
             str(shapes / "tags.txt"), "--data.train_file", str(shapes / "data.jsonl"), "--data.size", "64",
             "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.max_steps", "2", "--trainer.accelerator",
             "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path),

@@ -44,10 +44,13 @@ def build_open_clip(model, *, weights=None, timm_kwargs: dict | None = None) -> 
     if weights is not None and not Path(weights).is_file():
         raise InputError(f"cannot read encoder weights '{weights}': no such file")
     if isinstance(model, str):
+        if ":" in model:  # hf-hub: / local-dir: take weights of their own (and may download): not a local file's
+            raise InputError(f"encoder.model {model!r}: give a registered open_clip name (or a config dict) and the "
+                             "weights as encoder.weights, a local file")
         cfg = open_clip.get_model_config(model)
         if cfg is None:
             raise InputError(f"unknown open_clip model {model!r}; pass a registered name or a config dict")
-        if weights is not None and not timm_kwargs:
+        if weights is not None and not timm_kwargs and "multimodal_cfg" not in cfg:
             return _create_registered(model, weights)
     elif isinstance(model, dict):
         cfg = copy.deepcopy(model)
@@ -83,17 +86,20 @@ _PLACEHOLDER_VISION = {"image_size": 8, "layers": 1, "width": 8, "head_width": 8
 
 
 def _create_registered(name: str, weights) -> nn.Module:
+    """``open_clip.create_model(name, pretrained=weights)`` with the weights as an absolute path (a relative one
+    named like a pretrained tag, e.g. ``openai``, would be taken for the tag) and its errors as one line."""
     import pickle
 
     import open_clip
 
     try:
-        return open_clip.create_model(name, pretrained=None if weights is None else str(weights),
-                                      pretrained_image=False, pretrained_text=False, weights_only=True)
+        return open_clip.create_model(name, pretrained=str(Path(weights).resolve()), pretrained_image=False,
+                                      pretrained_text=False, weights_only=True)
     except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError) as err:
-        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
-                     str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-        raise InputError(f"encoder weights '{weights}' do not load into open_clip model {name!r}: {first}") from None
+        detail = " ".join(str(err).split()) or type(err).__name__
+        if len(detail) > 600:
+            detail = detail[:600] + " ..."
+        raise InputError(f"encoder weights '{weights}' do not load into open_clip model {name!r}: {detail}") from None
 
 
 def _resized_timm_tower(vision: dict, embed_dim: int, timm_kwargs: dict) -> nn.Module:
@@ -116,9 +122,11 @@ def _resized_timm_tower(vision: dict, embed_dim: int, timm_kwargs: dict) -> nn.M
     with torch.device("meta"):
         tower = TimmModel(name, embed_dim, image_size=vision.get("image_size", 224), pool=pool, proj=proj,
                           pretrained=False)
+    kwargs = dict(timm_kwargs)
+    kwargs.setdefault("img_size", vision.get("image_size", 224))  # the tower's input size, as the config says
     try:
         tower.trunk = timm.create_model(name, pretrained=False, num_classes=0 if proj == "none" else embed_dim,
-                                        global_pool=pool, **timm_kwargs)
+                                        global_pool=pool, **kwargs)
     except TypeError as err:
         raise InputError(f"encoder.timm_kwargs {timm_kwargs} do not fit timm model {name!r}: {err}") from None
     return tower

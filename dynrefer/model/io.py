@@ -243,6 +243,9 @@ def untie_differing(model, state: dict) -> list[str]:
                 continue
             owner, _, attr = name.rpartition(".")
             module = model.get_submodule(owner)
+            if module is model.get_submodule(first.rpartition(".")[0]):
+                raise InputError(f"'{name}' and '{first}' are one module of this model, but the saved tensors differ: "
+                                 "they cannot be loaded apart")
             old = getattr(module, attr)
             setattr(module, attr, torch.nn.Parameter(old.detach().clone(), requires_grad=old.requires_grad))
             untied.append(name)

@@ -65,7 +65,7 @@ def attribute_prompts(attributes, noun: str = DEFAULT_NOUN, extra_synonyms: dict
     extra_synonyms = extra_synonyms or {}
     for i, attr in enumerate(as_attributes(attributes)):
         type_word = attr.type.replace(" tone", "")
-        synonyms = attr.synonyms + [s for s in extra_synonyms.get(attr.name, []) if s not in attr.synonyms]
+        synonyms = attr.synonyms + list(extra_synonyms.get(attr.name, []))  # as the original: a repeat is harmless
         for syn in synonyms:
             if attr.is_has:
                 texts = [f"the {syn} {type_word} {noun}", f"the {noun} has {syn} {type_word}"]

@@ -209,8 +209,8 @@ class RegionDataModule(L.LightningDataModule):
             ``val_policy`` / ``val_ts``: the validation views (default greedy); ``train_policy`` /
             ``train_ts``: the training views (default random, the method's stochastic views).
         short_text_prob, short_text_skip: see :class:`RegionDataset`.
-        truncate_boxes: RoI boxes as the official processor passes them (the model's ``roi.truncate_boxes``:
-            true to fine-tune a converted official checkpoint).
+        truncate_boxes: RoI boxes as the official processor passes them; None (default): as the model's
+            ``roi.truncate_boxes`` says (set by the training module's ``setup``; true for the official model).
     """
 
     def __init__(self, train_file: str | None = None, val_file: str | None = None, *, train_split: str | None = "train",
@@ -219,7 +219,7 @@ class RegionDataModule(L.LightningDataModule):
                  max_train_regions: int | None = None, max_val_regions: int | None = None,
                  short_text_prob: float = 0.0, base_t: float = 0.0, val_policy: str = "greedy",
                  val_ts: list[float] | None = None, train_policy: str = "random", train_ts: list[float] | None = None,
-                 short_text_skip: list[str] | None = None, truncate_boxes: bool = False):
+                 short_text_skip: list[str] | None = None, truncate_boxes: bool | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.train_set = self.val_set = None
@@ -227,7 +227,7 @@ class RegionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
         common = dict(image_root=h.image_root, num_views=h.num_views, size=h.size, base_t=h.base_t,
-                      truncate_boxes=h.truncate_boxes)
+                      truncate_boxes=bool(h.truncate_boxes))
         if h.train_file and stage in (None, "fit") and self.train_set is None:
             self.train_set = RegionDataset(h.train_file, split=h.train_split, policy=h.train_policy, ts=h.train_ts,
                                            control_dropout=h.control_dropout, train=True,
@@ -242,6 +242,13 @@ class RegionDataModule(L.LightningDataModule):
                              "last partial batch, so there would be nothing to train on")
         if stage == "validate" and not h.val_file:
             raise InputError("validate needs validation data: give --data.val_file")
+
+    def follow_model_boxes(self, truncate: bool) -> None:
+        """``truncate_boxes=None``: take the model's ``roi.truncate_boxes`` (datasets made already included)."""
+        if self.hparams.truncate_boxes is None:
+            for dataset in (self.train_set, self.val_set):
+                if dataset is not None:
+                    dataset.truncate_boxes = bool(truncate)
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         h = self.hparams

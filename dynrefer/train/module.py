@@ -96,8 +96,10 @@ class DynReferModule(L.LightningModule):
         if hparams is None:
             return
         views = self.model.config.views
-        for name, want in (("size", views.size), ("num_views", views.num_views),
-                           ("truncate_boxes", self.model.config.roi.truncate_boxes)):
+        truncate = self.model.config.roi.truncate_boxes
+        if hasattr(data, "follow_model_boxes"):
+            data.follow_model_boxes(truncate)
+        for name, want in (("size", views.size), ("num_views", views.num_views), ("truncate_boxes", truncate)):
             got = hparams.get(name)
             if got is not None and got != want:
                 where = "roi" if name == "truncate_boxes" else "views"

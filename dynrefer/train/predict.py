@@ -13,12 +13,19 @@ A rerun reads the parts (a line cut short by an interruption is ignored) and an 
 ``OUT``, and skips the regions already there: an interrupted run resumes, and ``OUT`` is
 never a partial file. Several processes (``--devices N``: DDP) split the images; the merge
 keeps one prediction per region.
+
+A region is known by its image, the record's place among the records of that image (an image may be
+listed by several records: each is described as given, into its own output record) and its id (unique
+within a record). Every input is checked before the model loads; one run at a time writes an ``OUT``
+(``OUT.lock``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -27,10 +34,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from ..images import load_image
+from ..images import image_file_size, load_image
 from ..model.io import model_identity
 from ..regions import parse_regions
-from ..records import read_jsonl, write_jsonl
+from ..records import check_output_path, read_jsonl, write_jsonl
 
 REGION_INPUT_KEYS = ("id", "box", "bbox", "mask", "polygon", "segmentation", "rle", "score")
 
@@ -44,9 +51,22 @@ def _region_id(record: dict, j: int):
     return spec.get("id", j) if isinstance(spec, dict) else j
 
 
+def occurrences(records: list[dict]) -> list[int]:
+    """For each record, how many earlier records list the same image (0 for its first record)."""
+    seen: dict = {}
+    out = []
+    for rec in records:
+        image = rec.get("image")
+        out.append(seen.get(image, 0))
+        seen[image] = out[-1] + 1
+    return out
+
+
 def _positions(records: list[dict]) -> dict[tuple, tuple[int, int]]:
-    """``{(image, region id): (record index, region index)}``: where a region of an earlier run's output is now."""
-    return {(rec.get("image"), _region_id(rec, j)): (i, j)
+    """``{(image, occurrence, region id): (record index, region index)}``: where a region of an earlier run's
+    output is now (``occurrence``: see :func:`occurrences`)."""
+    occ = occurrences(records)
+    return {(rec.get("image"), occ[i], _region_id(rec, j)): (i, j)
             for i, rec in enumerate(records) for j in range(len(rec.get("regions", [])))}
 
 
@@ -72,21 +92,22 @@ def read_parts(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]:
                 continue  # the last line of an interrupted write
             if not (isinstance(item, dict) and {"prediction", "image", "id"} <= set(item)):
                 continue
-            key = where.get((item["image"], item["id"]))
+            key = where.get((item["image"], item.get("occurrence", 0), item["id"]))
             if key is not None and item.get("input") == region_input(records[key[0]], key[1]):  # same region given
                 done[key] = item
     return done
 
 
 def read_finished(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]:
-    """Regions already in ``out`` (a finished earlier run), matched to the input by (image, id)."""
+    """Regions already in ``out`` (a finished earlier run), matched to the input by (image, occurrence, id)."""
     if not out.is_file():
         return {}
     where = _positions(records)
     done = {}
-    for rec in read_jsonl(out):
+    written = read_jsonl(out)
+    for rec, occ in zip(written, occurrences(written)):
         for reg in rec.get("regions", []):
-            key = where.get((rec.get("image"), reg.get("id")))
+            key = where.get((rec.get("image"), occ, reg.get("id")))
             if key is not None:
                 done[key] = reg
     return done
@@ -200,6 +221,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def __init__(self, out, records: list[dict], finished: dict | None = None):
         super().__init__(write_interval="batch")
         self.out, self.records, self.finished = Path(out), records, dict(finished or {})
+        self.occurrence = occurrences(records)
         self.written = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
@@ -211,7 +233,9 @@ class JsonlPredictionWriter(BasePredictionWriter):
             with open(part, "rb") as fh:
                 fh.seek(-1, os.SEEK_END)
                 cut = fh.read(1) != b"\n"  # an earlier run stopped mid-line: start a fresh line
-        entries = [p | {"input": region_input(self.records[p["record"]], p["region"])} for p in prediction]
+        entries = [p | {"occurrence": self.occurrence[p["record"]], "input": region_input(self.records[p["record"]],
+                                                                                           p["region"])}
+                   for p in prediction]
         with open(part, "a", encoding="utf-8") as fh:
             fh.write("\n" if cut else "")
             fh.write("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in entries))
@@ -254,15 +278,79 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
 
 
 def check_records(records: list[dict], data: Path) -> None:
-    """Each input record needs an ``image`` path (a string) and a ``regions`` list of region objects."""
+    """Each input record needs an ``image`` path (a string), a ``regions`` list of region objects with ids unique
+    within it, and, where given, integer ``width`` / ``height``."""
     for i, rec in enumerate(records, 1):
         where = f"'{data}' record {i}"
         if not isinstance(rec.get("image"), str) or not rec["image"]:
             raise InputError(f"{where}: 'image' must be a path (a non-empty string), got {rec.get('image')!r}")
+        where = f"{where} ({rec['image']})"
         regions = rec.get("regions", [])
         if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
-            raise InputError(f"{where} ({rec['image']}): 'regions' must be a list of region objects "
+            raise InputError(f"{where}: 'regions' must be a list of region objects "
                              "({\"box\": ...}, {\"mask\": ...}, ...)")
+        for key in ("width", "height"):
+            value = rec.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"{where}: '{key}' must be a positive integer (pixels), got {value!r} "
+                                 f"({type(value).__name__})")
+        ids: dict = {}
+        for j in range(len(regions)):
+            rid = _region_id(rec, j)
+            try:
+                first = ids.setdefault(rid, j)
+            except TypeError:
+                raise InputError(f"{where}: region {j}: 'id' must be a number or a string, got {rid!r}") from None
+            if first != j:
+                raise InputError(f"{where}: regions {first} and {j} have the same id {rid!r} (ids are unique within a "
+                                 "record; a region without an id is known by its position)")
+
+
+def preflight(records: list[dict], root: Path, done=frozenset()) -> None:
+    """Check, before the model loads, what each record still to describe needs: its image (present, readable,
+    its size from the header) and its regions (parsed in that size); the first problem is an
+    :class:`InputError` naming the record."""
+    for i, rec in enumerate(records):
+        todo = [j for j in range(len(rec.get("regions", []))) if (i, j) not in done]
+        if not todo:
+            continue
+        try:
+            size = image_file_size(root / rec["image"])
+            check_record_size(rec, size)
+            parse_regions([region_input(rec, j) | {"id": _region_id(rec, j)} for j in todo], size)
+        except InputError as err:
+            raise InputError(f"record {i + 1} ({rec['image']}): {err}") from None
+
+
+@contextmanager
+def output_lock(out: Path):
+    """Hold ``OUT.lock`` exclusively while a run writes ``out`` (released on every exit: the lock goes with the
+    process, even on SIGKILL); a second run on the same ``out`` stops at once with one line."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: nothing prevents a second run
+        yield
+        return
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # a process a DDP launcher started: its launcher holds the lock
+        yield
+        return
+    path = out.with_name(out.name + ".lock")
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise InputError(f"another run is writing '{out}' (process {holder} holds '{path}'): wait for it to "
+                             "finish, or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def check_finished_fields(finished: dict, out: Path, tasks, all_scores: bool) -> None:
@@ -305,23 +393,42 @@ def check_run_settings(out: Path, settings: dict) -> None:
 def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", "attributes", "category"),
                 all_scores=False, classes=None, attributes=None, tag_threshold=None, devices=1, accelerator="cpu",
                 batch_size=4, num_workers=2, encoder_batch_size=None, dtype=None, progress=True,
-                prepare_in_workers=True) -> dict:
+                prepare_in_workers=True, allow_empty=False) -> dict:
     """Describe every region of ``data`` (JSONL) into ``out`` (JSONL); resumable. Returns a summary.
     With ``num_workers`` > 0 the workers decode the images and, with ``prepare_in_workers`` (and a view
-    policy other than ``random``), also parse the regions and plan and render their views."""
+    policy other than ``random``), also parse the regions and plan and render their views. Every input is
+    checked before the model loads; a dataset with no region at all is an error unless ``allow_empty``
+    (records without regions are fine where others have some)."""
     data, out = Path(data), Path(out)
     if out.resolve() == data.resolve():
         raise InputError(f"--out '{out}' would overwrite the input file")
+    check_output_path(out)
     records = read_jsonl(data)
     root = Path(image_root) if image_root else data.parent
     check_records(records, data)
+    total = sum(len(r.get("regions", [])) for r in records)
+    if total == 0 and not allow_empty:
+        raise InputError(f"'{data}' has no region to describe ({len(records)} record(s), 0 regions); "
+                         "--allow-empty accepts it (an empty output)")
+    with output_lock(out):
+        return _run_locked(model, data, out, records, root, total, tasks=tasks, all_scores=all_scores,
+                           classes=classes, attributes=attributes, tag_threshold=tag_threshold, devices=devices,
+                           accelerator=accelerator, batch_size=batch_size, num_workers=num_workers,
+                           encoder_batch_size=encoder_batch_size, dtype=dtype, progress=progress,
+                           prepare_in_workers=prepare_in_workers)
+
+
+def _run_locked(model, data, out, records, root, total, *, tasks, all_scores, classes, attributes, tag_threshold,
+                devices, accelerator, batch_size, num_workers, encoder_batch_size, dtype, progress,
+                prepare_in_workers) -> dict:
     finished = read_finished(out, records)
     check_finished_fields(finished, out, tasks, all_scores)
-    check_run_settings(out, dict(model=model_identity(model), tasks=sorted(tasks), all_scores=bool(all_scores),
-                                 classes=classes, attributes=attributes, tag_threshold=tag_threshold, dtype=dtype))
+    settings = dict(model=model_identity(model), tasks=sorted(tasks), all_scores=bool(all_scores), classes=classes,
+                    attributes=attributes, tag_threshold=tag_threshold, dtype=dtype)
+    check_run_settings(out, settings)
     done = set(finished) | set(read_parts(out, records))
+    preflight(records, root, done)
     dataset = RecordDataset(records, root, done)
-    total = sum(len(r.get("regions", [])) for r in records)
     summary = {"out": str(out), "images": len(records), "regions": total, "skipped": len(done)}
     if len(dataset) == 0:
         summary["predicted"] = 0
@@ -332,7 +439,9 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
     if prepare_in_workers and num_workers > 0:
         dataset.views = module.view_settings()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=collate_images, persistent_workers=False)
+                                         collate_fn=collate_images, persistent_workers=False,
+                                         worker_init_fn=(functools.partial(die_with_parent, parent=os.getpid())
+                                                         if num_workers > 0 else None))
     writer = JsonlPredictionWriter(out, records, finished)
     devices = min(int(devices), len(dataset))  # no more processes than images (Lightning's sampler needs one each)
     strategy = "auto" if devices == 1 else ("ddp_spawn" if accelerator == "cpu" else "ddp")
@@ -349,3 +458,24 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     summary["predicted"] = total - len(done)
     return summary
+
+
+def die_with_parent(worker_id: int = 0, *, parent: int | None = None) -> None:
+    """DataLoader ``worker_init_fn``: the worker gets SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``), so
+    a ``kill -9`` of the main process leaves no worker behind holding its pipes and shared memory. ``parent``: the
+    pid the worker was started from (a worker whose parent is already gone ends at once). A no-op where the
+    call does not exist."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:  # the parent died before the call: no signal will come
+        os.kill(os.getpid(), signal.SIGKILL)
