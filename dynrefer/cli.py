@@ -227,12 +227,16 @@ LIGHTNING_NOTICE_LOGGERS = ("lightning.fabric.utilities.seed", "lightning.fabric
                             "lightning.fabric.accelerators.cuda")
 
 
-def quiet_third_parties() -> None:
+def quiet_third_parties(quiet: bool = True) -> None:
     """Keep transformers' and Hugging Face's notices and progress bars, and Lightning's start-up lines, off
-    stderr (a command prints its result and, on failure, one line); ``--verbose`` leaves them on. Set before
-    those libraries are imported; variables the user set win."""
+    stderr (a command prints its result and, on failure, one line); ``quiet=False`` (``--verbose``) lets Lightning's
+    through again. Set before those libraries are imported; variables the user set win."""
     import logging
 
+    if not quiet:
+        for name in LIGHTNING_NOTICE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # the loggers Lightning's notices come from (the package loggers are set to INFO when Lightning is imported;
@@ -257,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dynrefer`` console script; returns the exit status."""
     debug = os.environ.get("DYNREFER_DEBUG") == "1"
     argv, verbose = split_global_flags(sys.argv[1:] if argv is None else list(argv))
-    if not verbose:
-        quiet_third_parties()
+    quiet_third_parties(not verbose)
     with warnings.catch_warnings():
         if not (debug or verbose):
             warnings.simplefilter("ignore")

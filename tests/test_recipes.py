@@ -71,7 +71,7 @@ def test_training_recipes_step(recipe, fixture_data, tmp_path, caplog):
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 1
     with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
-        assert main(["fit", "--config", str(path), "--trainer.max_steps", "2", "--ckpt_path", "last"]) == 0
+        assert main(["--verbose", "fit", "--config", str(path), "--trainer.max_steps", "2", "--ckpt_path", "last"]) == 0
     assert "Restoring states from the checkpoint path at" in caplog.text and str(last) in caplog.text
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
 
