@@ -138,7 +138,11 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
     vocab = _read_json(src / "vocab.json")
     if not isinstance(vocab, dict):
         raise InputError(f"cannot read '{src / 'vocab.json'}': expected an object with 'categories' and 'attributes'")
-    model = cls(config, tags=tags, categories=vocab.get("categories"), attributes=vocab.get("attributes"))
+    # built without tags, then given their names and a buffer of the saved shape: the saved embeddings are loaded
+    # below (embedding every tag with the text tower first would be overwritten; for the official 4,585 tags, minutes)
+    model = cls(config, categories=vocab.get("categories"), attributes=vocab.get("attributes"))
+    model.tag_names = list(tags)
+    model.tag_embeddings = torch.zeros(len(tags), model.tag_embeddings.shape[1], dtype=model.tag_embeddings.dtype)
     try:
         with safe_open(str(src / WEIGHTS), framework="pt") as fh:
             meta = fh.metadata() or {}
