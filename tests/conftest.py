@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +97,20 @@ def tiny_model_dir(tmp_path_factory):
     model = dynrefer.DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=["circle", "square", "star"],
                               attributes=["color:red", "color:blue/navy", "pattern:dotted"])
     return model.save_pretrained(tmp_path_factory.mktemp("tiny_model") / "tiny")
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+@contextmanager
+def script_module(name: str):
+    """``scripts/NAME.py`` loaded as a module, with ``scripts/`` on the path while it is used (scripts import
+    their siblings)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPTS))

@@ -1,26 +1,19 @@
 """scripts/bench_predict.py's measuring parts (the benchmark itself is not a test)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import script_module
 import torch
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling bench_views
-    try:
-        spec = importlib.util.spec_from_file_location("bench_predict", SCRIPTS / "bench_predict.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with script_module("bench_predict") as module:
         yield module
-    finally:
-        sys.path.remove(str(SCRIPTS))
 
 
 def _touch(mb: int) -> np.ndarray:

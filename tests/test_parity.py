@@ -8,17 +8,16 @@ layouts, with its outputs stage by stage) is there in CI and in every developmen
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import script_module
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "scripts"
+
 FIXTURE = Path(os.environ.get("DYNREFER_PARITY_FIXTURE", ROOT.parent / "shared" / "parity"))
 
 pytestmark = pytest.mark.skipif(not (FIXTURE / "fixture.json").is_file(),
@@ -27,14 +26,8 @@ pytestmark = pytest.mark.skipif(not (FIXTURE / "fixture.json").is_file(),
 
 @pytest.fixture(scope="module")
 def check_parity():
-    sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling parity_fixture
-    try:
-        spec = importlib.util.spec_from_file_location("check_parity", SCRIPTS / "check_parity.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with script_module("check_parity") as module:
         yield module
-    finally:
-        sys.path.remove(str(SCRIPTS))
 
 
 @pytest.fixture(scope="module")
