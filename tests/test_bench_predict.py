@@ -1,6 +1,5 @@
 """scripts/bench_predict.py's measuring parts (the benchmark itself is not a test)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
