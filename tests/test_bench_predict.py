@@ -1,12 +1,9 @@
 """scripts/bench_predict.py's measuring parts (the benchmark itself is not a test)."""
 
-
 import numpy as np
 import pytest
-from conftest import script_module
 import torch
-
-
+from conftest import script_module
 
 
 @pytest.fixture(scope="module")
