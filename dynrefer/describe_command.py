@@ -47,6 +47,10 @@ def register(subparsers) -> None:
     p.add_argument("--num-views", type=int, default=None,
                    help="views per region; must be the model's own (a check: its fusion is sized for it)")
     p.add_argument("--all-scores", action="store_true", help="list every tag and every class with its score")
+    p.add_argument("--device", default=None,
+                   help="cpu (default), cuda, cuda:N, mps or auto (a GPU when there is one)")
+    p.add_argument("--dtype", default=None, choices=("bfloat16", "float16"),
+                   help="autocast precision (as predict's; docs: which precision is fastest where)")
     p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
     p.add_argument("--viz", default=None, help="draw each region with its caption into this PNG")
     p.set_defaults(func=run, regions=None)
@@ -77,6 +81,31 @@ def _region_specs(items, image_size) -> list:
     return specs
 
 
+def resolve_device(name: str | None):
+    """``--device``: None / ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, else MPS, else the CPU); a
+    device that is not there is an :class:`InputError`."""
+    import torch
+
+    if name is None or name == "cpu":
+        return None
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps") if mps is not None and mps.is_available() else None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device must be cpu, cuda, cuda:N, mps or auto, got {name!r}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"--device {name}: no such CUDA device is visible to PyTorch here (use cpu or auto)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"--device {name}: MPS is not available here (use cpu or auto)")
+    if device.type not in ("cuda", "mps"):
+        raise InputError(f"--device must be cpu, cuda, cuda:N, mps or auto, got {name!r}")
+    return device
+
+
 def run(args) -> int:
     from .engine import check_tasks, check_vocabulary
     from .images import load_image
@@ -100,7 +129,8 @@ def run(args) -> int:
     classes, attributes = check_vocabulary(args.classes, "classes"), check_vocabulary(args.attributes, "attributes")
     if args.model != "builtin":
         resolve_model_dir(args.model)
-    predictor = Predictor(args.model)
+    device = resolve_device(args.device)
+    predictor = Predictor(args.model, device=device, dtype=args.dtype)
     record = predictor.describe(image, specs, tasks=tasks, num_views=args.num_views, box_format=args.box_format,
                                 classes=classes, attributes=attributes, all_scores=args.all_scores,
                                 image_label=str(args.image))

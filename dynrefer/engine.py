@@ -240,10 +240,7 @@ class Engine:
             pixels = render_plan(images, plan, self.model.config.views.size, self.device)
         weight = self.model.tag_embeddings  # a model cast as a whole (model.to(torch.bfloat16)) gets its dtype's pixels
         if weight.is_floating_point() and pixels.dtype != weight.dtype and self.dtype is None:
-            if weight.device.type == "cpu":
-                raise InputError(f"a {weight.dtype} model on the CPU: torchvision's roi_align has no CPU kernel for it; "
-                                 "keep the model in float32 and ask for dtype='bfloat16' (autocast) instead")
-            pixels = pixels.to(weight.dtype)
+            pixels = pixels.to(weight.dtype)  # (the RoI step runs in float32 whatever the dtype: model/roi.py)
         return {
             "pixels": pixels,
             "view_index": torch.as_tensor(plan.view_index, device=self.device),

@@ -221,7 +221,7 @@ class DeformableAlignment(nn.Module):
 
     def forward(self, view: Tensor, reference: Tensor) -> Tensor:
         packed = self.packed_offset_mask(view, reference)
-        x = self.value_proj(view.permute(0, 2, 3, 1))  # (B, H, W, C)
+        x = self.value_proj(view.permute(0, 2, 3, 1).contiguous())  # (B, H, W, C); contiguous: the same bf16 kernel whatever B
         dtype = x.dtype
         sampler = self.sampler
         if sampler == "auto":

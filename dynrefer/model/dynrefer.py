@@ -197,7 +197,7 @@ class DynRefer(nn.Module):
     def predict_tags(self, region: torch.Tensor, threshold: float | None = None) -> list[list[tuple[str, float]]]:
         if self.tag_head is None or not self.tag_names:
             return [[] for _ in range(region.shape[0])]
-        probs = torch.sigmoid(self.tag_head(region, self.tag_embeddings)).float().cpu()
+        probs = torch.sigmoid(self.tag_head(region, self.tag_embeddings).float()).cpu()  # float32: no bf16 flips
         thr = self.config.tags.threshold if threshold is None else threshold
         out = []
         # Python lists (iterating a tensor costs a tensor per element); the comparison stays the tensor's
@@ -313,7 +313,7 @@ class DynRefer(nn.Module):
             scores = self.score_texts(region, [t for t in (prompts, category_texts) if t], raw=official)
         if want_attributes:
             names = [a if isinstance(a, str) else a["name"] for a in attributes]
-            probs = torch.sigmoid(max_over_prompts(scores[:, : len(prompts)], owner, len(names))).cpu()
+            probs = torch.sigmoid(max_over_prompts(scores[:, : len(prompts)].float(), owner, len(names))).cpu()
             for o, row in zip(out, probs.tolist()):
                 o["attributes"] = sorted(([n, p] for n, p in zip(names, row)), key=lambda x: (-x[1], x[0]))
         if want_categories:

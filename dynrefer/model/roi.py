@@ -20,6 +20,8 @@ included.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 from torchvision.ops import roi_align
@@ -94,17 +96,27 @@ class ViewRoIAlign(nn.Module):
         self.aligned = bool(aligned)
 
     def forward(self, cls: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Always in float32 (boxes, batch indices, sampling), whatever the features' dtype (the output has it):
+        a bfloat16 box rounds 20.7 to 20.75 and a batch index above 256 to a neighbour's, and torchvision's
+        CUDA kernel has no bfloat16. Float32 features with a fixed sampling ratio take the torchvision
+        kernel below :data:`SEPARABLE_MIN_MAPS` maps (faster there); half-precision ones always the separable
+        form, so that a region's result does not depend on how many maps share its batch."""
         n = patches.shape[0]
         if boxes.shape != (n, 4):
             raise ValueError(f"expected one box per view, shape ({n}, 4); got {tuple(boxes.shape)}")
-        if self.sampling_ratio > 0 and n >= SEPARABLE_MIN_MAPS:
+        half = patches.dtype not in (torch.float32, torch.float64)
+        if self.sampling_ratio > 0 and (n >= SEPARABLE_MIN_MAPS or half):
             pooled = separable_roi_align(patches, boxes, self.output_size, self.spatial_scale,
                                          self.sampling_ratio, self.aligned)  # (N, C, h, w)
-        else:  # few maps (torchvision is faster there) or an adaptive sampling grid (differs box by box)
-            index = torch.arange(n, device=patches.device, dtype=patches.dtype)[:, None]
-            rois = torch.cat([index, boxes.to(patches.dtype)], dim=1)
-            pooled = roi_align(patches, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
-                               sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+        else:  # few float32 maps (torchvision is faster there) or an adaptive sampling grid (differs box by box)
+            work = torch.promote_types(patches.dtype, torch.float32)
+            index = torch.arange(n, device=patches.device, dtype=work)[:, None]
+            rois = torch.cat([index, boxes.to(work)], dim=1)
+            plain = patches.device.type in ("cpu", "cuda")
+            with torch.autocast(device_type=patches.device.type, enabled=False) if plain else nullcontext():
+                pooled = roi_align(patches.to(work), rois, output_size=self.output_size,
+                                   spatial_scale=self.spatial_scale, sampling_ratio=self.sampling_ratio,
+                                   aligned=self.aligned).to(patches.dtype)
         return torch.cat([cls[:, None, :], pooled.flatten(2).transpose(1, 2)], dim=1)
 
     def extra_repr(self) -> str:

@@ -59,6 +59,8 @@ def supports(lm: nn.Module, settings: dict, *, eos_token_id=None, pad_token_id=N
         return False
     if type(lm.lm_head) is not nn.Linear or int(settings.get("num_beams", 1)) < 2:
         return False
+    if lm.lm_head.weight.dtype == torch.float16:  # T5 clamps float16 activations against overflow; generate does
+        return False
     cfg = lm.generation_config
     for name, allowed in _NEUTRAL.items():
         if allowed is not None and getattr(cfg, name, None) not in allowed:

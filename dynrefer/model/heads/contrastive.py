@@ -70,16 +70,16 @@ class ContrastiveHead(nn.Module):
         b = region.shape[0]
         all_regions = region if all_regions is None else all_regions
         all_texts = text_embeddings if all_texts is None else all_texts
-        labels_r2t = -torch.ones((b, all_texts.shape[0]), device=region.device, dtype=region.dtype)
+        labels_r2t = -torch.ones((b, all_texts.shape[0]), device=region.device, dtype=torch.float32)
         labels_r2t[torch.arange(b), offset + torch.arange(b)] = 1
         if positives is not None:
             if all_texts is not text_embeddings or tuple(positives.shape) != (b, b):
                 raise ValueError(f"positives must be ({b}, {b}) and used without gathering, got {tuple(positives.shape)}")
             labels_r2t = labels_r2t.masked_fill(positives.to(region.device), 1.0)
-        r2t = self.forward(region, all_texts)  # (B, B_all)
+        r2t = self.forward(region, all_texts).float()  # (B, B_all); the loss in float32 whatever the precision
         loss_r2t = -F.logsigmoid(labels_r2t * r2t).sum() / b
         if all_regions is region and all_texts is text_embeddings:
             return loss_r2t  # without gathering both directions sum over the same pairs
-        t2r = self.forward(all_regions, text_embeddings).transpose(0, 1)  # (B_texts, B_all regions)
+        t2r = self.forward(all_regions, text_embeddings).float().transpose(0, 1)  # (B_texts, B_all regions)
         loss_t2r = -F.logsigmoid(labels_r2t * t2r).sum() / b
         return (loss_r2t + loss_t2r) / 2

@@ -9,6 +9,7 @@ changing any result.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,9 +22,25 @@ class CrossAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        attended, _ = self.attn(queries, memory, memory, need_weights=False)
-        x = self.norm1(queries + attended)
+        x = self.norm1(queries + self._attend(queries, memory))
         return self.norm2(x + self.ffn(x))
+
+    def _attend(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """``self.attn(queries, memory, memory)`` written with its own weights: projections, then
+        ``scaled_dot_product_attention``. The same function; unlike ``nn.MultiheadAttention``'s fused inference
+        path, its half-precision result for a region does not depend on how many regions share the batch."""
+        attn = self.attn
+        if attn.training and attn.dropout > 0:
+            return attn(queries, memory, memory, need_weights=False)[0]
+        q_w, k_w, v_w = attn.in_proj_weight.chunk(3)
+        q_b, k_b, v_b = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+        heads = attn.num_heads
+
+        def split(x, w, b):  # (B, L, D) -> (B, heads, L, D / heads)
+            return F.linear(x, w, b).unflatten(-1, (heads, -1)).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(queries, q_w, q_b), split(memory, k_w, k_b), split(memory, v_w, v_b))
+        return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class CrossAttentionDecoder(nn.Module):
@@ -53,7 +70,7 @@ def decode_vocabulary(decoder, head, text: torch.Tensor, memory: torch.Tensor, c
     outs = []
     b = memory.shape[0]
     for start in range(0, text.shape[0], chunk):
-        q = text[start : start + chunk].unsqueeze(0).expand(b, -1, -1)
+        q = text[start : start + chunk].unsqueeze(0).expand(b, -1, -1).contiguous()  # one kernel whatever b (bf16)
         outs.append(head(decoder(q, memory)))
     if not outs:
         return memory.new_zeros((b, 0))

@@ -20,6 +20,7 @@ import string
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import InputError
@@ -198,8 +199,13 @@ class LanguageHead(nn.Module):
         return self.lm(inputs_embeds=embeds, attention_mask=attn, labels=full_labels), full_labels
 
     def loss(self, region: torch.Tensor, controls: list[str], captions: list[str]) -> torch.Tensor:
-        """Mean token cross-entropy of ``captions`` given ``R`` and control strings."""
-        return self.teacher_forced(region, controls, captions)[0].loss
+        """Mean token cross-entropy of ``captions`` given ``R`` and control strings, in float32 whatever the LM's
+        precision (the LM's own ``.loss`` is in its logits' dtype)."""
+        out, labels = self.teacher_forced(region, controls, captions)
+        logits = out.logits
+        if not self.is_seq2seq:  # position i predicts token i + 1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
     def log_likelihood(self, region: torch.Tensor, controls: list[str], captions: list[str]) -> torch.Tensor:

@@ -18,12 +18,13 @@ from .decoder import CrossAttentionDecoder, decode_vocabulary
 
 
 def asymmetric_loss(logits, targets, *, gamma_neg=7.0, gamma_pos=0.0, clip=0.05, eps=1e-8) -> torch.Tensor:
-    """Asymmetric loss (Ridnik et al. 2021), summed.
+    """Asymmetric loss (Ridnik et al. 2021), summed, computed in float32.
 
     ``p = σ(x)``; negatives use the shifted probability ``p_m = max(p − clip, 0)`` through
     ``1 − p_m = min(1 − p + clip, 1)``; ``loss = −Σ [y (1 − p)^γ+ log p + (1 − y) p_m^γ− log(1 − p_m)]``
     with both logarithms clamped at ``eps``.
     """
+    logits = logits.float()  # in float32 whatever the model's precision: in float16 sigmoid underflows (NaN loss)
     targets = targets.to(logits.dtype)
     p = torch.sigmoid(logits)
     neg_prob = (1 - p + clip).clamp(max=1) if clip and clip > 0 else 1 - p
