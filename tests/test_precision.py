@@ -1,0 +1,119 @@
+"""Reduced precision (issue 32): what always runs in float32 (RoI boxes, indices and sampling, losses,
+probabilities), half-precision results that do not depend on the batch, and bf16 models on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+from dynrefer.model.config import tiny_config
+from dynrefer.model.dynrefer import DynRefer
+from dynrefer.model.heads.decoder import CrossAttentionLayer
+from dynrefer.model.roi import ViewRoIAlign
+
+
+def test_roi_in_float32_whatever_the_features_dtype():
+    """bf16 features: boxes are not rounded (20.7 stays 20.7) and a map above index 256 reads its own box."""
+    torch.manual_seed(0)
+    n = 300
+    feats = torch.randn(n, 8, 16, 16).to(torch.bfloat16)
+    boxes = torch.tensor([[20.7, 10.3, 150.3, 200.9]]).repeat(n, 1) + torch.linspace(0, 3, n)[:, None]
+    roi = ViewRoIAlign(16, 14, 2, False)
+    got = roi(torch.zeros(n, 8, dtype=torch.bfloat16), feats, boxes)[:, 1:]
+    rois = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], boxes], 1)
+    want = roi_align(feats.float(), rois, 16, 1 / 14, 2, False).flatten(2).transpose(1, 2)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)  # only the output's bf16 rounding
+    rounded = roi_align(feats.float(), torch.cat([rois[:, :1], boxes.to(torch.bfloat16).float()], 1), 16, 1 / 14, 2,
+                        False).flatten(2).transpose(1, 2)
+    assert (got.float() - want).abs().max() < (rounded - want).abs().max()  # bf16 boxes would move it more
+    alone = roi(torch.zeros(1, 8, dtype=torch.bfloat16), feats[299:], boxes[299:])[:, 1:]
+    assert torch.equal(alone, got[299:])  # the same whatever the batch
+    # an adaptive sampling grid (torchvision's kernel for any count): batch indices above 256 in float32 too
+    adaptive = ViewRoIAlign(16, 14, 0, False)(torch.zeros(n, 8, dtype=torch.bfloat16), feats, boxes)[:, 1:]
+    want0 = roi_align(feats.float(), rois, 16, 1 / 14, 0, False).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(adaptive.float(), want0, atol=2e-2, rtol=1e-2)
+    # float32 features below the separable threshold keep torchvision's kernel (boxes in float32 too)
+    few = roi(torch.zeros(3, 8), feats[:3].float(), boxes[:3])[:, 1:]
+    torch.testing.assert_close(few, want[:3], atol=1e-5, rtol=1e-5)
+
+
+def test_losses_in_float32_for_half_logits():
+    from dynrefer.model.heads.tags import asymmetric_loss
+
+    logits = torch.tensor([[-30.0, 12.0, 0.5, -0.2]], dtype=torch.float16)
+    targets = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    loss = asymmetric_loss(logits, targets)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert float(loss) == pytest.approx(float(asymmetric_loss(logits.float(), targets)), rel=1e-6)
+    torch.manual_seed(0)
+    model = DynRefer(tiny_config()).half()
+    region = torch.randn(4, 8, 64, dtype=torch.float16)
+    texts = torch.randn(4, model.tag_embeddings.shape[1], dtype=torch.float16)
+    contrastive = model.contrastive_head.loss(region, texts)
+    assert contrastive.dtype == torch.float32 and torch.isfinite(contrastive)
+
+
+def test_cross_attention_equals_multihead_attention():
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(32, 4, 64).double().eval()
+    q, m = torch.randn(3, 5, 32, dtype=torch.float64), torch.randn(3, 7, 32, dtype=torch.float64)
+    attended = layer.attn(q, m, m, need_weights=False)[0]
+    x = layer.norm1(q + attended)
+    torch.testing.assert_close(layer(q, m), layer.norm2(x + layer.ffn(x)), atol=1e-12, rtol=0)
+    layer.train()
+    out = layer(q, m)
+    out.sum().backward()
+    assert layer.attn.in_proj_weight.grad is not None and layer.attn.out_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("cast", [False, True], ids=["bf16-autocast", "bf16-weights"])
+def test_half_precision_results_do_not_depend_on_the_batch(cast):
+    torch.manual_seed(0)
+    model = DynRefer(tiny_config(), tags=["red", "circle", "blue"]).eval()
+    with torch.no_grad():  # non-trivial alignment
+        model.align.offset_mask.weight.normal_(0, 0.05)
+        model.align.offset_mask.bias.normal_(0, 0.5)
+    dtype = torch.bfloat16
+    if cast:
+        model = model.to(dtype)
+    pixels = torch.randn(30, 3, 64, 64, dtype=dtype if cast else torch.float32)
+    boxes = (torch.tensor([[3.0, 5.0, 50.0, 60.0]]) + torch.arange(30.0)[:, None] / 7).clamp(max=64)
+    context = torch.autocast("cpu", dtype=dtype, enabled=not cast)
+    with torch.inference_mode(), context:
+        batch = model.encode_regions(pixels, boxes)
+        alone = model.encode_regions(pixels[:3], boxes[:3])
+        assert torch.equal(alone, batch[:1])
+        tags_batch = model.tag_head(batch, model.tag_embeddings)
+        assert torch.equal(model.tag_head(batch[:1], model.tag_embeddings), tags_batch[:1])
+        texts = ["the red circle", "the blue square"]
+        assert torch.equal(model.score_texts(batch[:1], texts), model.score_texts(batch, texts)[:1])
+
+
+def test_a_bf16_model_runs_on_the_cpu(photos):
+    from dynrefer.engine import Engine
+
+    torch.manual_seed(0)
+    model = DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=["circle", "square"]).eval()
+    photo = photos["coffee"]
+    boxes = [[40.5, 30.25, 200.0, 180.0], [300.0, 100.0, 500.0, 390.0]]
+    from dynrefer.regions import parse_regions
+
+    regions = [parse_regions(boxes, photo.size)]
+    full, _ = Engine(model).run([photo.tensor], regions, tasks=("category", "tags"), all_tags=True)
+    half, _ = Engine(model.to(torch.bfloat16)).run([photo.tensor], regions, tasks=("category", "tags"), all_tags=True)
+    for a, b in zip(full[0], half[0]):
+        assert a["category"][0] == b["category"][0]
+        np.testing.assert_allclose([s for _, s in sorted(a["tags"])], [s for _, s in sorted(b["tags"])], atol=0.05)
+
+
+def test_float16_t5_decodes_with_generate():
+    from dynrefer.model.heads import beam
+
+    torch.manual_seed(0)
+    lm = DynRefer(tiny_config()).language_head.lm.eval()
+    settings = dict(num_beams=2, max_new_tokens=5)
+    assert beam.supports(lm, settings, eos_token_id=1, pad_token_id=0)
+    assert not beam.supports(lm.half(), settings, eos_token_id=1, pad_token_id=0)  # T5's float16 clamp: generate
