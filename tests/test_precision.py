@@ -117,3 +117,55 @@ def test_float16_t5_decodes_with_generate():
     settings = dict(num_beams=2, max_new_tokens=5)
     assert beam.supports(lm, settings, eos_token_id=1, pad_token_id=0)
     assert not beam.supports(lm.half(), settings, eos_token_id=1, pad_token_id=0)  # T5's float16 clamp: generate
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _built_as_before(folder):
+    """``from_pretrained`` the way it loaded before: the model built (random initialisation) and copied into."""
+    from dynrefer.model import io
+
+    original = io._assigned
+    io._assigned = lambda *args, **kwargs: None
+    try:
+        return DynRefer.from_pretrained(folder)
+    finally:
+        io._assigned = original
+
+
+def test_loading_assigns_the_saved_tensors_as_building_would(photos, monkeypatch):
+    from dynrefer.model import io
+    from dynrefer.model.io import builtin_dir
+    from dynrefer.predictor import Predictor
+
+    assigned = []
+    original = io._assigned
+    monkeypatch.setattr(io, "_assigned", lambda *a, **k: assigned.append(original(*a, **k)) or assigned[-1])
+    fast = DynRefer.from_pretrained("builtin")
+    monkeypatch.undo()
+    assert assigned and assigned[0] is fast  # built on the meta device, given the saved tensors
+    slow = _built_as_before(builtin_dir())
+    a, b = fast.state_dict(), slow.state_dict()
+    assert set(a) == set(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    assert [n for n, _ in fast.named_buffers()] == [n for n, _ in slow.named_buffers()]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(fast.named_buffers(), slow.named_buffers()))
+    assert [(n, p.requires_grad) for n, p in fast.named_parameters()] == \
+           [(n, p.requires_grad) for n, p in slow.named_parameters()]  # tied parameters are tied again
+    assert not any(t.is_meta for t in list(fast.parameters()) + list(fast.buffers()))
+    photo = photos["chelsea"]
+    boxes = [[10, 10, 200, 200], [100.5, 50.25, 400, 290]]
+    assert Predictor(fast).describe(photo.tensor, boxes, all_scores=True) == \
+           Predictor(slow).describe(photo.tensor, boxes, all_scores=True)
+
+
+def test_a_half_precision_folder_loads_in_its_dtype_and_saves_over_itself(tmp_path):
+    torch.manual_seed(0)
+    model = DynRefer(tiny_config(), tags=["red", "blue"]).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "m")
+    loaded = DynRefer.from_pretrained(tmp_path / "m")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert torch.equal(loaded.tag_embeddings, model.tag_embeddings)
+    region = torch.randn(1, 8, 64, dtype=torch.bfloat16)
+    before = loaded.predict_tags(region, 0.0)
+    loaded.save_pretrained(tmp_path / "m")  # its tensors map the file it replaces: an atomic rename keeps them
+    assert loaded.predict_tags(region, 0.0) == before
+    assert [p.name for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")] == []

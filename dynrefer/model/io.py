@@ -20,11 +20,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
+from ..records import default_file_mode
 from .config import DynReferConfig
 
 WEIGHTS = "model.safetensors"
@@ -84,7 +87,17 @@ def save_pretrained(model, directory, *, include_frozen: bool = True, frozen_dty
             continue
         seen[key] = name
         tensors[name] = tensor.detach().contiguous().cpu()
-    save_file(tensors, str(out / WEIGHTS), metadata={"aliases": json.dumps(aliases), "format": "pt"})
+    # a new file renamed over the old one: never a half-written file, and a model loaded from this folder (its
+    # tensors map the old file: from_pretrained assigns them without a copy) keeps reading the old one
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", suffix=".tmp", dir=out)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"aliases": json.dumps(aliases), "format": "pt"})
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, out / WEIGHTS)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(model.config), indent=2) + "\n")
     (out / "tags.txt").write_text("".join(f"{t}\n" for t in model.tag_names))
     (out / "vocab.json").write_text(json.dumps({"categories": model.categories, "attributes": model.attributes},
@@ -138,11 +151,6 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
     vocab = _read_json(src / "vocab.json")
     if not isinstance(vocab, dict):
         raise InputError(f"cannot read '{src / 'vocab.json'}': expected an object with 'categories' and 'attributes'")
-    # built without tags, then given their names and a buffer of the saved shape: the saved embeddings are loaded
-    # below (embedding every tag with the text tower first would be overwritten; for the official 4,585 tags, minutes)
-    model = cls(config, categories=vocab.get("categories"), attributes=vocab.get("attributes"))
-    model.tag_names = list(tags)
-    model.tag_embeddings = torch.zeros(len(tags), model.tag_embeddings.shape[1], dtype=model.tag_embeddings.dtype)
     try:
         with safe_open(str(src / WEIGHTS), framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -153,9 +161,72 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
                          f"({type(err).__name__}: {err})") from None
     for alias, target in aliases.items():
         state[alias] = state[target]
-    load_checked(model, state, skip_prefixes=tuple(p for n in frozen for p in FROZEN_PREFIXES[n]), strict=strict,
-                 source=str(src / WEIGHTS))
+    kwargs = dict(categories=vocab.get("categories"), attributes=vocab.get("attributes"))
+    skip = tuple(p for n in frozen for p in FROZEN_PREFIXES[n])
+    if not frozen and config.language.lora_r == 0:  # every tensor is in the folder: nothing to build twice
+        model = _assigned(cls, config, kwargs, tags, state, strict=strict, source=str(src / WEIGHTS))
+        if model is not None:
+            return model
+    # built without tags, then given their names and a buffer of the saved shape: the saved embeddings are loaded
+    # below (embedding every tag with the text tower first would be overwritten; for the official 4,585 tags, minutes)
+    model = cls(config, **kwargs)
+    model.tag_names = list(tags)
+    model.tag_embeddings = torch.zeros(len(tags), model.tag_embeddings.shape[1], dtype=model.tag_embeddings.dtype)
+    load_checked(model, state, skip_prefixes=skip, strict=strict, source=str(src / WEIGHTS))
     return model
+
+
+def stored_dtype(state: dict) -> torch.dtype:
+    """The dtype a folder's model runs in: the one every floating tensor has when it was saved cast as a whole
+    (``model.to(torch.bfloat16)``, ``convert-official --dtype bfloat16``), else float32 (a float32 model, also one
+    whose frozen towers were stored in half precision to halve the folder: ``frozen_dtype``)."""
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def _assigned(cls, config, kwargs: dict, tags: list[str], state: dict, *, strict: bool, source: str):
+    """The model built on the ``meta`` device (no memory, no random initialisation, no tag embedding) and given
+    the saved tensors themselves (``load_state_dict(assign=True)``), in the dtype of :func:`stored_dtype`; the
+    few tensors a folder does not store (non-persistent buffers) are rebuilt by :func:`_rebuild_buffer`. None when
+    one of them is of an unknown kind: the caller then builds the model as usual."""
+    dtype = stored_dtype(state)
+    with torch.device("meta"):
+        model = cls(config, **kwargs)
+    model.tag_names = list(tags)
+    model.tag_embeddings = torch.zeros(len(tags), model.tag_embeddings.shape[1], device="meta")
+    own = model.state_dict()
+    check_state(own, state, strict=strict, source=source)
+    state = {k: (v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v) for k, v in state.items()
+             if k in own}
+    untie_differing(model, state)
+    tied = [names for names in _parameter_groups(model).values() if len(names) > 1]
+    model.load_state_dict(state, strict=False, assign=True)
+    for names in tied:  # assign gives each name a Parameter of its own: tie them again (one Parameter)
+        first = model.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, first)
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta:
+            value = _rebuild_buffer(name, buffer, dtype)
+            if value is None:
+                return None
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, value)
+    if any(p.is_meta for p in model.parameters()):
+        return None
+    return model
+
+
+def _rebuild_buffer(name: str, buffer: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """A non-persistent buffer as its module builds it: open_clip's causal text mask (``-inf`` above the diagonal),
+    timm EVA's zero key bias; None for any other."""
+    leaf = name.rpartition(".")[2]
+    if leaf == "attn_mask" and buffer.dim() == 2 and buffer.shape[0] == buffer.shape[1]:
+        return torch.full(tuple(buffer.shape), float("-inf")).triu_(1).to(buffer.dtype)
+    if leaf == "k_bias" and buffer.dim() == 1:
+        return torch.zeros(tuple(buffer.shape), dtype=dtype)
+    return None
 
 
 def _read_text(path: Path) -> str:
@@ -203,9 +274,8 @@ def resolve_model_dir(directory) -> Path:
     return path
 
 
-def load_checked(model, state: dict, *, skip_prefixes=(), strict=True, source="checkpoint") -> None:
-    """``load_state_dict`` that fails listing missing, unexpected and mis-shaped tensors."""
-    own = model.state_dict()
+def check_state(own: dict, state: dict, *, skip_prefixes=(), strict=True, source="checkpoint") -> None:
+    """Fail listing the missing, unexpected and mis-shaped tensors of ``state`` against a model's ``own`` state."""
     expected = {k for k in own if not k.startswith(skip_prefixes)} if skip_prefixes else set(own)
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -217,12 +287,26 @@ def load_checked(model, state: dict, *, skip_prefixes=(), strict=True, source="c
             if items:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:20])}{' ...' if len(items) > 20 else ''}")
         raise InputError(f"cannot load '{source}': " + "; ".join(parts))
+
+
+def load_checked(model, state: dict, *, skip_prefixes=(), strict=True, source="checkpoint") -> None:
+    """``load_state_dict`` that fails listing missing, unexpected and mis-shaped tensors."""
+    own = model.state_dict()
+    check_state(own, state, skip_prefixes=skip_prefixes, strict=strict, source=source)
     if untie_differing(model, state):
         own = model.state_dict()
     with torch.no_grad():
         for k, v in state.items():
             if k in own and tuple(v.shape) == tuple(own[k].shape):
                 own[k].copy_(v)
+
+
+def _parameter_groups(model) -> dict[int, list[str]]:
+    """The names of each parameter (several when the model ties it), by parameter identity."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return groups
 
 
 def untie_differing(model, state: dict) -> list[str]:
@@ -233,9 +317,7 @@ def untie_differing(model, state: dict) -> list[str]:
     embeddings), while the saved tensors may hold them apart (Flan-T5's ``lm_head`` is its own: transformers'
     ``from_pretrained`` leaves such weights untied). Copying both into one shared tensor would keep only the last.
     """
-    groups: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), []).append(name)
+    groups = _parameter_groups(model)
     untied = []
     for names in groups.values():
         first = next((n for n in names if n in state), None)
