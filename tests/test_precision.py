@@ -169,3 +169,18 @@ def test_a_half_precision_folder_loads_in_its_dtype_and_saves_over_itself(tmp_pa
     loaded.save_pretrained(tmp_path / "m")  # its tensors map the file it replaces: an atomic rename keeps them
     assert loaded.predict_tags(region, 0.0) == before
     assert [p.name for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_half_precision_lm_folder_loads_in_float32(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from dynrefer.model.config import LanguageConfig
+    from dynrefer.model.heads.language import build_char_tokenizer, build_language_model
+
+    tok = build_char_tokenizer()
+    lm = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                             num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    lm.to(torch.bfloat16).save_pretrained(tmp_path / "t5")
+    tok.save_pretrained(tmp_path / "t5")
+    loaded, _ = build_language_model(LanguageConfig(path=str(tmp_path / "t5")))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}

@@ -96,7 +96,9 @@ def build_language_model(cfg: LanguageConfig, vocab_size: int | None = None):
         if not path.is_dir():
             raise InputError(f"cannot read language model folder '{path}': no such folder")
         hf_cfg = _with_activation(AutoConfig.from_pretrained(str(path), local_files_only=True), cfg.dense_act_fn)
-        model = auto.from_pretrained(str(path), config=hf_cfg, local_files_only=True)
+        # float32 like every other part (transformers 5 would keep a half-precision folder in half, dtype="auto");
+        # a model runs in half precision when cast as a whole, or under autocast
+        model = auto.from_pretrained(str(path), config=hf_cfg, local_files_only=True, dtype=torch.float32)
         tokenizer = load_tokenizer(cfg.tokenizer_path or str(path))
         return model, tokenizer
     if not cfg.model_config:
