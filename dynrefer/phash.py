@@ -238,6 +238,8 @@ def phash_official_batched(
     """
     crops = np.asarray(crops, dtype=np.int64).reshape(-1, 4)
     gray_t = gray if isinstance(gray, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(gray, np.float32))
+    if gray_t.device.type == "mps":  # the hash needs float64 products, which MPS does not have: on the CPU
+        gray_t = gray_t.cpu()
     if len(crops) == 0:
         return np.zeros((0, HASH_SIZE * HASH_SIZE), dtype=bool)
     if engine == "auto":

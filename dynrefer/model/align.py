@@ -197,7 +197,7 @@ class DeformableAlignment(nn.Module):
         # in float32 and rounds once; three half-precision roundings here would double a bf16 model's error
         work = torch.promote_types(stacked.dtype, torch.float32)
         weight = conv.weight.to(work).reshape(2 * self.channels, 1, *conv.weight.shape[2:])
-        plain = stacked.device.type in ("cpu", "cuda")  # where autocast exists (not on the meta device)
+        plain = stacked.device.type in ("cpu", "cuda", "mps")  # where autocast exists (not on the meta device)
         with torch.autocast(device_type=stacked.device.type, enabled=False) if plain else nullcontext():
             each = F.conv2d(stacked.permute(0, 3, 1, 2).to(work), weight, None, padding=conv.padding,
                             groups=2 * self.channels)
@@ -225,7 +225,7 @@ class DeformableAlignment(nn.Module):
         dtype = x.dtype
         sampler = self.sampler
         if sampler == "auto":
-            sampler = "grid_sample" if x.device.type == "cpu" else "deform_conv2d"
+            sampler = "grid_sample" if x.device.type in ("cpu", "mps") else "deform_conv2d"  # MPS: no torchvision kernel
         if x.shape[1] < 2 or x.shape[2] < 2:
             sampler = "deform_conv2d"  # grid_sample's normalised coordinates need two pixels per axis
         if sampler == "grid_sample":

@@ -112,7 +112,7 @@ class ViewRoIAlign(nn.Module):
             work = torch.promote_types(patches.dtype, torch.float32)
             index = torch.arange(n, device=patches.device, dtype=work)[:, None]
             rois = torch.cat([index, boxes.to(work)], dim=1)
-            plain = patches.device.type in ("cpu", "cuda")
+            plain = patches.device.type in ("cpu", "cuda", "mps")
             with torch.autocast(device_type=patches.device.type, enabled=False) if plain else nullcontext():
                 pooled = roi_align(patches.to(work), rois, output_size=self.output_size,
                                    spatial_scale=self.spatial_scale, sampling_ratio=self.sampling_ratio,
