@@ -185,6 +185,8 @@ def image_file_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def _oriented_size(img: Image.Image, label: str, *, is_file: bool) -> tuple[int, int]:
     _check_pil_size(img, label, _file_error)
+    if img.format == "TIFF":  # Pillow's TIFF reader reports the size with the orientation applied already
+        return int(img.width), int(img.height)
     orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation: 5-8 turn the image by 90 degrees
     return (int(img.height), int(img.width)) if orientation in (5, 6, 7, 8) else (int(img.width), int(img.height))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -145,7 +146,8 @@ def run(args) -> int:
                           encoder_batch_size=_optional_int(opts["encoder_batch_size"]), dtype=opts["dtype"],
                           progress=sys.stderr.isatty() if opts["progress"] is None else bool(opts["progress"]),
                           allow_empty=bool(opts["allow_empty"]))
-    print(json.dumps(summary))
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(json.dumps(summary))  # once: a DDP launcher runs this command in every process
     return 0
 
 

@@ -319,7 +319,7 @@ def test_predict_on_dev_full_is_one_line(tiny_model_dir, images, tmp_path, capsy
 
 
 # ------------------------------------------------------------------------ 8. record width / height types
-@pytest.mark.parametrize("width, shown", [("256", "'256' (str)"), (256.0, "256.0 (float)"), (0, "0 (int)"),
+@pytest.mark.parametrize("width, shown", [("256", "'256' (str)"), (256.5, "256.5 (float)"), (0, "0 (int)"),
                                           (True, "True (bool)")])
 def test_record_sizes_must_be_integers(tiny_model_dir, images, tmp_path, monkeypatch, width, shown):
     no_model(monkeypatch)
@@ -434,3 +434,39 @@ def test_no_third_party_notices_unless_verbose(tiny_model_dir, images, tmp_path)
     assert np.array_equal(*(np.array(json.loads((tmp_path / f).read_text())["regions"][0]["views"][0]["crop"])
                             for f in ("a.jsonl", "b.jsonl")))
 
+
+
+# ------------------------------------------------------------------------ found by the review of the above
+@pytest.mark.slow
+def test_two_processes_with_workers(tiny_model_dir, images, tmp_path):
+    """--devices 2 on a CPU with DataLoader workers: the workers of each spawned process live (their parent is that
+    process, not the command's)."""
+    records = [{"image": f"{name}.png", "regions": [{"box": [1, 1, 30, 30]}]} for name in ("astronaut", "coffee")]
+    data = write_jsonl(images / "two.jsonl", records)
+    summary = run_predict(tiny_model_dir, data, tmp_path / "o.jsonl", devices=2, num_workers=1, progress=False)
+    assert summary["predicted"] == 2 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+
+
+def test_out_in_a_new_folder_and_float_sizes(tiny_model_dir, images, tmp_path):
+    from PIL import Image as PILImage
+
+    w, h = PILImage.open(images / "coffee.png").size
+    data = write_jsonl(images / "floats.jsonl", [{"image": "coffee.png", "width": float(w), "height": float(h),
+                                                  "regions": [{"box": [1, 1, 30, 30]}]}])
+    out = tmp_path / "new" / "folder" / "o.jsonl"
+    assert run_predict(tiny_model_dir, data, out, num_workers=0, progress=False)["predicted"] == 1
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG", "PNG"])
+def test_header_size_is_the_loaded_size_for_rotated_images(tmp_path, fmt):
+    from PIL import Image as PILImage
+
+    from dynrefer.images import image_file_size, load_image
+
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotated by 90 degrees
+    path = tmp_path / f"rotated.{fmt.lower()}"
+    PILImage.new("RGB", (200, 100), "red").save(path, fmt, exif=exif)
+    loaded = load_image(path)
+    assert image_file_size(path) == (int(loaded.shape[2]), int(loaded.shape[1])) == (100, 200)

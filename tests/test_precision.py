@@ -184,3 +184,27 @@ def test_a_half_precision_lm_folder_loads_in_float32(tmp_path):
     tok.save_pretrained(tmp_path / "t5")
     loaded, _ = build_language_model(LanguageConfig(path=str(tmp_path / "t5")))
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+
+def test_older_folders_and_training_load_as_before(tmp_path):
+    """A folder whose LM is read from its own folder (saved before language_config.json) is built as before; a
+    bfloat16 folder trains from float32 weights."""
+    from test_official_behaviour import _t5_folder
+
+    from dynrefer.model.io import LM_CONFIG
+    from dynrefer.train.module import DynReferModule
+
+    cfg = tiny_config()
+    cfg.language.path, cfg.language.model_config = str(_t5_folder(tmp_path)), None
+    torch.manual_seed(0)
+    model = DynRefer(cfg, tags=["red"]).eval()
+    model.save_pretrained(tmp_path / "old", include_frozen=True)
+    (tmp_path / "old" / LM_CONFIG).unlink()
+    loaded = DynRefer.from_pretrained(tmp_path / "old")
+    region = torch.randn(1, 8, 64)
+    assert loaded.caption(region) == model.caption(region)
+    half = DynRefer(tiny_config(), tags=["red"]).to(torch.bfloat16)
+    half.save_pretrained(tmp_path / "half")
+    module = DynReferModule(str(tmp_path / "half"))
+    assert {p.dtype for p in module.model.parameters()} == {torch.float32}
+    assert {p.dtype for p in DynRefer.from_pretrained(tmp_path / "half").parameters()} == {torch.bfloat16}

@@ -244,12 +244,15 @@ class DynRefer(nn.Module):
         return save_pretrained(self, directory, include_frozen=include_frozen, frozen_dtype=frozen_dtype)
 
     @classmethod
-    def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_hashes: bool = True):
+    def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_hashes: bool = True,
+                        dtype: torch.dtype | None = None):
         """Load a folder written by :meth:`save_pretrained`; ``encoder_path`` / ``llm_path``
-        point frozen parts saved by reference elsewhere."""
+        point frozen parts saved by reference elsewhere. ``dtype``: the floating tensors' dtype (None: as the
+        folder stores them: a folder saved from a bfloat16 model loads as bfloat16, any other as float32)."""
         from .io import from_pretrained
 
-        return from_pretrained(cls, directory, encoder_path=encoder_path, llm_path=llm_path, check_hashes=check_hashes)
+        return from_pretrained(cls, directory, encoder_path=encoder_path, llm_path=llm_path, check_hashes=check_hashes,
+                               dtype=dtype)
 
     @torch.no_grad()
     def predict(

@@ -112,8 +112,10 @@ def save_pretrained(model, directory, *, include_frozen: bool = True, frozen_dty
     return out
 
 
-def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_hashes: bool = True, strict=True):
-    """Build a ``DynRefer`` from a folder written by :func:`save_pretrained`."""
+def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_hashes: bool = True, strict=True,
+                    dtype: torch.dtype | None = None):
+    """Build a ``DynRefer`` from a folder written by :func:`save_pretrained`; ``dtype``: see
+    :meth:`DynRefer.from_pretrained <dynrefer.model.dynrefer.DynRefer.from_pretrained>`."""
     from safetensors import SafetensorError, safe_open
 
     src = resolve_model_dir(directory)
@@ -163,8 +165,9 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
         state[alias] = state[target]
     kwargs = dict(categories=vocab.get("categories"), attributes=vocab.get("attributes"))
     skip = tuple(p for n in frozen for p in FROZEN_PREFIXES[n])
-    if not frozen and config.language.lora_r == 0:  # every tensor is in the folder: nothing to build twice
-        model = _assigned(cls, config, kwargs, tags, state, strict=strict, source=str(src / WEIGHTS))
+    if not frozen and config.language.lora_r == 0 and not config.language.path:  # every tensor in the folder (an
+        # LM read from its own folder, as older folders have it, cannot be built on the meta device)
+        model = _assigned(cls, config, kwargs, tags, state, strict=strict, source=str(src / WEIGHTS), dtype=dtype)
         if model is not None:
             return model
     # built without tags, then given their names and a buffer of the saved shape: the saved embeddings are loaded
@@ -173,7 +176,7 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
     model.tag_names = list(tags)
     model.tag_embeddings = torch.zeros(len(tags), model.tag_embeddings.shape[1], dtype=model.tag_embeddings.dtype)
     load_checked(model, state, skip_prefixes=skip, strict=strict, source=str(src / WEIGHTS))
-    return model
+    return model if dtype is None else model.to(dtype)
 
 
 def stored_dtype(state: dict) -> torch.dtype:
@@ -184,12 +187,12 @@ def stored_dtype(state: dict) -> torch.dtype:
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
-def _assigned(cls, config, kwargs: dict, tags: list[str], state: dict, *, strict: bool, source: str):
+def _assigned(cls, config, kwargs: dict, tags: list[str], state: dict, *, strict: bool, source: str, dtype=None):
     """The model built on the ``meta`` device (no memory, no random initialisation, no tag embedding) and given
     the saved tensors themselves (``load_state_dict(assign=True)``), in the dtype of :func:`stored_dtype`; the
     few tensors a folder does not store (non-persistent buffers) are rebuilt by :func:`_rebuild_buffer`. None when
     one of them is of an unknown kind: the caller then builds the model as usual."""
-    dtype = stored_dtype(state)
+    dtype = stored_dtype(state) if dtype is None else dtype
     with torch.device("meta"):
         model = cls(config, **kwargs)
     model.tag_names = list(tags)

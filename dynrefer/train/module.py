@@ -74,7 +74,7 @@ class DynReferModule(L.LightningModule):
         if path.is_dir():
             if overrides:
                 raise InputError("config overrides cannot be applied to a pretrained model folder")
-            return DynRefer.from_pretrained(path)
+            return DynRefer.from_pretrained(path, dtype=torch.float32)  # float32 weights; precision: the Trainer's
         cfg = DynReferConfig.from_name(model)
         if overrides:
             cfg = DynReferConfig.from_dict(merge_dicts(cfg.to_dict(), overrides))

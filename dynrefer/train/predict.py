@@ -22,7 +22,6 @@ within a record). Every input is checked before the model loads; one run at a ti
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from contextlib import contextmanager
@@ -291,7 +290,8 @@ def check_records(records: list[dict], data: Path) -> None:
                              "({\"box\": ...}, {\"mask\": ...}, ...)")
         for key in ("width", "height"):
             value = rec.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # 300.0 is 300
+            if value is not None and (isinstance(value, bool) or not whole or value < 1):
                 raise InputError(f"{where}: '{key}' must be a positive integer (pixels), got {value!r} "
                                  f"({type(value).__name__})")
         ids: dict = {}
@@ -403,6 +403,7 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
     if out.resolve() == data.resolve():
         raise InputError(f"--out '{out}' would overwrite the input file")
     check_output_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # (the lock file goes beside it)
     records = read_jsonl(data)
     root = Path(image_root) if image_root else data.parent
     check_records(records, data)
@@ -440,8 +441,7 @@ def _run_locked(model, data, out, records, root, total, *, tasks, all_scores, cl
         dataset.views = module.view_settings()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate_images, persistent_workers=False,
-                                         worker_init_fn=(functools.partial(die_with_parent, parent=os.getpid())
-                                                         if num_workers > 0 else None))
+                                         worker_init_fn=die_with_parent if num_workers > 0 else None)
     writer = JsonlPredictionWriter(out, records, finished)
     devices = min(int(devices), len(dataset))  # no more processes than images (Lightning's sampler needs one each)
     strategy = "auto" if devices == 1 else ("ddp_spawn" if accelerator == "cpu" else "ddp")
@@ -460,11 +460,11 @@ def _run_locked(model, data, out, records, root, total, *, tasks, all_scores, cl
     return summary
 
 
-def die_with_parent(worker_id: int = 0, *, parent: int | None = None) -> None:
+def die_with_parent(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: the worker gets SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``), so
-    a ``kill -9`` of the main process leaves no worker behind holding its pipes and shared memory. ``parent``: the
-    pid the worker was started from (a worker whose parent is already gone ends at once). A no-op where the
-    call does not exist."""
+    a ``kill -9`` of the main process leaves no worker behind holding its pipes and shared memory. The parent is
+    whichever process started the worker (with ``--devices N`` on a CPU, a spawned rank); one that died before the
+    call leaves the worker re-parented: it ends at once. A no-op where the call does not exist."""
     import ctypes
     import signal
     import sys
@@ -475,7 +475,8 @@ def die_with_parent(worker_id: int = 0, *, parent: int | None = None) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return
+    parent = os.getppid()
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    if parent is not None and os.getppid() != parent:  # the parent died before the call: no signal will come
+    if os.getppid() != parent:  # the parent died before the call: no signal will come
         os.kill(os.getpid(), signal.SIGKILL)
