@@ -218,9 +218,9 @@ def test_a_worker_dies_with_its_parent():
     reaches PyTorch's own parent check)."""
     code = ("import os, time, multiprocessing as mp\n"
             "from dynrefer.train.predict import die_with_parent\n"
-            "def child(parent):\n    die_with_parent(0, parent=parent)\n    time.sleep(300)\n"
+            "def child():\n    die_with_parent(0)\n    time.sleep(300)\n"
             "if __name__ == '__main__':\n"
-            "    p = mp.get_context('fork').Process(target=child, args=(os.getpid(),)); p.start()\n"
+            "    p = mp.get_context('fork').Process(target=child); p.start()\n"
             "    print(p.pid, flush=True); time.sleep(300)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
