@@ -114,3 +114,13 @@ def script_module(name: str):
         yield module
     finally:
         sys.path.remove(str(SCRIPTS))
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu``-marked tests need a CUDA device: skipped (saying so) where PyTorch sees none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; PyTorch sees none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
