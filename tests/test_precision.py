@@ -116,6 +116,10 @@ def test_float16_t5_decodes_with_generate():
     lm = DynRefer(tiny_config()).language_head.lm.eval()
     settings = dict(num_beams=2, max_new_tokens=5)
     assert beam.supports(lm, settings, eos_token_id=1, pad_token_id=0)
+    with torch.autocast("cpu", dtype=torch.float16):  # float16 products under autocast too
+        assert not beam.supports(lm, settings, eos_token_id=1, pad_token_id=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert beam.supports(lm, settings, eos_token_id=1, pad_token_id=0)
     assert not beam.supports(lm.half(), settings, eos_token_id=1, pad_token_id=0)  # T5's float16 clamp: generate
 
 

@@ -59,13 +59,21 @@ def supports(lm: nn.Module, settings: dict, *, eos_token_id=None, pad_token_id=N
         return False
     if type(lm.lm_head) is not nn.Linear or int(settings.get("num_beams", 1)) < 2:
         return False
-    if lm.lm_head.weight.dtype == torch.float16:  # T5 clamps float16 activations against overflow; generate does
-        return False
+    if lm.lm_head.weight.dtype == torch.float16 or _float16_autocast(lm.lm_head.weight.device.type):
+        return False  # T5 clamps float16 activations against overflow; generate does
     cfg = lm.generation_config
     for name, allowed in _NEUTRAL.items():
         if allowed is not None and getattr(cfg, name, None) not in allowed:
             return False
     return True
+
+
+def _float16_autocast(device_type: str) -> bool:
+    """Whether float16 autocast is on for ``device_type`` (the products would run in float16)."""
+    try:
+        return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+    except (RuntimeError, TypeError):  # a device type without autocast
+        return False
 
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
