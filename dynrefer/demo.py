@@ -67,7 +67,7 @@ def run_demo(out: Path, model="builtin") -> dict:
     """Run the demo into folder ``out``; returns the summary (``summary.json``)."""
     from PIL import Image
 
-    from .cli import run_views
+    from .view_records import run_views
     from .data.synthetic import generate_scene
     from .images import load_image
     from .predictor import Predictor

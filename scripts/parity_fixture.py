@@ -112,13 +112,14 @@ def fixture_config(fixture: Fixture):
 
 def convert(fixture: Fixture):
     """The fixture's official files through the public converter (as ``dynrefer convert-official``)."""
+    from dynrefer.model.dynrefer import DynRefer
     from dynrefer.model.official import convert_official
 
     f = fixture.folder
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
         fixture_config(fixture).to_json(path)
-        model, _ = convert_official(f / "dynrefer.pth", eva=f / "eva_vit_g.pth", blip2=f / "blip2.pth",
+        model, _ = convert_official(DynRefer, f / "dynrefer.pth", eva=f / "eva_vit_g.pth", blip2=f / "blip2.pth",
                                     llm=f / "t5", tags=f / "tags.txt", eva_clip_text=f / "eva_clip_psz14.pt",
                                     config=str(path))
     model.categories = list(fixture.classes)

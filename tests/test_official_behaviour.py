@@ -56,7 +56,7 @@ def test_converted_checkpoints_get_the_official_behaviour(tmp_path):
     # a checkpoint that saves the T5's embeddings: they win over the LM's own, as in the original's loading
     state["t5_model.encoder.embed_tokens.weight"] = torch.randn(512, 64)
     torch.save({"model": state}, tmp_path / "dynrefer.pth")
-    model, _ = convert_official(tmp_path / "dynrefer.pth", tags=TAGS, config=cfg)
+    model, _ = convert_official(DynRefer, tmp_path / "dynrefer.pth", tags=TAGS, config=cfg)
     lm = model.language_head.lm
     assert torch.equal(lm.shared.weight, state["t5_model.encoder.embed_tokens.weight"])
     assert torch.equal(lm.encoder.embed_tokens.weight, lm.shared.weight)

@@ -17,20 +17,18 @@ import copy
 import dataclasses
 import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from .config_checks import ConfigError, _build, merge_dicts, overrides_from_json  # noqa: F401 (part of this API)
 
 
-class ConfigError(InputError):
-    """A configuration value or key is invalid; the message names the key."""
 
 
 @dataclass
+
+
 class ViewsConfig:
     """Multi-view input (SPEC §1.1): n views of ``size``×``size`` pixels."""
 
@@ -44,6 +42,8 @@ class ViewsConfig:
 
 
 @dataclass
+
+
 class EncoderConfig:
     """Frozen open_clip vision tower (SPEC §1.3.1).
 
@@ -66,6 +66,8 @@ class EncoderConfig:
 
 
 @dataclass
+
+
 class RoIConfig:
     """RoI-align of the region's view box on each view's patch map (SPEC §1.3.2)."""
 
@@ -79,6 +81,8 @@ class RoIConfig:
 
 
 @dataclass
+
+
 class AlignConfig:
     """Deformable alignment of views k ≥ 1 to view 0 (SPEC §1.3.3)."""
 
@@ -92,6 +96,8 @@ class AlignConfig:
 
 
 @dataclass
+
+
 class QFormerConfig:
     """BLIP-2 Q-Former (SPEC §1.3.5). ``init_from``: a local BLIP-2 or BERT folder, or None."""
 
@@ -108,6 +114,8 @@ class QFormerConfig:
 
 
 @dataclass
+
+
 class TagHeadConfig:
     """Tag decoder (SPEC §1.4): tags as queries over R, asymmetric loss."""
 
@@ -126,6 +134,8 @@ class TagHeadConfig:
 
 
 @dataclass
+
+
 class ContrastiveHeadConfig:
     """SigLIP-style contrastive decoder for attributes and categories (SPEC §1.4)."""
 
@@ -150,6 +160,8 @@ class ContrastiveHeadConfig:
 
 
 @dataclass
+
+
 class LanguageConfig:
     """Language decoder (SPEC §1.4). ``path``: a local Hugging Face folder, or None with
     ``model_config`` (a transformers config dict) and ``tokenizer_path`` for a model trained
@@ -182,6 +194,8 @@ class LanguageConfig:
 
 
 @dataclass
+
+
 class DynReferConfig:
     """The whole model."""
 
@@ -245,70 +259,6 @@ class DynReferConfig:
         if Path(name).suffix.lower() in (".json", ".yaml", ".yml"):
             return cls.from_file(name)
         raise ConfigError(f"unknown model config {name!r}; expected one of {sorted(NAMED_CONFIGS)} or a .json/.yaml file")
-
-
-def overrides_from_json(text: str) -> dict:
-    """A JSON object of config overrides (a command's ``--overrides``); ``ConfigError`` when the text is not
-    JSON or not an object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"not JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"must be a JSON object, got {text!r}")
-    return value
-
-
-def merge_dicts(base: dict, extra: dict) -> dict:
-    """``base`` with ``extra`` merged in recursively (nested dicts merged, other values replaced),
-    e.g. config overrides on ``DynReferConfig.to_dict()``."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        (inner,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint)
-
-
-def _build(cls, data: Any, prefix: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key(s): {', '.join(where + k for k in unknown)}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        path = f"{prefix}.{key}" if prefix else key
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, path)
-            continue
-        if not _type_ok(value, hint):
-            expected = getattr(hint, "__name__", str(hint)).replace("typing.", "")
-            raise ConfigError(f"{path}: expected {expected}, got {type(value).__name__} ({value!r})")
-        kwargs[key] = float(value) if hint is float else value
-    return cls(**kwargs)
 
 
 # ------------------------------------------------------------------------------ presets

@@ -336,5 +336,5 @@ class DynRefer(nn.Module):
         Flan-T5-XL folder); see :mod:`dynrefer.model.official`. Nothing is unpickled freely."""
         from .official import from_official
 
-        return from_official(checkpoint, eva=eva, blip2=blip2, llm=llm, tags=tags, eva_clip_text=eva_clip_text,
+        return from_official(cls, checkpoint, eva=eva, blip2=blip2, llm=llm, tags=tags, eva_clip_text=eva_clip_text,
                              config=config)

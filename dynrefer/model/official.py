@@ -1,6 +1,7 @@
 """Load the published DynRefer checkpoints (LAVIS naming) into our ``DynRefer`` (SPEC §1.3–§1.4).
 
-``from_official(checkpoint, eva=..., blip2=..., llm=..., tags=..., eva_clip_text=...)`` builds the official
+``from_official(DynRefer, checkpoint, eva=..., blip2=..., llm=..., tags=..., eva_clip_text=...)`` (or
+``DynRefer.from_official(checkpoint, ...)``; the class is passed in, as to :mod:`~dynrefer.model.io`) builds the official
 configuration and fills it from the user's local files:
 
 * ``checkpoint``: a DynRefer checkpoint (``vg1.2_5e.pth``, ``refcocog_ft.pth``): the trained parts
@@ -264,11 +265,10 @@ def _read_tags(tags) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def convert_official(checkpoint, eva=None, blip2=None, llm=None, tags=None, eva_clip_text=None, config=None):
-    """``(model, report)``: see :func:`from_official`. ``report`` lists, per source, the mapped and the
+def convert_official(cls, checkpoint, eva=None, blip2=None, llm=None, tags=None, eva_clip_text=None, config=None):
+    """``(model, report)``: a ``cls`` (:class:`~dynrefer.model.dynrefer.DynRefer`) model, see :func:`from_official`. ``report`` lists, per source, the mapped and the
     ignored-on-purpose tensors (with reasons) and any warnings."""
     from .config import DynReferConfig, official_config, with_official_behaviour
-    from .dynrefer import DynRefer
 
     if config is None:
         config = official_config()
@@ -284,7 +284,7 @@ def convert_official(checkpoint, eva=None, blip2=None, llm=None, tags=None, eva_
     elif config.language.enabled and not (config.language.path or config.language.model_config):
         raise InputError("the official model needs its LLM: pass llm= / --llm (a Flan-T5-XL folder)")
     tag_names = _read_tags(tags)
-    model = DynRefer(config)  # tags are embedded below, once the text tower is loaded
+    model = cls(config)  # tags are embedded below, once the text tower is loaded
     blocks = model.encoder.visual.trunk.blocks if hasattr(model.encoder.visual, "trunk") else None
     kept = len(blocks) if blocks is not None else None
 
@@ -332,10 +332,10 @@ def convert_official(checkpoint, eva=None, blip2=None, llm=None, tags=None, eva_
     return model, report
 
 
-def from_official(checkpoint, eva=None, blip2=None, llm=None, tags=None, eva_clip_text=None, config=None):
+def from_official(cls, checkpoint, eva=None, blip2=None, llm=None, tags=None, eva_clip_text=None, config=None):
     """The paper's model on our stack from the published files (see the module docstring).
 
     ``config``: a :class:`DynReferConfig`, a named config or a config file (default: ``official``).
     """
-    return convert_official(checkpoint, eva=eva, blip2=blip2, llm=llm, tags=tags, eva_clip_text=eva_clip_text,
+    return convert_official(cls, checkpoint, eva=eva, blip2=blip2, llm=llm, tags=tags, eva_clip_text=eva_clip_text,
                             config=config)[0]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -33,21 +32,16 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from ..images import image_file_size, load_image
+from ..images import load_image
 from ..model.io import model_identity
 from ..regions import parse_regions
 from ..records import check_output_path, read_jsonl, write_jsonl
-
-REGION_INPUT_KEYS = ("id", "box", "bbox", "mask", "polygon", "segmentation", "rle", "score")
+from .predict_inputs import (_region_id, check_record_size, check_records, die_with_parent, output_lock,
+                             preflight, region_input)
 
 
 def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
-
-
-def _region_id(record: dict, j: int):
-    spec = record["regions"][j]
-    return spec.get("id", j) if isinstance(spec, dict) else j
 
 
 def occurrences(records: list[dict]) -> list[int]:
@@ -67,13 +61,6 @@ def _positions(records: list[dict]) -> dict[tuple, tuple[int, int]]:
     occ = occurrences(records)
     return {(rec.get("image"), occ[i], _region_id(rec, j)): (i, j)
             for i, rec in enumerate(records) for j in range(len(rec.get("regions", [])))}
-
-
-def region_input(record: dict, j: int) -> dict:
-    """What the prediction of region ``j`` of ``record`` depends on in the input (its box, shape, id and
-    score): a part entry is reused only while this is unchanged."""
-    spec = record["regions"][j]
-    return {k: spec[k] for k in REGION_INPUT_KEYS if k in spec}
 
 
 def read_parts(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]:
@@ -153,19 +140,6 @@ class RecordDataset(Dataset):
             return item | {"prepared": prepared}
         except InputError as err:
             return item | {"error": f"record {i + 1} ({rec['image']}): {err}"}
-
-
-def check_record_size(record: dict, size: tuple[int, int]) -> None:
-    """Raise :class:`InputError` when a record's ``width`` / ``height`` (where given) are not the image's
-    ``size`` (W, H): its boxes would be in another frame (a resized image, another file, or an EXIF
-    rotation the annotation did not apply)."""
-    given = (record.get("width"), record.get("height"))
-    if given == (None, None):
-        return
-    if given != tuple(size):
-        raise InputError(f"the record says {given[0]}x{given[1]} (width x height) but the image is "
-                         f"{size[0]}x{size[1]}; its regions would be in another frame (resized image, another "
-                         "file, or an EXIF rotation)")
 
 
 def collate_images(items: list[dict]) -> list[dict]:
@@ -276,83 +250,6 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
     return sum(len(r["regions"]) for r in result)
 
 
-def check_records(records: list[dict], data: Path) -> None:
-    """Each input record needs an ``image`` path (a string), a ``regions`` list of region objects with ids unique
-    within it, and, where given, integer ``width`` / ``height``."""
-    for i, rec in enumerate(records, 1):
-        where = f"'{data}' record {i}"
-        if not isinstance(rec.get("image"), str) or not rec["image"]:
-            raise InputError(f"{where}: 'image' must be a path (a non-empty string), got {rec.get('image')!r}")
-        where = f"{where} ({rec['image']})"
-        regions = rec.get("regions", [])
-        if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
-            raise InputError(f"{where}: 'regions' must be a list of region objects "
-                             "({\"box\": ...}, {\"mask\": ...}, ...)")
-        for key in ("width", "height"):
-            value = rec.get(key)
-            whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # 300.0 is 300
-            if value is not None and (isinstance(value, bool) or not whole or value < 1):
-                raise InputError(f"{where}: '{key}' must be a positive integer (pixels), got {value!r} "
-                                 f"({type(value).__name__})")
-        ids: dict = {}
-        for j in range(len(regions)):
-            rid = _region_id(rec, j)
-            try:
-                first = ids.setdefault(rid, j)
-            except TypeError:
-                raise InputError(f"{where}: region {j}: 'id' must be a number or a string, got {rid!r}") from None
-            if first != j:
-                raise InputError(f"{where}: regions {first} and {j} have the same id {rid!r} (ids are unique within a "
-                                 "record; a region without an id is known by its position)")
-
-
-def preflight(records: list[dict], root: Path, done=frozenset()) -> None:
-    """Check, before the model loads, what each record still to describe needs: its image (present, readable,
-    its size from the header) and its regions (parsed in that size); the first problem is an
-    :class:`InputError` naming the record."""
-    for i, rec in enumerate(records):
-        todo = [j for j in range(len(rec.get("regions", []))) if (i, j) not in done]
-        if not todo:
-            continue
-        try:
-            size = image_file_size(root / rec["image"])
-            check_record_size(rec, size)
-            parse_regions([region_input(rec, j) | {"id": _region_id(rec, j)} for j in todo], size)
-        except InputError as err:
-            raise InputError(f"record {i + 1} ({rec['image']}): {err}") from None
-
-
-@contextmanager
-def output_lock(out: Path):
-    """Hold ``OUT.lock`` exclusively while a run writes ``out`` (released on every exit: the lock goes with the
-    process, even on SIGKILL); a second run on the same ``out`` stops at once with one line."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform: nothing prevents a second run
-        yield
-        return
-    if os.environ.get("LOCAL_RANK", "0") != "0":  # a process a DDP launcher started: its launcher holds the lock
-        yield
-        return
-    path = out.with_name(out.name + ".lock")
-    handle = open(path, "a+", encoding="utf-8")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise InputError(f"another run is writing '{out}' (process {holder} holds '{path}'): wait for it to "
-                             "finish, or choose another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()  # releases the lock
-
-
 def check_finished_fields(finished: dict, out: Path, tasks, all_scores: bool) -> None:
     """A rerun keeps the regions already in ``out``; they must hold what this run asks for (else ``out`` was
     written with other tasks and would be returned stale)."""
@@ -458,25 +355,3 @@ def _run_locked(model, data, out, records, root, total, *, tasks, all_scores, cl
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     summary["predicted"] = total - len(done)
     return summary
-
-
-def die_with_parent(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the worker gets SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``), so
-    a ``kill -9`` of the main process leaves no worker behind holding its pipes and shared memory. The parent is
-    whichever process started the worker (with ``--devices N`` on a CPU, a spawned rank); one that died before the
-    call leaves the worker re-parented: it ends at once. A no-op where the call does not exist."""
-    import ctypes
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return
-    parent = os.getppid()
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the call: no signal will come
-        os.kill(os.getpid(), signal.SIGKILL)
