@@ -298,7 +298,7 @@ def phash_imagehash_batched(
 
     ``image``: (3, H, W) uint8 tensor. Exact with ``engine="pillow"`` (the CPU default);
     the torch resampling engine differs from Pillow >= 11 on some crop shapes (Pillow
-    chooses the order of its two passes), which changes a few bits (see README).
+    chooses the order of its two passes), which changes a few bits (see docs/views.md).
     Hashes with a coefficient within ``margin`` of the median (ties) are recomputed with
     :mod:`imagehash` itself.
     """

@@ -322,7 +322,7 @@ def pil_crops_with_pillow(image: torch.Tensor, crops, size: int, filter: str = "
 
     Crops are mapped over a thread pool (``threads`` workers; 0 = ``torch.get_num_threads()``), which pays
     off only where Pillow releases the GIL while resampling: Pillow 13 keeps it for most of a resize, and two
-    threads measured at most ~15 % faster than one there (README, Performance).
+    threads measured at most ~15 % faster than one there (docs/performance.md).
 
     Returns:
         (N, C, S, S) uint8 tensor on the CPU.

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         "evaluate",
         help="evaluate predictions against ground truth (captioning, dense captioning, OVAD, recognition)",
         description="Score predicted regions (project JSONL) against ground truth (project JSONL, from "
-        "'dynrefer prepare') with the published protocols (README, 'Evaluation'); prints the JSON report, "
+        "'dynrefer prepare') with the published protocols (docs/evaluation.md); prints the JSON report, "
         "metrics in percent. caption / ovad / recognition match regions by (image, id); densecap matches "
         "boxes within an image by IoU.",
     )

@@ -270,7 +270,7 @@ def resolve_model_dir(directory) -> Path:
     path = Path(directory)
     if path.is_file():
         hint = (" (a Lightning checkpoint: export a model folder with the dynrefer.train.callbacks.ExportPretrained "
-                "callback, see README Training)" if path.suffix == ".ckpt" else "")
+                "callback, see docs/training.md)" if path.suffix == ".ckpt" else "")
         raise InputError(f"'{path}' is a file, not a model folder (save_pretrained output){hint}")
     if not path.is_dir():
         raise InputError(f"cannot read model folder '{path}': no such folder")
