@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import report
+from .errors import InputError, report
 
 EXIT_USAGE = 2
 LIGHTNING_COMMANDS = ("fit", "validate")
@@ -37,8 +37,8 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-class _UsageError(Exception):
-    is_usage_error = True  # bad input: one line, exit 2 (dynrefer.errors.report)
+class _UsageError(InputError):
+    """A command-line usage error: bad input (one line, exit 2)."""
 
 
 def _add_views_parser(sub) -> None:
@@ -221,11 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 return run(argv)
             args = build_parser().parse_args(argv)
             return args.func(args)
-        except Exception as exc:  # noqa: BLE001 - the error contract: every failure is one line and an exit status
-            if debug:
-                raise
-            return report(exc)
-        except KeyboardInterrupt as exc:
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the error contract: one line, an exit status
             if debug:
                 raise
             return report(exc)

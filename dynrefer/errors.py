@@ -50,7 +50,7 @@ def report(err: BaseException, prog: str = "dynrefer") -> int:
     import sys
 
     message = " ".join(str(err).split())
-    if isinstance(err, DynReferError) or getattr(err, "is_usage_error", False):
+    if isinstance(err, DynReferError):
         print(f"{prog}: error: {message or type(err).__name__}", file=sys.stderr)
         return getattr(err, "exit_code", EXIT_INPUT)
     if isinstance(err, KeyboardInterrupt):

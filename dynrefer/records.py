@@ -91,8 +91,8 @@ def atomic_writer(path):
 
 
 def check_output_path(path, option: str = "--out") -> Path:
-    """An output file path that can be written: not a folder, its folder (created when missing) writable.
-    Checked before any work, so that a long run does not fail at its end."""
+    """An output file path that can be written: not a folder, and its folder (or, when that is still to be created,
+    the nearest existing one) writable. Checked before any work, so that a long run does not fail at its end."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{option} '{path}' is a folder; name a file")

@@ -163,6 +163,7 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
                          f"({type(err).__name__}: {err})") from None
     for alias, target in aliases.items():
         state[alias] = state[target]
+    dtype = stored_dtype(state) if dtype is None else dtype  # one rule for both ways of building
     kwargs = dict(categories=vocab.get("categories"), attributes=vocab.get("attributes"))
     skip = tuple(p for n in frozen for p in FROZEN_PREFIXES[n])
     if not frozen and config.language.lora_r == 0 and not config.language.path:  # every tensor in the folder (an
@@ -176,7 +177,7 @@ def from_pretrained(cls, directory, *, encoder_path=None, llm_path=None, check_h
     model.tag_names = list(tags)
     model.tag_embeddings = torch.zeros(len(tags), model.tag_embeddings.shape[1], dtype=model.tag_embeddings.dtype)
     load_checked(model, state, skip_prefixes=skip, strict=strict, source=str(src / WEIGHTS))
-    return model if dtype is None else model.to(dtype)
+    return model if dtype == torch.float32 else model.to(dtype)
 
 
 def stored_dtype(state: dict) -> torch.dtype:
@@ -187,12 +188,12 @@ def stored_dtype(state: dict) -> torch.dtype:
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
-def _assigned(cls, config, kwargs: dict, tags: list[str], state: dict, *, strict: bool, source: str, dtype=None):
+def _assigned(cls, config, kwargs: dict, tags: list[str], state: dict, *, strict: bool, source: str,
+              dtype: torch.dtype):
     """The model built on the ``meta`` device (no memory, no random initialisation, no tag embedding) and given
-    the saved tensors themselves (``load_state_dict(assign=True)``), in the dtype of :func:`stored_dtype`; the
+    the saved tensors themselves (``load_state_dict(assign=True)``), in ``dtype``; the
     few tensors a folder does not store (non-persistent buffers) are rebuilt by :func:`_rebuild_buffer`. None when
     one of them is of an unknown kind: the caller then builds the model as usual."""
-    dtype = stored_dtype(state) if dtype is None else dtype
     with torch.device("meta"):
         model = cls(config, **kwargs)
     model.tag_names = list(tags)
