@@ -49,8 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--all-scores", action="store_true", help="list every tag and every class with its score")
     p.add_argument("--device", default=None,
                    help="cpu (default), cuda, cuda:N, mps or auto (a GPU when there is one)")
-    p.add_argument("--dtype", default=None, choices=("bfloat16", "float16"),
-                   help="autocast precision (as predict's; docs: which precision is fastest where)")
+    p.add_argument("--dtype", default=None, choices=("auto", "bfloat16", "float16"),
+                   help="autocast precision; auto: bfloat16 on a GPU that has it, float32 elsewhere (docs/precision.md)")
     p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
     p.add_argument("--viz", default=None, help="draw each region with its caption into this PNG")
     p.set_defaults(func=run, regions=None)

@@ -32,7 +32,7 @@ import torch
 
 from .errors import InputError
 from .view_selection import check_hash_flavour, check_model_views, select_views
-from .views import normalize, render_crops
+from .views import render_crops
 
 TASKS = ("caption", "tags", "attributes", "category")
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -177,6 +177,21 @@ def merge_prepared(items) -> tuple[ViewPlan, torch.Tensor]:
     return plan, torch.cat(pixels)
 
 
+def resolve_autocast(dtype: str | None, device, *, bf16_supported=None) -> str | None:
+    """The autocast precision that ``dtype`` means on ``device``: ``"auto"`` is ``"bfloat16"`` on a CUDA device
+    with bfloat16 tensor cores (tensor-core speed, float32's range; the precision contract keeps boxes, RoI sampling,
+    losses and probabilities in float32: docs/precision.md) and ``None`` (the model's own precision, exact and
+    the same on every device) elsewhere; any other value is returned as it is. ``bf16_supported``: whether that device has them (asked
+    only for a CUDA device when not given: compute capability 8 or more; older cards only emulate bfloat16)."""
+    if dtype != "auto":
+        return dtype
+    if torch.device(device).type != "cuda":
+        return None
+    if bf16_supported is None:  # bfloat16 tensor cores (Ampere, compute capability 8, and newer); not emulated
+        bf16_supported = torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+    return "bfloat16" if bf16_supported else None
+
+
 class Engine:
     """Runs a ``DynRefer`` over batches of images with many regions each.
 
@@ -184,14 +199,15 @@ class Engine:
         model: a ``DynRefer`` (put it on its device first).
         encoder_batch_size: views per encoder call (bounds peak memory); ``None``:
             :func:`auto_encoder_batch_size` for the model's device.
-        dtype: ``None`` (the model's precision), ``"bfloat16"`` or ``"float16"`` autocast.
+        dtype: ``None`` (the model's precision), ``"bfloat16"`` or ``"float16"`` autocast, or ``"auto"``
+            (:func:`resolve_autocast`: bfloat16 on a CUDA device that has it, the model's precision elsewhere).
     """
 
     def __init__(self, model, *, encoder_batch_size: int | None = None, dtype: str | None = None):
         if encoder_batch_size is not None and int(encoder_batch_size) < 1:
             raise InputError(f"encoder_batch_size must be at least 1, got {encoder_batch_size!r}")
-        if dtype is not None and dtype not in AUTOCAST_DTYPES:
-            raise InputError(f"unknown autocast dtype {dtype!r}; expected one of {', '.join(AUTOCAST_DTYPES)}")
+        if dtype is not None and dtype != "auto" and dtype not in AUTOCAST_DTYPES:
+            raise InputError(f"unknown autocast dtype {dtype!r}; expected auto or one of {', '.join(AUTOCAST_DTYPES)}")
         self.model = model.eval()
         self._encoder_batch_size = None if encoder_batch_size is None else int(encoder_batch_size)
         self.dtype = dtype
@@ -207,10 +223,16 @@ class Engine:
     def device(self) -> torch.device:
         return self.model.tag_embeddings.device
 
+    @property
+    def autocast_dtype(self) -> str | None:
+        """The autocast precision in effect on the model's device (``dtype`` with ``"auto"`` resolved)."""
+        return resolve_autocast(self.dtype, self.device)
+
     def _autocast(self):
-        if self.dtype is None:
+        dtype = self.autocast_dtype
+        if dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.dtype])
+        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[dtype])
 
     def plan(self, images, boxes, *, policy=None, ts=None, hash_flavour=None, generator=None) -> ViewPlan:
         """:func:`plan_views` with the model's view settings (``policy`` / ``ts`` / ``hash_flavour``
@@ -234,12 +256,13 @@ class Engine:
                     truncate_boxes=self.model.config.roi.truncate_boxes)
 
     def batch(self, images, plan: ViewPlan, pixels: torch.Tensor | None = None) -> dict:
-        """The model's input for ``plan``: rendered unique views (``pixels`` when given: normalised,
-        on the model's device), ``view_index`` and ``boxes_in_view``."""
+        """The model's input for ``plan``: rendered unique views as uint8 (the model normalises them an encoder
+        chunk at a time: a quarter of the device memory of float32 views; ``pixels`` when given: uint8 or
+        normalised, on the model's device), ``view_index`` and ``boxes_in_view``."""
         if pixels is None:
-            pixels = render_plan(images, plan, self.model.config.views.size, self.device)
+            pixels = render_plan(images, plan, self.model.config.views.size, self.device, normalized=False)
         weight = self.model.tag_embeddings  # a model cast as a whole (model.to(torch.bfloat16)) gets its dtype's pixels
-        if weight.is_floating_point() and pixels.dtype != weight.dtype and self.dtype is None:
+        if pixels.is_floating_point() and pixels.dtype != weight.dtype and self.autocast_dtype is None:
             pixels = pixels.to(weight.dtype)  # (the RoI step runs in float32 whatever the dtype: model/roi.py)
         return {
             "pixels": pixels,
@@ -278,7 +301,7 @@ class Engine:
             if prepared is None:
                 batch = self.batch(images, plan)
             else:
-                batch = self.batch(None, plan, pixels=normalize(prepared[1].to(self.device)))
+                batch = self.batch(None, plan, pixels=prepared[1].to(self.device))
             outputs = self.model.predict(batch, tasks, attributes=attributes or None, categories=classes or None,
                                          tag_threshold=tag_threshold, all_tags=all_tags,
                                          encoder_batch_size=self.encoder_batch_size)

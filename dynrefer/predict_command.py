@@ -3,7 +3,7 @@
     dynrefer predict --model builtin|DIR --data IN.jsonl --out OUT.jsonl [--tasks caption,tags,...]
                      [--image-root DIR] [--devices N] [--accelerator cpu|gpu|auto] [--config C.yaml]
                      [--all-scores] [--classes a,b,c] [--attributes a,b,c] [--tag-threshold T]
-                     [--batch-size IMAGES] [--num-workers W] [--encoder-batch-size V] [--dtype bfloat16|float16]
+                     [--batch-size IMAGES] [--num-workers W] [--encoder-batch-size V] [--dtype auto|bfloat16|float16]
 
 Runs through Lightning's ``Trainer.predict`` (several devices: DDP splits the images);
 resumable — a rerun skips the regions already written (see :mod:`dynrefer.train.predict`).
@@ -48,7 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per engine pass (default 4)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers: decode the images, parse the regions, plan and render the views (default 2)")
     p.add_argument("--encoder-batch-size", type=int, default=None, help="views per encoder call (default: 256 on a GPU, sized to the cache on CPU)")
-    p.add_argument("--dtype", default=None, choices=("bfloat16", "float16"), help="autocast precision")
+    p.add_argument("--dtype", default=None, choices=("auto", "bfloat16", "float16"),
+                   help="autocast precision; auto: bfloat16 on a GPU that has it, float32 elsewhere (docs/precision.md)")
     p.add_argument("--allow-empty", action="store_true", default=None,
                    help="accept a dataset with no region at all (an empty output; by default an error)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

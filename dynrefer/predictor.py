@@ -39,7 +39,7 @@ class Predictor:
         device: where to run (default: the model's device).
         encoder_batch_size: views per encoder call (``None``: chosen for the device, see
             :func:`dynrefer.engine.auto_encoder_batch_size`); ``dtype``: optional autocast
-            (``"bfloat16"`` / ``"float16"``).
+            (``"bfloat16"`` / ``"float16"``, or ``"auto"``: bfloat16 on a CUDA device with bfloat16 tensor cores).
     """
 
     def __init__(self, model="builtin", device=None, *, encoder_batch_size: int | None = None, dtype: str | None = None):

@@ -81,57 +81,85 @@ def _clip8(acc: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.div(acc, 1 << PRECISION_BITS, rounding_mode="floor"), 0, 255)
 
 
-def _pil_axis_tables(lengths: list[int], out_size: int, filter: str, device):
-    """Stacked (start, weights) tables for crops of the given lengths along one axis."""
-    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for n in set(lengths):
-        cache[n] = pil_coefficients(n, out_size, filter)
+def _axis_tables(lengths: np.ndarray, out_size: int, filter: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked host tables for crops of the given lengths along one axis: starts (N, S) and weights (N, S, K)."""
+    cache = {n: pil_coefficients(n, out_size, filter) for n in set(lengths.tolist())}
     k = max(w.shape[1] for _, w in cache.values())
-    starts = np.stack([cache[n][0] for n in lengths])
+    starts = np.stack([cache[n][0] for n in lengths.tolist()])
     weights = np.zeros((len(lengths), out_size, k), dtype=np.int64)
-    for i, n in enumerate(lengths):
-        wi = cache[n][1]
-        weights[i, :, : wi.shape[1]] = wi
-    return (torch.from_numpy(starts).to(device), torch.from_numpy(weights).to(device))
+    for i, n in enumerate(lengths.tolist()):
+        weights[i, :, : cache[n][1].shape[1]] = cache[n][1]
+    return starts, weights
 
 
-def _pil_chunk(image: torch.Tensor, crops: np.ndarray, size: int, filter: str) -> torch.Tensor:
-    """Horizontal-then-vertical resampling of one chunk; ``image`` is (C, H, W) int64."""
-    device = image.device
-    c = image.shape[0]
+def upload(arrays: list[np.ndarray], device) -> list[torch.Tensor]:
+    """Host arrays (any numeric dtypes) as tensors on ``device`` in one host-to-device copy (from pinned
+    memory on CUDA, not blocking the host) instead of one blocking copy per array."""
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    offsets = np.cumsum([0] + [-(-a.nbytes // 8) * 8 for a in arrays])  # each part 8-byte aligned
+    flat = np.zeros(int(offsets[-1]), dtype=np.uint8)
+    for a, start in zip(arrays, offsets):
+        flat[start : start + a.nbytes] = a.reshape(-1).view(np.uint8)
+    device = torch.device(device)
+    buf = torch.from_numpy(flat)
+    buf = (buf.pin_memory() if device.type == "cuda" else buf).to(device, non_blocking=device.type == "cuda")
+    dtypes = [torch.from_numpy(np.empty(0, a.dtype)).dtype for a in arrays]
+    return [buf[start : start + a.nbytes].view(dt).view(a.shape) for a, dt, start in zip(arrays, dtypes, offsets)]
+
+
+def _chunk_tables(crops: np.ndarray, size: int, filter: str) -> list[np.ndarray]:
+    """Host tables of one chunk: x starts (relative to the chunk's first column), x weights, y starts and
+    y weights (relative to each crop's first row), and each crop's first row."""
+    x1, y1, x2, y2 = crops.T
+    xs, xw = _axis_tables(x2 - x1, size, filter)
+    ys, yw = _axis_tables(y2 - y1, size, filter)
+    return [xs + (x1 - x1.min())[:, None], xw, ys, yw, y1]
+
+
+def _pil_chunk(image: torch.Tensor, crops: np.ndarray, size: int, tables: list[torch.Tensor]) -> torch.Tensor:
+    """Horizontal-then-vertical resampling of one chunk of crops of a (C, H, W) uint8 image.
+
+    Pillow's order and arithmetic: the horizontal pass reads each crop row once (int32 fixed point, as
+    Pillow's own accumulators), rounds and clamps to 8 bits; the vertical pass combines those rows.
+    Memory: the chunk's rows as uint8 plus (N, C, rows, S) int32, where ``rows`` is the tallest crop.
+    """
+    xs, xw, ys, yw, y1 = tables
+    xw, yw = xw.to(torch.int32), yw.to(torch.int32)
+    device, (c, h, _) = image.device, image.shape
     n = len(crops)
-    x1, y1, x2, y2 = (crops[:, i] for i in range(4))
-    # Work on the chunk's column window only.
-    left, right = int(x1.min()), int(x2.max())
-    image = image[:, :, left:right]
+    left, right = int(crops[:, 0].min()), int(crops[:, 2].max())
+    rows_needed = int((crops[:, 3] - crops[:, 1]).max())
+    row_idx = (y1[:, None] + torch.arange(rows_needed, device=device)).clamp(max=h - 1)  # (N, M)
+    rows = image[:, row_idx, left:right].permute(1, 0, 2, 3)  # (N, C, M, W) uint8, each crop row once
     width = right - left
-    xs, xw = _pil_axis_tables((x2 - x1).tolist(), size, filter, device)
-    ys, yw = _pil_axis_tables((y2 - y1).tolist(), size, filter, device)
-    ky, kx = yw.shape[2], xw.shape[2]
-    # Input rows each output row needs: y1 + ys + k (k < Ky; clamped, weight 0 past support).
-    row_idx = torch.as_tensor(y1, device=device)[:, None, None] + ys[:, :, None] + torch.arange(ky, device=device)
-    row_idx = row_idx.clamp(max=image.shape[1] - 1).reshape(n, -1)  # (N, S*Ky)
-    col_idx = torch.as_tensor(x1 - left, device=device)[:, None, None] + xs[:, :, None]
-    col_idx = (col_idx + torch.arange(kx, device=device)).clamp(max=width - 1)  # (N, S, Kx)
-    rows = image[:, row_idx, :].permute(1, 0, 2, 3)  # (N, C, S*Ky, W)
-    m = rows.shape[2]
-    acc = torch.full((n, c, m, size), 1 << (PRECISION_BITS - 1), dtype=torch.int64, device=device)
-    for k in range(kx):
-        idx = col_idx[:, None, None, :, k].expand(n, c, m, size)
-        acc += torch.gather(rows, 3, idx) * xw[:, None, None, :, k]
-    horiz = _clip8(acc).reshape(n, c, size, ky, size)  # (N, C, S_y, Ky, S_x)
-    out = torch.full((n, c, size, size), 1 << (PRECISION_BITS - 1), dtype=torch.int64, device=device)
-    for k in range(ky):
-        out += horiz[:, :, :, k, :] * yw[:, None, :, k, None]
+    acc = torch.full((n, c, rows_needed, size), 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=device)
+    for k in range(xw.shape[2]):  # taps past a sample's support have weight 0 (index clamped)
+        idx = (xs + k).clamp(max=width - 1)[:, None, None, :].expand(n, c, rows_needed, size)
+        acc += torch.gather(rows, 3, idx).to(torch.int32) * xw[:, None, None, :, k]
+    horiz = _clip8(acc).to(torch.uint8)  # (N, C, M, S): rows past a crop's height never get a nonzero weight
+    out = torch.full((n, c, size, size), 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=device)
+    for k in range(yw.shape[2]):
+        idx = (ys + k).clamp(max=rows_needed - 1)[:, None, :, None].expand(n, c, size, size)
+        out += torch.gather(horiz, 2, idx) * yw[:, None, :, k, None]
     return _clip8(out).to(torch.uint8)
 
 
-def _pil_group(image: torch.Tensor, crops: np.ndarray, size: int, filter: str, max_chunk_elems: int):
-    c, _, w = image.shape
-    ky_max = int(math.ceil(_FILTER_SUPPORT[filter] * max(1.0, (crops[:, 3] - crops[:, 1]).max() / size))) * 2 + 1
-    per_crop = c * size * ky_max * w
-    chunk = max(1, max_chunk_elems // max(per_crop, 1))
-    return torch.cat([_pil_chunk(image, crops[i : i + chunk], size, filter) for i in range(0, len(crops), chunk)])
+def _chunks(crops: np.ndarray, size: int, channels: int, max_chunk_elems: int) -> list[np.ndarray]:
+    """Index arrays of consecutive crops whose largest intermediate (the chunk's rows over its column window,
+    ``count × C × tallest × max(window width, S)``) stays under ``max_chunk_elems`` (a chunk holds at least
+    one crop)."""
+    out, start = [], 0
+    while start < len(crops):
+        stop, rows, left, right = start, 0, None, None
+        while stop < len(crops):
+            x1, y1, x2, y2 = crops[stop]
+            rows_, left_, right_ = max(rows, y2 - y1), x1 if left is None else min(left, x1), max(right or 0, x2)
+            if stop > start and (stop - start + 1) * channels * rows_ * max(right_ - left_, size) > max_chunk_elems:
+                break
+            rows, left, right, stop = rows_, left_, right_, stop + 1
+        out.append(np.arange(start, stop))
+        start = stop
+    return out
 
 
 def pil_resample_crops(
@@ -144,11 +172,14 @@ def pil_resample_crops(
     """Crop many integer boxes from one uint8 image and resize each to ``size×size``.
 
     Emulates ``PIL.Image.fromarray(img).crop(box).resize((size, size), filter)`` with
-    Pillow's own weights and fixed-point arithmetic: bit-exact whenever Pillow runs its
-    horizontal pass first (always for crops no taller than wide). Pillow >= 11 chooses the
-    order of its two passes itself; this kernel runs the vertical pass first for crops taller
-    than wide that also shrink vertically, which matches Pillow 13 on most but not all such
-    crops (then a few levels differ; see ``tests/test_renderer.py``).
+    Pillow's own weights and fixed-point arithmetic (int32 accumulators, as Pillow's): bit-exact
+    whenever Pillow runs its horizontal pass first (always for crops no taller than wide). Pillow >= 11
+    chooses the order of its two passes itself; this kernel runs the vertical pass first for crops taller
+    than wide that also shrink vertically, which matches Pillow 13 on most but not all such crops (then a
+    few levels differ; see ``tests/test_renderer.py``).
+
+    Each crop row is read once (the horizontal pass runs on the crop's rows, not on the rows each output
+    sample needs), and the kernel tables of the whole call reach the image's device in one copy.
 
     Args:
         image: (C, H, W) uint8 tensor, on any device.
@@ -156,31 +187,40 @@ def pil_resample_crops(
             ``0 <= y1 < y2 <= H``.
         size: output side S.
         filter: ``"bicubic"`` or ``"lanczos"``.
-        max_chunk_elems: bound on the element count of the largest intermediate tensor.
+        max_chunk_elems: bound on the element count of the largest intermediate tensor (a chunk holds at
+            least one crop).
 
     Returns:
         (N, C, S, S) uint8 tensor on ``image``'s device.
     """
     crops = np.asarray(crops, dtype=np.int64).reshape(-1, 4)
     c, h, w = image.shape
-    out = torch.empty((len(crops), c, size, size), dtype=torch.uint8, device=image.device)
     if len(crops) == 0:
-        return out
+        return torch.empty((0, c, size, size), dtype=torch.uint8, device=image.device)
     _check_crops(crops, w, h)
-    img = image.to(torch.int64)
-    # Pillow (>= 11) resamples vertically first when that axis shrinks, and more than the other.
+    image = image.to(torch.uint8)
+    # Pillow (>= 11) resamples vertically first when that axis shrinks, and more than the other:
+    # vertical first == horizontal first on the transposed image.
     heights, widths = crops[:, 3] - crops[:, 1], crops[:, 2] - crops[:, 0]
     tall = (heights > widths) & (heights > size)
-    wide_idx, tall_idx = np.nonzero(~tall)[0], np.nonzero(tall)[0]
-    if len(wide_idx):
-        out[torch.as_tensor(wide_idx, device=image.device)] = _pil_group(
-            img, crops[wide_idx], size, filter, max_chunk_elems
-        )
-    if len(tall_idx):
-        # Vertical pass first == horizontal pass first on the transposed image.
-        res = _pil_group(img.transpose(1, 2), crops[tall_idx][:, [1, 0, 3, 2]], size, filter, max_chunk_elems)
-        out[torch.as_tensor(tall_idx, device=image.device)] = res.transpose(2, 3)
-    return out
+    groups = [(np.nonzero(~tall)[0], False), (np.nonzero(tall)[0], True)]
+    work, host = [], []
+    for idx, transposed in groups:
+        group = crops[idx][:, [1, 0, 3, 2]] if transposed else crops[idx]
+        for part in _chunks(group, size, c, max_chunk_elems):
+            work.append((group[part], transposed))
+            host.extend(_chunk_tables(group[part], size, filter))
+    order = np.concatenate([idx for idx, _ in groups])
+    inverse = np.argsort(order)
+    reorder = not np.array_equal(inverse, np.arange(len(crops)))
+    tables = upload(host + ([inverse] if reorder else []), image.device)
+    results = []
+    for i, (chunk, transposed) in enumerate(work):
+        src = image.transpose(1, 2) if transposed else image
+        res = _pil_chunk(src, chunk, size, tables[5 * i : 5 * i + 5])
+        results.append(res.transpose(2, 3) if transposed else res)
+    out = torch.cat(results)
+    return out[tables[-1]] if reorder else out
 
 
 def _check_crops(crops: np.ndarray, width: int, height: int) -> None:
@@ -234,18 +274,15 @@ def _linear_resize_torch(gray: torch.Tensor, crops, size: int, max_chunk_elems: 
 
     def stack(lengths, offsets):
         parts = [tables[n] for n in lengths]
-        i0 = torch.from_numpy(np.stack([p[0] for p in parts]) + offsets[:, None]).to(device)
-        i1 = torch.from_numpy(np.stack([p[1] for p in parts]) + offsets[:, None]).to(device)
-        w0 = torch.from_numpy(np.stack([p[2] for p in parts])).to(device)
-        w1 = torch.from_numpy(np.stack([p[3] for p in parts])).to(device)
-        return i0, i1, w0, w1
+        return [np.stack([p[0] for p in parts]) + offsets[:, None], np.stack([p[1] for p in parts]) + offsets[:, None],
+                np.stack([p[2] for p in parts]), np.stack([p[3] for p in parts])]
 
     chunk = max(1, max_chunk_elems // (2 * size * w))
     outs = []
     for s in range(0, len(crops), chunk):
         cc = crops[s : s + chunk]
-        xi0, xi1, xw0, xw1 = stack((cc[:, 2] - cc[:, 0]).tolist(), cc[:, 0])
-        yi0, yi1, yw0, yw1 = stack((cc[:, 3] - cc[:, 1]).tolist(), cc[:, 1])
+        xi0, xi1, xw0, xw1, yi0, yi1, yw0, yw1 = upload(
+            stack((cc[:, 2] - cc[:, 0]).tolist(), cc[:, 0]) + stack((cc[:, 3] - cc[:, 1]).tolist(), cc[:, 1]), device)
 
         def hpass(row_index):
             rows = gray[row_index]  # (n, S, W)

@@ -181,16 +181,37 @@ def view_geometries(boxes, image_size, ts, size: int = DEFAULT_SIZE) -> list[Vie
     return [ViewGeometry(np.array(ts_arr[k]), bt[k], crops[k], biv[k], size, biv_int[k]) for k in range(r)]
 
 
+_DEVICE_CONSTANTS: dict = {}  # a cache: device -> the constants on it (copied once per device)
+
+
+def _normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``-mean / std`` and ``1 / (255 std)`` as (3, 1, 1) float32 tensors on ``device``: computed on the host in
+    IEEE float32 (the same bits on any device) and, on an accelerator, copied there once and kept (tensors of
+    another kind, such as a tracer's fake tensors, are not kept)."""
+    std, mean = np.asarray(CLIP_STD, np.float32), np.asarray(CLIP_MEAN, np.float32)
+    host = [torch.from_numpy(v.reshape(3, 1, 1)) for v in (-mean / std, np.float32(1.0) / (np.float32(255.0) * std))]
+    if device.type == "cpu":
+        return host[0], host[1]
+    if device.type == "meta":
+        return host[0].to(device), host[1].to(device)
+    hit = _DEVICE_CONSTANTS.get(device)
+    if hit is None:
+        with torch.inference_mode(False):  # ordinary tensors, usable in training too
+            hit = (host[0].to(device), host[1].to(device))
+        if all(type(t) is torch.Tensor for t in hit):
+            _DEVICE_CONSTANTS[device] = hit
+    return hit
+
+
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, S, S) → float32 ``(x / 255 − mean) / std`` with the CLIP mean / std."""
-    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    shift, scale = _normalize_constants(pixels.device)
     # Same value as the formula above up to float32 rounding (~1e-7), in two fused passes. uint8 RGB views are
     # written into their float copy (out=): a new, broadcast output is ~4x slower on CPU, same bits.
     if pixels.dtype == torch.uint8 and pixels.dim() >= 3 and pixels.shape[-3] == 3:
         out = pixels.to(torch.float32)  # a new tensor (never the caller's)
-        return torch.addcmul(-mean / std, out, 1.0 / (255.0 * std), out=out)
-    return torch.addcmul(-mean / std, pixels.to(torch.float32), 1.0 / (255.0 * std))
+        return torch.addcmul(shift, out, scale, out=out)
+    return torch.addcmul(shift, pixels.to(torch.float32), scale)
 
 
 def _render_reference(image: torch.Tensor, crops: np.ndarray, size: int) -> torch.Tensor:

@@ -137,6 +137,10 @@ def test_cli_describe(model_dir, photo, tmp_path, capsys):
     out, _ = capsys.readouterr()
     region = json.loads(out)["regions"][0]
     assert region["category"][0] in ("cup", "table") and "tags" not in region
+    # --dtype auto is float32 on a CPU: the same record
+    code = main(["describe", str(photo), "--box", "10", "20", "200", "180", "--model", str(model_dir),
+                 "--tasks", "caption,category", "--classes", "cup,table", "--dtype", "auto"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["regions"][0] == region
 
 
 @pytest.mark.parametrize("args, reason", [

@@ -3,6 +3,7 @@ bfloat16 and results that must not depend on the batch (issue 32)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +45,23 @@ def test_cuda_results_do_not_depend_on_the_batch(photos, autocast):
                               all_tags=True)
         assert alone[0][0]["category"] == together[0][k]["category"]
         assert alone[0][0]["tags"] == together[0][k]["tags"]
+
+
+def test_tensor_renderer_on_cuda_equals_the_cpu_bit_for_bit(photos):
+    """Integer arithmetic (Pillow's fixed point, int32): the GPU renderer gives the CPU tensor kernel's bytes."""
+    from dynrefer.resample import pil_resample_crops
+    from dynrefer.views import view_geometry
+
+    photo = photos["astronaut"]
+    crops = np.concatenate([view_geometry(photo.boxes[n], photo.size, (0.0, 0.3, 1.0)).crops
+                            for n in ("medium", "tall", "wide", "tiny_2x3")])
+    cpu = pil_resample_crops(photo.tensor, crops, 224)
+    gpu = pil_resample_crops(photo.tensor.cuda(), crops, 224)
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+
+
+def test_auto_precision_is_bfloat16_on_cuda():
+    from dynrefer.engine import Engine
+
+    model = DynRefer(tiny_config(), tags=["red"]).to("cuda")
+    assert Engine(model, dtype="auto").autocast_dtype == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else None)

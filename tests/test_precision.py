@@ -212,3 +212,25 @@ def test_older_folders_and_training_load_as_before(tmp_path):
     module = DynReferModule(str(tmp_path / "half"))
     assert {p.dtype for p in module.model.parameters()} == {torch.float32}
     assert {p.dtype for p in DynRefer.from_pretrained(tmp_path / "half").parameters()} == {torch.bfloat16}
+
+
+def test_auto_precision_is_bfloat16_on_a_gpu_with_it_and_float32_elsewhere(photos):
+    from dynrefer.engine import Engine, resolve_autocast
+    from dynrefer.errors import InputError
+    from dynrefer.regions import parse_regions
+
+    assert resolve_autocast("auto", "cuda:0", bf16_supported=True) == "bfloat16"
+    assert resolve_autocast("auto", torch.device("cuda"), bf16_supported=False) is None
+    assert resolve_autocast("auto", "cpu") is None and resolve_autocast("auto", "mps") is None
+    assert resolve_autocast("float16", "cpu") == "float16" and resolve_autocast(None, "cuda") is None
+    with pytest.raises(InputError, match="expected auto or one of bfloat16, float16"):
+        Engine(DynRefer(tiny_config(), tags=["red"]), dtype="half")
+    torch.manual_seed(0)
+    model = DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=["circle", "square"]).eval()
+    photo = photos["coffee"]
+    regions = [parse_regions([[40.5, 30.25, 200.0, 180.0]], photo.size)]
+    auto = Engine(model, dtype="auto")
+    assert auto.autocast_dtype is None  # on this CPU: the model's float32, exactly
+    got, _ = auto.run([photo.tensor], regions, tasks=("category", "tags"), all_tags=True)
+    want, _ = Engine(model).run([photo.tensor], regions, tasks=("category", "tags"), all_tags=True)
+    assert got == want

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import dynrefer
+from dynrefer.regions import parse_region
 from dynrefer.train.data import RegionDataModule, RegionDataset, collate_regions
 from dynrefer.train.module import DynReferModule, parameter_groups
 
@@ -62,6 +63,35 @@ def test_dataset_samples_and_collate(shapes):
     assert batch["pixels"].shape == (12, 3, 64, 64) and len(batch["captions"]) == 4
     val = RegionDataset(shapes / "data.jsonl", split="val", size=64, policy="greedy", train=False)
     assert len(val) == 4 and val[0]["control"] == "|"
+
+
+def test_dataset_ships_uint8_views_the_model_normalises(shapes, tiny_model_dir):
+    """Workers hand over uint8 views (a quarter of float32's bytes); the model normalises them on its device:
+    the same features as the normalised views select_views renders, in float32 and in a bfloat16 model."""
+    from dynrefer import DynRefer
+    from dynrefer.images import load_image
+    from dynrefer.view_selection import select_views
+    from dynrefer.views import normalize
+
+    val = RegionDataset(shapes / "data.jsonl", split="val", size=64, policy="greedy", train=False)
+    sample = val[1]
+    assert sample["pixels"].dtype == torch.uint8 and sample["pixels"].shape == (3, 3, 64, 64)
+    rec_idx, reg_idx = val.items[1]
+    record = val.records[rec_idx]
+    image = load_image(val.root / record["image"])
+    want = select_views(image, [parse_region(record["regions"][reg_idx], (image.shape[2], image.shape[1])).box],
+                        num_views=3, size=64)[0].pixels
+    assert torch.equal(normalize(sample["pixels"]), want)
+    model = DynRefer.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for chunk in (None, 2):
+            cls_u8, patches_u8 = model.encode_views(sample["pixels"], chunk)
+            cls, patches = model.encode_views(want, chunk)
+            assert torch.equal(cls_u8, cls) and torch.equal(patches_u8, patches)
+        half = model.to(torch.bfloat16)
+        cls_u8, _ = half.encode_views(sample["pixels"])
+        assert cls_u8.dtype == torch.bfloat16
+        assert torch.equal(cls_u8, half.encode_views(want.to(torch.bfloat16))[0])
 
 
 def test_datamodule_training_views_follow_train_policy(shapes):

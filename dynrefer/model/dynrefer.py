@@ -3,7 +3,7 @@
 No device, precision or loop logic: it runs on whatever device / dtype the caller puts it
 on. Inputs are batches of already-rendered views (see :mod:`dynrefer.view_selection`):
 
-* ``pixels`` (P, 3, S, S): CLIP-normalised views; ``view_index`` (R·n,) optionally maps each
+* ``pixels`` (P, 3, S, S): CLIP-normalised views (or uint8 RGB views, normalised by the model); ``view_index`` (R·n,) optionally maps each
   region's views onto rows of ``pixels`` (identical crops encoded once); without it
   ``pixels`` holds the R·n views region-major;
 * ``boxes_in_view`` (R·n, 4): the region box in each view's pixels (for RoI-align);
@@ -30,6 +30,7 @@ from .heads.language import LanguageHead, control_string
 from .heads.tags import TagHead
 from .qformer import RegionQFormer
 from ..view_selection import check_model_views
+from ..views import normalize
 from .roi import ViewRoIAlign
 
 
@@ -123,12 +124,21 @@ class DynRefer(nn.Module):
             self._text_cache[key] = hit
         return hit
 
+    def _encode(self, pixels: torch.Tensor):
+        if pixels.dtype == torch.uint8:  # raw views: CLIP-normalised here, on the model's device, chunk by chunk
+            pixels = normalize(pixels)
+            weight = self.tag_embeddings
+            if weight.dtype != pixels.dtype and not torch.is_autocast_enabled(pixels.device.type):
+                pixels = pixels.to(weight.dtype)  # a model cast as a whole (model.to(torch.bfloat16))
+        return self.encoder(pixels)
+
     def encode_views(self, pixels: torch.Tensor, batch_size: int | None = None):
         """The frozen encoder over (P, 3, S, S) views, ``batch_size`` views at a time:
-        CLS (P, C) and patch maps (P, C, h, w)."""
+        CLS (P, C) and patch maps (P, C, h, w). ``pixels``: CLIP-normalised floats, or uint8 RGB views
+        (normalised here: a quarter of the bytes to move to the device)."""
         if batch_size is None or pixels.shape[0] <= batch_size:
-            return self.encoder(pixels)
-        parts = [self.encoder(pixels[i : i + batch_size]) for i in range(0, pixels.shape[0], batch_size)]
+            return self._encode(pixels)
+        parts = [self._encode(pixels[i : i + batch_size]) for i in range(0, pixels.shape[0], batch_size)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def encode_regions(self, pixels, boxes_in_view, view_index=None, encoder_batch_size=None) -> torch.Tensor:

@@ -27,6 +27,7 @@ from ..model.heads.language import control_string
 from ..records import read_jsonl
 from ..regions import parse_region
 from ..view_selection import select_views
+from ..views import render_crops
 
 
 def attribute_synonyms(attribute) -> list[str]:
@@ -127,7 +128,7 @@ class RegionDataset(Dataset):
         region = parse_region(spec, (int(image.shape[2]), int(image.shape[1])), index=reg_idx)
         generator = torch.Generator().manual_seed(random.getrandbits(62)) if self.train else None
         views = select_views(image, [region.box], num_views=self.num_views, policy=self.policy, size=self.size,
-                             generator=generator, base_t=self.base_t, ts=self.ts)[0]
+                             generator=generator, base_t=self.base_t, ts=self.ts, render=False)[0]
         captions = spec["captions"]
         tags = [str(t) for t in spec.get("tags", [])]
         if self.train:
@@ -145,7 +146,8 @@ class RegionDataset(Dataset):
             if short is not None:
                 text, facts = short[0], short[1:]
         return {
-            "pixels": views.pixels,
+            # uint8 (a quarter of float32 through the worker queue and to the device); the model normalises
+            "pixels": render_crops(image, views.geometry.crops, self.size, normalized=False),
             "boxes_in_view": torch.as_tensor(views.geometry.roi_boxes(self.truncate_boxes), dtype=torch.float32),
             "caption": caption,
             "contrastive_text": text,
@@ -253,7 +255,7 @@ class RegionDataModule(L.LightningDataModule):
     def _loader(self, dataset, train: bool) -> DataLoader:
         h = self.hparams
         return DataLoader(dataset, batch_size=h.batch_size, shuffle=train, drop_last=train,
-                          num_workers=h.num_workers, collate_fn=collate_regions,
+                          num_workers=h.num_workers, collate_fn=collate_regions, pin_memory=torch.cuda.is_available(),
                           persistent_workers=h.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
