@@ -18,7 +18,7 @@ def __getattr__(name):
 
         return DynReferConfig
     if name == "describe":
-        from .predictor import describe
+        from .inference.predictor import describe
 
         return describe
     raise AttributeError(f"module 'dynrefer' has no attribute {name!r}")

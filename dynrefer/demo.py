@@ -2,9 +2,10 @@
 
 Writes into the output folder:
 
-* ``scene.png``, ``scene.json``, ``scene_described.png``: a generated scene (seed
-  :data:`DEMO_SCENE`, not one the built-in model was trained on) with every object described
-  by the built-in model (``describe`` record, SPEC §5) next to the generator's ground truth;
+* ``scene.png``, ``scene.json``, ``scene_described.png``: a generated scene (bundled in
+  ``dynrefer/builtin/examples/``: seed 2026, index 3 of the built-in project's generator, not one the
+  built-in model was trained on) with every object described by the built-in model (``describe`` record,
+  SPEC §5) next to the generator's ground truth;
 * ``astronaut.png``, ``astronaut.json``, ``astronaut_described.png``: scikit-image's astronaut
   photo with four regions (face, mission patch, name tag, shuttle model) described the same
   way — the built-in model only knows scenes of shapes, so expect shape words here;
@@ -26,7 +27,17 @@ DEMO_REGIONS = {
     "name tag": (278, 338, 330, 378),
     "shuttle model": (355, 0, 470, 285),
 }
-DEMO_SCENE = (2026, 3)  # (seed, index): the built-in model was trained on seed 42
+EXAMPLES = Path(__file__).resolve().parent / "builtin" / "examples"
+
+
+def example_scene():
+    """The bundled generated scene: ``(PIL image, ground-truth record)`` (SPEC §5; ``record["source"]`` names the
+    generator's seed and index; the built-in model was trained on seed 42)."""
+    from PIL import Image
+
+    record = json.loads((EXAMPLES / "scene.json").read_text())
+    with Image.open(EXAMPLES / record["image"]) as image:
+        return image.convert("RGB"), record
 
 
 def demo_photo():
@@ -68,15 +79,14 @@ def run_demo(out: Path, model="builtin") -> dict:
     from PIL import Image
 
     from .view_records import run_views
-    from .data.synthetic import generate_scene
     from .images import load_image
-    from .predictor import Predictor
+    from .inference.predictor import Predictor
     from .visualize import describe_sheet
 
     out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model)
 
-    scene, truth = generate_scene(*DEMO_SCENE)
+    scene, truth = example_scene()
     scene_path = out / "scene.png"
     scene.save(scene_path)
     boxes = [r["box"] for r in truth["regions"]]
@@ -101,7 +111,7 @@ def run_demo(out: Path, model="builtin") -> dict:
     scene_correct = sum(r["category"] == gt["category"] for r, gt in zip(rows, truth["regions"]))
     summary = {
         "model": str(model),
-        "scene": {"image": str(scene_path), "seed": DEMO_SCENE[0], "index": DEMO_SCENE[1],
+        "scene": {"image": str(scene_path), "seed": truth["source"]["seed"], "index": truth["source"]["index"],
                   "record": str(out / "scene.json"), "picture": str(out / "scene_described.png"),
                   "category_correct": f"{scene_correct}/{len(truth['regions'])}"},
         "photo": {"image": str(photo), "record": str(out / "astronaut.json"),

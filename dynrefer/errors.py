@@ -16,6 +16,10 @@ class InputError(DynReferError, ValueError):
     """An input (image, region, argument, file) is invalid; the message says which and why."""
 
 
+class UsageError(InputError):
+    """A command-line usage error (a bad option or option value): bad input, one line, exit 2."""
+
+
 class ImageLoadError(InputError):
     """An image could not be loaded or converted; the message names the source and the reason."""
 

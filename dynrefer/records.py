@@ -137,3 +137,26 @@ def write_json(path, obj, *, indent: int = 1, default=None) -> None:
 def region_key(record: dict, region: dict) -> tuple:
     """The ``(image, id)`` key of a region within its record."""
     return (record.get("image"), region.get("id"))
+
+
+def read_names(path, option: str) -> list[str]:
+    """Names from a file: one a line, or a JSON list of names or of ``{"name": ...}`` objects (kept whole);
+    ``option`` names the file in errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"cannot read {option} '{p}': no such file")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):  # a JSON list: names, or OVAD-style attribute dicts (kept whole)
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{option} '{p}': not valid JSON ({exc.msg})") from None
+        if not all(isinstance(n, str) or (isinstance(n, dict) and "name" in n) for n in names):
+            raise InputError(f"{option} '{p}': expected names or objects with a 'name'")
+        return names
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_class_names(path, option: str) -> list[str]:
+    """Class names from a file (one a line, a JSON list of names, or COCO-style ``{"name": ...}`` objects)."""
+    return [n if isinstance(n, str) else str(n["name"]) for n in read_names(path, option)]

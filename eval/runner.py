@@ -8,9 +8,9 @@ states its protocol at the top and calls :func:`main` with its settings. Steps:
    the file has no ``split``) are
    written as the prediction input ``OUT/input.jsonl`` (boxes, masks, ids — or, for dense
    captioning with ``--proposals``, the proposal file's records, scores kept);
-2. :func:`dynrefer.train.predict.run_predict` writes ``OUT/predictions.jsonl`` (resumable: a
+2. :func:`dynrefer.inference.predict.run_predict` writes ``OUT/predictions.jsonl`` (resumable: a
    rerun continues where an interrupted one stopped; ``--devices N`` splits it with DDP);
-3. :func:`dynrefer.metrics.command.run_evaluation` scores it; the report (metrics in percent,
+3. :func:`dynrefer.metrics.evaluate.run_evaluation` scores it; the report (metrics in percent,
    plus the settings) goes to ``OUT/report.json`` and stdout.
 """
 
@@ -60,10 +60,10 @@ def run(task: str, *, model, data, out_dir, split=None, image_root=None, proposa
         tag_threshold=None, all_scores=False, attributes_file=None, classes_file=None, devices=1, accelerator="cpu",
         batch_size=4, num_workers=2, dtype=None, strict=False) -> dict:
     """Predict and evaluate one benchmark; returns the report (also ``out_dir/report.json``)."""
-    from dynrefer.metrics.command import run_evaluation
-    from dynrefer.predict_command import read_names, read_class_names
+    from dynrefer.metrics.evaluate import run_evaluation
+    from dynrefer.records import read_class_names, read_names
     from dynrefer.records import write_jsonl
-    from dynrefer.train.predict import run_predict
+    from dynrefer.inference.predict import run_predict
 
     data, out_dir = Path(data), Path(out_dir)
     split = resolve_split(data, split)

@@ -7,7 +7,7 @@ regions annotated positive or negative, as OVAD); ``tag_f1`` (micro F1 of the ta
 model's threshold against the region's tags); ``caption`` BLEU / METEOR / ROUGE-L / CIDEr
 (pycocoevalcap, keyed by region; needs Java, ``--no-caption-metrics`` skips it); ``parts``:
 per-part caption accuracy (size, colour, pattern, shape, position, relation, neighbour: the
-caption read back by ``dynrefer.data.scene_eval.caption_parts``) with the majority-class
+caption read back by ``dynrefer_builtin.scene_eval.caption_parts``) with the majority-class
 baseline of each part.
 
 Usage: ``python eval/synthetic.py --model DIR --data runs/builtin/scenes/scenes.jsonl
@@ -19,7 +19,7 @@ Tag threshold: the tags above it are the control string of the caption (SPEC §1
 shapes the captions as well as ``tag_f1``. ``--tune-tag-threshold`` picks it on the *val* split
 (``tune_tag_threshold``: the grid value with the best mean caption-part accuracy, ties to the
 smaller threshold) and, with ``--write``, stores it in the model folder's ``config.json``;
-``scripts/train_builtin.py`` does this for the built-in model.
+``projects/builtin/train_builtin.py`` does this for the built-in model.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dynrefer.data.scene_benchmark import TAG_THRESHOLDS, evaluate, tune_tag_threshold, write_tag_threshold
+from dynrefer_builtin.scene_benchmark import TAG_THRESHOLDS, evaluate, tune_tag_threshold, write_tag_threshold
 
 __all__ = ["TAG_THRESHOLDS", "evaluate", "tune_tag_threshold", "write_tag_threshold"]
 

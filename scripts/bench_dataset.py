@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     import logging
 
-    from dynrefer.train.predict import run_predict
+    from dynrefer.inference.predict import run_predict
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:

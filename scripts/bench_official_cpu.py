@@ -26,7 +26,7 @@ RUN = """
 import json, resource, sys, time
 import torch
 from dynrefer.model.dynrefer import DynRefer
-from dynrefer.predictor import Predictor
+from dynrefer.inference.predictor import Predictor
 choice, folder = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
 model = DynRefer.from_pretrained(folder, dtype=None if choice == "bfloat16" else torch.float32)

@@ -7,7 +7,7 @@ pipelines run in the same process, with the same loaded model and the same decod
 tensor, after one warm-up run each; the median of ``runs`` timed runs is reported, the runs of
 the three interleaved (a shared machine's speed drifts; interleaving keeps the ratios fair):
 
-* ``engine``: ``Predictor.describe`` with every region at once (:mod:`dynrefer.engine`: all
+* ``engine``: ``Predictor.describe`` with every region at once (:mod:`dynrefer.inference.engine`: all
   candidate crops of all regions hashed in one call, each unique crop rendered and encoded
   once, all regions through the heads and the beam search together);
 * ``naive``: one region at a time through ``Predictor.describe``;
@@ -49,7 +49,7 @@ import torch
 
 from bench_views import random_boxes  # scripts/ is on sys.path when run as a script
 from dynrefer.phash import bits_to_hex, hamming, phash_official_single, rgb_to_gray_official
-from dynrefer.predictor import Predictor
+from dynrefer.inference.predictor import Predictor
 from dynrefer.view_selection import greedy_select
 from dynrefer.views import CANDIDATE_TS, render_crops, view_geometry
 
@@ -158,7 +158,7 @@ def timed(fns: dict, runs: int, times: dict | None = None) -> dict:
 
 def build(config: str, device: str) -> Predictor:
     import dynrefer
-    from dynrefer.data.synthetic import vocabulary
+    from dynrefer_builtin.synthetic import vocabulary
     from dynrefer.model.config import DynReferConfig
 
     if config == "builtin":

@@ -29,8 +29,8 @@ DESCRIBE_SPLIT = """
 import time, json, sys
 t0 = time.perf_counter()
 from dynrefer.cli import main
-from dynrefer.describe_command import run
-from dynrefer.predictor import Predictor
+from dynrefer.commands.describe import run
+from dynrefer.inference.predictor import Predictor
 from dynrefer.images import load_image
 t1 = time.perf_counter()
 predictor = Predictor("builtin")
@@ -44,7 +44,7 @@ PREDICT_SPLIT = """
 import time, json, sys
 t0 = time.perf_counter()
 from dynrefer.cli import main
-from dynrefer.train.predict import run_predict
+from dynrefer.inference.predict import run_predict
 t1 = time.perf_counter()
 run_predict("builtin", sys.argv[1], sys.argv[2], num_workers=0, progress=False)
 t2 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Check reduced precision: the same regions described in float32 and in each reduced precision the device runs,
 one region at a time and in batches, and how far the results move.
 
-Regions: the boxes of generated scenes (``dynrefer.data.synthetic``), ``--regions`` of them (default 100).
+Regions: the boxes of generated scenes (``dynrefer_builtin.synthetic``), ``--regions`` of them (default 100).
 Precisions: ``float32``; ``bfloat16-autocast`` / ``float16-autocast`` (float32 weights, ``torch.autocast``: the
 engine's ``dtype=``); ``bfloat16`` / ``float16`` (the model cast as a whole: weights and compute; the RoI step runs
 in float32 anyway). Each runs alone (one region a call) and in batches of ``--batch`` regions (whole images
@@ -34,7 +34,7 @@ CAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def scene_regions(count: int, seed: int = 0, size: int = 256) -> list[tuple]:
     """``count`` (image tensor, box) pairs from generated scenes, scene by scene."""
-    from dynrefer.data.synthetic import generate_scene
+    from dynrefer_builtin.synthetic import generate_scene
     from dynrefer.images import load_image
 
     out, index = [], 0
@@ -85,7 +85,7 @@ def describe_all(predictor, regions, batch: int) -> list[dict]:
 def run(model: str, device: torch.device, count: int, batch: int) -> list[dict]:
     from dynrefer.model.dynrefer import DynRefer
     from dynrefer.model.io import resolve_model_dir
-    from dynrefer.predictor import Predictor
+    from dynrefer.inference.predictor import Predictor
 
     regions = scene_regions(count)
     folder = resolve_model_dir(model)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from dynrefer.cli import main
 from dynrefer.errors import InputError
-from dynrefer.train.predict import output_lock, run_predict
+from dynrefer.inference.predict import output_lock, run_predict
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def write_jsonl(path: Path, records) -> Path:
 
 def no_model(monkeypatch):
     """Fail the test if a model is loaded (the inputs must be refused before)."""
-    from dynrefer import predictor
+    from dynrefer.inference import predictor
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
@@ -111,7 +111,7 @@ def test_a_second_run_on_the_same_out_stops_at_once(tiny_model_dir, images, tmp_
 @pytest.mark.slow
 def test_the_lock_goes_with_a_killed_process(tmp_path):
     out = tmp_path / "o.jsonl"
-    code = ("import sys, time; from pathlib import Path; from dynrefer.train.predict import output_lock\n"
+    code = ("import sys, time; from pathlib import Path; from dynrefer.inference.predict import output_lock\n"
             f"with output_lock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -166,7 +166,7 @@ def test_a_hostile_checkpoint_is_refused_in_one_line(tmp_path):
 def test_a_hostile_checkpoint_in_validate_names_the_refused_global(tmp_path):
     import pickle
 
-    from dynrefer.train.cli import _unpickling_reason
+    from dynrefer.commands.train import _unpickling_reason
 
     err = pickle.UnpicklingError("Weights only load failed. ... Re-running `torch.load` with `weights_only` set to "
                                  "`False` will likely succeed ...\nWeightsUnpickler error: Unsupported global: "
@@ -217,7 +217,7 @@ def test_a_worker_dies_with_its_parent():
     ``worker_init_fn`` asks for SIGKILL when the parent dies (a worker blocked on a pipe or in a thread never
     reaches PyTorch's own parent check)."""
     code = ("import os, time, multiprocessing as mp\n"
-            "from dynrefer.train.predict import die_with_parent\n"
+            "from dynrefer.inference.predict import die_with_parent\n"
             "def child():\n    die_with_parent(0)\n    time.sleep(300)\n"
             "if __name__ == '__main__':\n"
             "    p = mp.get_context('fork').Process(target=child); p.start()\n"

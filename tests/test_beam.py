@@ -124,7 +124,7 @@ def test_language_head_uses_fast_search_and_falls_back(monkeypatch):
 def test_builtin_model_same_captions_as_generate():
     from skimage import data
 
-    from dynrefer.predictor import Predictor
+    from dynrefer.inference.predictor import Predictor
 
     predictor = Predictor("builtin")
     model = predictor.model

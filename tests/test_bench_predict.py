@@ -32,7 +32,7 @@ def test_peak_memory_sees_an_allocation_and_resets(bench):
 
 
 def test_official_style_baseline_gives_the_engine_captions(bench):
-    from dynrefer.predictor import Predictor
+    from dynrefer.inference.predictor import Predictor
 
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 80, 120), dtype=np.uint8))
     predictor = Predictor("builtin")

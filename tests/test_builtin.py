@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from dynrefer.data.synthetic import generate_scene
+from dynrefer_builtin.synthetic import generate_scene
 from dynrefer.model.dynrefer import DynRefer
 from dynrefer.model.io import builtin_dir
-from dynrefer.predictor import Predictor
+from dynrefer.inference.predictor import Predictor
 
 
 #: Measured on these 40 objects: 25 with the shipped model (README, built-in model scores; the model shipped before
@@ -50,7 +50,7 @@ def test_builtin_loads_and_is_small():
 
 def test_builtin_names_the_colour_of_clearly_drawn_objects(predictor):
     """Colour from the attribute head and in the caption (measured 40/40 with the shipped model)."""
-    from dynrefer.data.scene_eval import caption_parts
+    from dynrefer_builtin.scene_eval import caption_parts
 
     objects = clear_objects()
     attribute_hits = caption_hits = 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dynrefer.data.synthetic import generate_dataset
+from dynrefer_builtin.synthetic import generate_dataset
 from dynrefer.model.config import TINY_CLIP, EncoderConfig
 from dynrefer.model.encoder import FrozenCLIP
 from dynrefer.train.clip_pretrain import ClipPretrainModule, ViewCaptionDataset

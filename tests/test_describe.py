@@ -13,7 +13,7 @@ import dynrefer
 from dynrefer.cli import main
 from dynrefer.errors import InputError
 from dynrefer.model.config import tiny_config
-from dynrefer.predictor import Predictor
+from dynrefer.inference.predictor import Predictor
 
 CLASSES = ["circle", "square", "star"]
 ATTRIBUTES = ["color:red", "color:blue/navy", "pattern:dotted"]
@@ -290,7 +290,7 @@ def test_module_describe_loads_the_folder_a_relative_path_names_now(model_dir, p
         shutil.copytree(model_dir, tmp_path / name / "m")
     monkeypatch.chdir(tmp_path / "a")
     dynrefer.describe(photo, [[10, 20, 200, 180]], model="m", tasks="category")
-    from dynrefer import predictor as predictor_mod
+    from dynrefer.inference import predictor as predictor_mod
 
     first = predictor_mod._PREDICTORS.copy()
     monkeypatch.chdir(tmp_path / "b")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from dynrefer.engine import plan_views, render_plan
+from dynrefer.inference.engine import plan_views, render_plan
 from dynrefer.resample import pil_resample_crops
 from dynrefer.views import render_crops
 

@@ -9,10 +9,10 @@ import torch
 from skimage import data
 
 import dynrefer
-from dynrefer.engine import Engine, plan_views
+from dynrefer.inference.engine import Engine, plan_views
 from dynrefer.errors import InputError
 from dynrefer.model.config import tiny_config
-from dynrefer.predictor import Predictor
+from dynrefer.inference.predictor import Predictor
 from dynrefer.regions import parse_regions
 
 CLASSES = ["circle", "square", "star"]
@@ -96,7 +96,7 @@ def test_encoder_chunks_equal_one_call(images):
 def test_default_encoder_chunk_is_sized_for_the_device():
     from types import SimpleNamespace
 
-    from dynrefer.engine import CPU_ENCODER_BUDGET, auto_encoder_batch_size
+    from dynrefer.inference.engine import CPU_ENCODER_BUDGET, auto_encoder_batch_size
 
     def fake(size, patch, width):
         return SimpleNamespace(config=SimpleNamespace(views=SimpleNamespace(size=size)),

@@ -20,7 +20,7 @@ EVAL = Path(__file__).resolve().parent.parent / "eval"
 
 @pytest.fixture(scope="module")
 def fixture(tmp_path_factory):
-    from dynrefer.data.synthetic import generate_dataset, vocabulary
+    from dynrefer_builtin.synthetic import generate_dataset, vocabulary
 
     root = tmp_path_factory.mktemp("runners")
     summary = generate_dataset(root / "scenes", num_images=4, seed=11, workers=1, splits=(0.5, 0.0, 0.5))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynrefer.engine import Engine
+from dynrefer.inference.engine import Engine
 from dynrefer.model.config import tiny_config
 from dynrefer.model.dynrefer import DynRefer
 from dynrefer.regions import parse_regions
@@ -61,7 +61,7 @@ def test_tensor_renderer_on_cuda_equals_the_cpu_bit_for_bit(photos):
 
 
 def test_auto_precision_is_bfloat16_on_cuda():
-    from dynrefer.engine import Engine
+    from dynrefer.inference.engine import Engine
 
     model = DynRefer(tiny_config(), tags=["red"]).to("cuda")
     assert Engine(model, dtype="auto").autocast_dtype == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else None)

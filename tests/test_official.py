@@ -349,7 +349,7 @@ def test_convert_official_cli_end_to_end(tmp_path, converted):
     from safetensors.torch import save_file
 
     from dynrefer.cli import _Parser
-    from dynrefer.official_command import register
+    from dynrefer.commands.convert_official import register
 
     state, _ = converted
     cfg = tiny_official_config()

@@ -120,7 +120,7 @@ def test_training_data_follows_the_models_roi_boxes(tmp_path):
 
 
 def test_engine_plans_the_rois_the_config_asks_for(photos):
-    from dynrefer.engine import Engine
+    from dynrefer.inference.engine import Engine
 
     photo = photos["astronaut"]
     boxes = [[40.25, 60.5, 143.75, 161.5], [10.5, 10.5, 300.25, 200.75]]

@@ -93,7 +93,7 @@ def test_half_precision_results_do_not_depend_on_the_batch(cast):
 
 
 def test_a_bf16_model_runs_on_the_cpu(photos):
-    from dynrefer.engine import Engine
+    from dynrefer.inference.engine import Engine
 
     torch.manual_seed(0)
     model = DynRefer(tiny_config(), tags=["red", "circle", "blue"], categories=["circle", "square"]).eval()
@@ -139,7 +139,7 @@ def _built_as_before(folder):
 def test_loading_assigns_the_saved_tensors_as_building_would(photos, monkeypatch):
     from dynrefer.model import io
     from dynrefer.model.io import builtin_dir
-    from dynrefer.predictor import Predictor
+    from dynrefer.inference.predictor import Predictor
 
     assigned = []
     original = io._assigned
@@ -215,7 +215,7 @@ def test_older_folders_and_training_load_as_before(tmp_path):
 
 
 def test_auto_precision_is_bfloat16_on_a_gpu_with_it_and_float32_elsewhere(photos):
-    from dynrefer.engine import Engine, resolve_autocast
+    from dynrefer.inference.engine import Engine, resolve_autocast
     from dynrefer.errors import InputError
     from dynrefer.regions import parse_regions
 

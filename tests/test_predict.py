@@ -12,11 +12,11 @@ from PIL import Image
 from skimage import data
 
 from dynrefer.cli import main
-from dynrefer.engine import merge_prepared
+from dynrefer.inference.engine import merge_prepared
 from dynrefer.errors import InputError
-from dynrefer.predictor import Predictor
-from dynrefer.train import predict as predict_mod
-from dynrefer.train.predict import parts_dir, run_predict
+from dynrefer.inference.predictor import Predictor
+from dynrefer.inference import predict as predict_mod
+from dynrefer.inference.predict import parts_dir, run_predict
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_cli_predict_with_config_and_errors(model_dir, dataset, tmp_path, capsys
 
 
 def test_prepared_views_equal_planning_in_the_engine(model_dir, dataset):
-    from dynrefer.predictor import prepare_image
+    from dynrefer.inference.predictor import prepare_image
 
     root, records = dataset
     predictor = Predictor(model_dir)
@@ -219,7 +219,7 @@ def test_workers_prepare_the_views(model_dir, dataset, tmp_path, capsys):
 def test_dataset_names_the_record_of_a_bad_image_size_or_region(dataset, views):
     """A record whose width / height disagree with its image, or with a bad region, gives an item whose
     error names the record (1-based) and image, whether views are prepared in the dataset or not."""
-    from dynrefer.train.predict import RecordDataset
+    from dynrefer.inference.predict import RecordDataset
 
     root, records = dataset
     settings = dict(num_views=3, size=32, policy="greedy", ts=None, hash_flavour="official", base_t=0.0)

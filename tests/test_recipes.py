@@ -19,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 @pytest.fixture(scope="module")
 def fixture_data(tmp_path_factory):
-    from dynrefer.data.synthetic import generate_dataset
+    from dynrefer_builtin.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("recipes")
     summary = generate_dataset(root / "scenes", num_images=6, seed=5, workers=1, splits=(0.5, 0.5, 0.0))

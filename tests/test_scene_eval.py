@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dynrefer.data.scene_eval import PARTS, caption_parts, majority_baseline, part_accuracy
-from dynrefer.data.synthetic import generate_scene
+from dynrefer_builtin.scene_eval import PARTS, caption_parts, majority_baseline, part_accuracy
+from dynrefer_builtin.synthetic import generate_scene
 
 
 def test_every_generated_caption_parses_back_to_its_parts():
@@ -37,7 +37,7 @@ def test_part_accuracy_and_baseline():
 
 
 def test_probe_variants_change_exactly_one_part():
-    from dynrefer.data.scene_benchmark import PROBE_PARTS, variants
+    from dynrefer_builtin.scene_benchmark import PROBE_PARTS, variants
 
     checked = 0
     for index in range(20):
@@ -58,9 +58,9 @@ def test_probe_likelihood_equals_the_language_loss_and_probe_runs(tmp_path):
     one caption at a time; then the probe end to end on three generated scenes with the built-in model."""
     import torch
 
-    from dynrefer.data.scene_benchmark import caption_log_likelihood, probe
-    from dynrefer.data.synthetic import generate_dataset
-    from dynrefer.predictor import Predictor
+    from dynrefer_builtin.scene_benchmark import caption_log_likelihood, probe
+    from dynrefer_builtin.synthetic import generate_dataset
+    from dynrefer.inference.predictor import Predictor
 
     model = Predictor("builtin").model
     head = model.language_head
@@ -83,7 +83,7 @@ def test_probe_likelihood_equals_the_language_loss_and_probe_runs(tmp_path):
 def test_probe_likelihood_equals_the_language_loss_for_a_causal_lm():
     import torch
 
-    from dynrefer.data.scene_benchmark import caption_log_likelihood
+    from dynrefer_builtin.scene_benchmark import caption_log_likelihood
     from dynrefer.model.config import LanguageConfig
     from dynrefer.model.heads.language import LanguageHead
 

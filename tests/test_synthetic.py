@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from dynrefer.data.command import register
-from dynrefer.data.scene_shapes import COLORS
-from dynrefer.data.synthetic import (
+from dynrefer_builtin.command import register
+from dynrefer_builtin.scene_shapes import COLORS
+from dynrefer_builtin.synthetic import (
     CATEGORIES,
     COLOR_NAMES,
     PATTERNS,

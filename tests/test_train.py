@@ -137,10 +137,10 @@ def test_view_settings_follow_the_model_config(shapes):
 
 
 def _ablation_script():
-    """scripts/ablation_synthetic.py as a module."""
+    """projects/builtin/ablation_synthetic.py as a module."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "ablation_synthetic.py"
+    path = Path(__file__).resolve().parent.parent / "projects" / "builtin" / "ablation_synthetic.py"
     spec = importlib.util.spec_from_file_location("ablation_synthetic", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -148,7 +148,7 @@ def _ablation_script():
 
 
 def test_ablation_arms_views():
-    """Each trained arm of scripts/ablation_synthetic.py on the built-in config: the stochastic arms train
+    """Each trained arm of projects/builtin/ablation_synthetic.py on the built-in config: the stochastic arms train
     on random views and infer greedily, the fixed arm and the single-view arms as named."""
     from dynrefer.model.config import DynReferConfig, merge_dicts
     from dynrefer.train.data import view_settings
@@ -381,14 +381,14 @@ def test_cli_fit_with_the_ddp_strategy_of_the_recipes(shapes, tmp_path):
 
 
 def test_train_builtin_pipeline_smoke(tmp_path):
-    """scripts/train_builtin.py end to end at toy scale: scenes, tokenizer, stage 1, stage 2, export."""
+    """projects/builtin/train_builtin.py end to end at toy scale: scenes, tokenizer, stage 1, stage 2, export."""
     import subprocess
     import sys
     from pathlib import Path
 
     import dynrefer
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "train_builtin.py"
+    script = Path(__file__).resolve().parent.parent / "projects" / "builtin" / "train_builtin.py"
     done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "run"), "--num-images", "12",
                            "--clip-steps", "2", "--clip-batch-size", "8", "--max-steps", "2", "--batch-size", "4",
                            "--workers", "1"], capture_output=True, text=True,
@@ -400,7 +400,7 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert "circle" in model.tag_names
     assert model.language_head.tokenizer("the red circle")["input_ids"][:3] != [2, 2, 2]  # words are known
     # eval/synthetic.py on the toy model (caption metrics need Java: skipped here, covered by the metrics tests).
-    from dynrefer.data import scene_benchmark as module
+    from dynrefer_builtin import scene_benchmark as module
 
     report = module.evaluate(tmp_path / "run" / "model", tmp_path / "run" / "scenes" / "scenes.jsonl", split="train",
                              max_images=2, caption_metrics=False)
@@ -431,7 +431,7 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert cli.returncode == 0, cli.stderr[-2000:]
     cli_report = json.loads(cli.stdout)
     assert cli_report["parts"] == pytest.approx(report["parts"]) and cli_report["category"] == report["category"]
-    # scripts/ablation_synthetic.py on the toy run: one trained arm (threshold tuned on val) and the inference arms.
+    # projects/builtin/ablation_synthetic.py on the toy run: one trained arm (threshold tuned on val) and the inference arms.
     ablation = script.parent / "ablation_synthetic.py"
     done = subprocess.run([sys.executable, str(ablation), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "abl"),
                            "--steps", "2", "--batch-size", "4", "--workers", "0", "--arms", "t0", "--inference",

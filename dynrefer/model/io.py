@@ -266,7 +266,7 @@ def resolve_model_dir(directory) -> Path:
         path = builtin_dir()
         if not (path / "config.json").is_file():
             raise InputError("the built-in model is not bundled with this installation "
-                             "(train it with scripts/train_builtin.sh, or pass a model folder)")
+                             "(train it with projects/builtin/train_builtin.sh, or pass a model folder)")
         return path
     path = Path(directory)
     if path.is_file():

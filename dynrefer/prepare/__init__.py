@@ -14,7 +14,7 @@ raises :class:`~dynrefer.errors.InputError` naming the file and the problem.
 * ``ovad`` — ``ovad2000.json``: :func:`convert_ovad`
 
 The command line is ``dynrefer prepare NAME --src DIR --out OUT.jsonl`` (see
-:mod:`dynrefer.prepare.command`); ``python data_prep/<name>.py --src DIR --out OUT.jsonl``
+:mod:`dynrefer.commands.prepare`); ``python data_prep/<name>.py --src DIR --out OUT.jsonl``
 does the same.
 """
 

@@ -3,7 +3,7 @@
 * :class:`RecordDataset` — the images of a JSONL file that still have regions to describe
   (decoded in DataLoader workers);
 * :class:`PredictModule` — a ``LightningModule`` whose ``predict_step`` hands a batch of images
-  with all their regions to the engine (:class:`~dynrefer.predictor.Predictor`);
+  with all their regions to the engine (:class:`~dynrefer.inference.predictor.Predictor`);
 * :class:`JsonlPredictionWriter` — a ``BasePredictionWriter`` that appends every finished
   region, per process, to ``OUT.parts/rank{r}.jsonl`` (flushed and fsync'ed after each batch),
   then, when every process is done, assembles ``OUT`` (records and regions in input order)
@@ -101,8 +101,8 @@ def read_finished(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]
 
 class RecordDataset(Dataset):
     """Images of ``records`` with the regions not in ``done``; an item is one image. With ``views``
-    (:meth:`Engine.view_settings <dynrefer.engine.Engine.view_settings>`) an item also has its regions
-    parsed and its views planned and rendered (:func:`~dynrefer.predictor.prepare_image`): in
+    (:meth:`Engine.view_settings <dynrefer.inference.engine.Engine.view_settings>`) an item also has its regions
+    parsed and its views planned and rendered (:func:`~dynrefer.inference.predictor.prepare_image`): in
     DataLoader workers that work overlaps the model's on the previous batch. A bad region then gives
     an item with the ``error`` message, raised by :meth:`PredictModule.predict_step`."""
 
@@ -133,7 +133,7 @@ class RecordDataset(Dataset):
                 check_record_size(rec, size)
                 parse_regions(regions, size)  # checked here to name the record; the engine parses them again
                 return item | {"image": image, "regions": regions}
-            from ..predictor import prepare_image
+            from .predictor import prepare_image
 
             prepared = prepare_image(self.root / rec["image"], regions, self.views, label=rec["image"])
             check_record_size(rec, prepared.size)
@@ -151,13 +151,13 @@ class PredictModule(L.LightningModule):
 
     Args:
         model: a model folder or ``"builtin"``; ``tasks``, ``all_scores``, ``classes``,
-            ``attributes``, ``tag_threshold``: as :meth:`~dynrefer.predictor.Predictor.describe_many`.
+            ``attributes``, ``tag_threshold``: as :meth:`~dynrefer.inference.predictor.Predictor.describe_many`.
     """
 
     def __init__(self, model="builtin", *, tasks=("caption", "tags", "attributes", "category"), all_scores=False,
                  classes=None, attributes=None, tag_threshold=None, encoder_batch_size=None, dtype=None):
         super().__init__()
-        from ..predictor import Predictor
+        from .predictor import Predictor
 
         self.predictor = Predictor(model, encoder_batch_size=encoder_batch_size, dtype=dtype)
         self.model = self.predictor.model
@@ -342,11 +342,11 @@ def _run_locked(model, data, out, records, root, total, *, tasks, all_scores, cl
     writer = JsonlPredictionWriter(out, records, finished)
     devices = min(int(devices), len(dataset))  # no more processes than images (Lightning's sampler needs one each)
     strategy = "auto" if devices == 1 else ("ddp_spawn" if accelerator == "cpu" else "ddp")
-    from .signals import StopOnSignal
+    from ..train.signals import StopOnSignal
 
     callbacks = [writer, StopOnSignal()]  # after the writer: a signal stops once the batch is written
     if progress:
-        from .progress import RegionsProgressBar
+        from ..train.progress import RegionsProgressBar
 
         callbacks.append(RegionsProgressBar())
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, logger=False,

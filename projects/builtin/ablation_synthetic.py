@@ -22,9 +22,9 @@ Every trained arm's tag threshold is picked on the val split as the built-in mod
 (``--tune-images``); every arm is scored by ``eval/synthetic.py`` on the same held-out test images. Writes
 ``OUT/ablation.json`` and ``OUT/ablation.md`` (the README table) and prints the JSON.
 
-Usage: ``python scripts/ablation_synthetic.py --run runs/builtin --out runs/ablation
+Usage: ``python projects/builtin/ablation_synthetic.py --run runs/builtin --out runs/ablation
 [--steps 600 | --epochs 4] [--arms multiview,multiview_fixed,t0,t1,caption_only] [--inference] [--max-images 200]``
-(``--run``: a finished ``scripts/train_builtin.py`` folder: its scenes, tokenizer, tag list and
+(``--run``: a finished ``projects/builtin/train_builtin.py`` folder: its scenes, tokenizer, tag list and
 stage-1 CLIP are reused; or ``--from-model builtin --run runs/abl`` rebuilds such a folder from a saved
 model, and ``--overrides JSON`` sets recipe options of every arm, e.g. the built-in tag loss weight).
 """
@@ -64,7 +64,7 @@ def prepare_run(run: Path, model: str, num_images: int, seed: int, workers: int,
 
     from safetensors.torch import load_file, save_file
 
-    from dynrefer.data.synthetic import generate_dataset
+    from dynrefer_builtin.synthetic import generate_dataset
     from dynrefer.model.config import DynReferConfig, merge_dicts
     from dynrefer.model.io import resolve_model_dir
 
@@ -108,11 +108,11 @@ def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: 
                             overrides=overrides or None)
     jsonl = str(run / "scenes" / "scenes.jsonl")
     data = RegionDataModule(jsonl, jsonl, batch_size=batch_size, num_workers=workers,
-                            max_val_regions=256 if epochs is None else 512,  # 512: as scripts/train_builtin.py
+                            max_val_regions=256 if epochs is None else 512,  # 512: as projects/builtin/train_builtin.py
                             short_text_prob=short_text_prob, short_text_skip=short_text_skip,
                             **view_settings(module.model.config.views))
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / name / "ckpt", save_last=True)
-    if epochs is not None:  # the built-in recipe's schedule (scripts/train_builtin.py's stage 2)
+    if epochs is not None:  # the built-in recipe's schedule (projects/builtin/train_builtin.py's stage 2)
         schedule = dict(max_epochs=epochs, max_steps=-1)
     else:
         schedule = dict(max_steps=steps, max_epochs=-1, val_check_interval=min(steps, 200), check_val_every_n_epoch=None)
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--short-text-prob", type=float, default=0.5)
     parser.add_argument("--short-text-skip", default="position:",
-                        help="attribute prefixes never named in the short texts, as scripts/train_builtin.py")
+                        help="attribute prefixes never named in the short texts, as projects/builtin/train_builtin.py")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--from-model", default=None,
                         help="build --run from a saved model (e.g. builtin) when the training folder is gone: "
@@ -193,7 +193,7 @@ def main() -> None:
     elif overrides:
         parser.error("--overrides applies to the config written by --from-model")
     out.mkdir(parents=True, exist_ok=True)
-    from dynrefer.data import scene_benchmark as evaluation
+    from dynrefer_builtin import scene_benchmark as evaluation
 
     data = run / "scenes" / "scenes.jsonl"
     results = json.loads((out / "ablation.json").read_text()) if (out / "ablation.json").is_file() else {}
@@ -222,7 +222,7 @@ def main() -> None:
                                     "row": row(name, report, multitask=name != "caption_only"), **(tuned or {})}
         (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
     if args.inference:
-        from dynrefer.predictor import Predictor
+        from dynrefer.inference.predictor import Predictor
 
         predictor = Predictor(args.model)
         for name, kw in INFERENCE_ARMS.items():

@@ -6,7 +6,7 @@
                      [--batch-size IMAGES] [--num-workers W] [--encoder-batch-size V] [--dtype auto|bfloat16|float16]
 
 Runs through Lightning's ``Trainer.predict`` (several devices: DDP splits the images);
-resumable — a rerun skips the regions already written (see :mod:`dynrefer.train.predict`).
+resumable — a rerun skips the regions already written (see :mod:`dynrefer.inference.predict`).
 ``--config`` is a YAML file whose ``predict:`` section (or top level) holds any of these options
 with underscores (``tag_threshold: 0.8``, ``classes: [...]``, or ``classes_file`` /
 ``attributes_file``: one name per line or a JSON list); command-line options win.
@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
+from ..records import read_class_names, read_names
 
 DEFAULTS = {
     "model": "builtin", "data": None, "out": None, "tasks": "caption,tags,attributes,category", "image_root": None,
@@ -55,27 +56,6 @@ def register(subparsers) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="the progress bar (regions, regions/s) on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
-
-
-def read_names(path, option: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"cannot read {option} '{p}': no such file")
-    text = p.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):  # a JSON list: names, or OVAD-style attribute dicts (kept whole)
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{option} '{p}': not valid JSON ({exc.msg})") from None
-        if not all(isinstance(n, str) or (isinstance(n, dict) and "name" in n) for n in names):
-            raise InputError(f"{option} '{p}': expected names or objects with a 'name'")
-        return names
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def read_class_names(path, option: str) -> list[str]:
-    """Class names from a file (one a line, a JSON list of names, or COCO-style ``{"name": ...}`` objects)."""
-    return [n if isinstance(n, str) else str(n["name"]) for n in read_names(path, option)]
 
 
 def resolve_options(args) -> dict:
@@ -135,8 +115,8 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
 def run(args) -> int:
-    from .engine import check_tasks
-    from .train.predict import run_predict
+    from ..inference.engine import check_tasks
+    from ..inference.predict import run_predict
 
     opts = resolve_options(args)
     summary = run_predict(opts["model"], opts["data"], opts["out"], image_root=opts["image_root"],

@@ -8,7 +8,7 @@ regression per caption part is fitted on the train regions and scored on the tes
 * context parts (size word, position) from the t = 1 view's RoI-aligned patch tokens (2×2-pooled),
   the features DynRefer's heads get for the whole-image view.
 
-Usage: ``python scripts/probe_encoder.py --data runs/builtin/scenes/scenes.jsonl
+Usage: ``python projects/builtin/probes/probe_encoder.py --data runs/builtin/scenes/scenes.jsonl
 [--clip runs/builtin/clip.safetensors | --model builtin] [--random]``; prints one JSON line with
 the accuracy (%) of each part and the majority-class baseline.
 """

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from .model.dynrefer import DynRefer
-    from .model.official import convert_official
+    from ..model.dynrefer import DynRefer
+    from ..model.official import convert_official
 
     model, report = convert_official(DynRefer, args.checkpoint, eva=args.eva, blip2=args.blip2, llm=args.llm, tags=args.tags,
                                      eva_clip_text=args.eva_clip_text, config=args.config)

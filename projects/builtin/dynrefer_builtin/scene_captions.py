@@ -1,5 +1,5 @@
 """Annotations of the synthetic scenes: boxes, attributes, parts, captions and tags (see
-:mod:`dynrefer.data.synthetic`, which documents the caption grammar)."""
+:mod:`dynrefer_builtin.synthetic`, which documents the caption grammar)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from ..prepare.tags import simple_tags
-from ..records import normalize_caption
+from dynrefer.prepare.tags import simple_tags
+from dynrefer.records import normalize_caption
 from .scene_shapes import CATEGORIES, COLOR_NAMES, PATTERNS, SS
 
 SIZES = ("small", "medium", "large")

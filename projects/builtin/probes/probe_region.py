@@ -3,7 +3,7 @@
 R of every region (the model's own view policy) for TRAIN_IMAGES train and TEST_IMAGES test scenes; a
 one-hidden-layer MLP per part (pattern, shape, size, position). Prints JSON lines: [test accuracy %, majority %].
 
-Usage: ``python scripts/probe_region.py SCENES.jsonl MODEL TRAIN_IMAGES TEST_IMAGES``
+Usage: ``python projects/builtin/probes/probe_region.py SCENES.jsonl MODEL TRAIN_IMAGES TEST_IMAGES``
 (README: ``runs/builtin4/scenes/scenes.jsonl builtin 1000 200``, ~4 min on 2 cores).
 """
 import json, sys, time
@@ -12,7 +12,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from dynrefer.records import read_jsonl
 from dynrefer.images import load_image
 from dynrefer.regions import parse_region
-from dynrefer.predictor import Predictor
+from dynrefer.inference.predictor import Predictor
 
 import argparse  # noqa: E402
 

@@ -11,7 +11,7 @@ right. Prints one JSON line: accuracy per part (%) with its majority-class basel
 
 Views: the model's own policy, or ``--policy fixed --t 0.5 1.0``.
 
-Usage: ``python scripts/probe_captions.py --model builtin --data runs/builtin/scenes/scenes.jsonl
+Usage: ``python projects/builtin/probes/probe_captions.py --model builtin --data runs/builtin/scenes/scenes.jsonl
 [--split val] [--max-images 40] [--policy fixed --t 0.5 1.0]``
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dynrefer.data.scene_benchmark import probe
+from dynrefer_builtin.scene_benchmark import probe
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--policy", default=None)
     parser.add_argument("--t", type=float, nargs="+", default=None)
     args = parser.parse_args()
-    from dynrefer.predictor import Predictor
+    from dynrefer.inference.predictor import Predictor
 
     model = Predictor(args.model).model
     print(json.dumps(probe(model, args.data, split=args.split, max_images=args.max_images, policy=args.policy,

@@ -4,12 +4,12 @@ both *detail* and *context*.
 Each image holds 3–7 objects: a shape (:data:`CATEGORIES`, 12 with look-alike pairs), a colour
 (:data:`COLOR_NAMES`), a surface pattern (:data:`PATTERNS`, with a period of 3.5–5 px) and a size
 (small 14–26 px, medium 32–50 px, large 58–90 px at 256 px, scaled with the image). Patterns keep
-the object's mean colour (see :mod:`dynrefer.data.scene_shapes`), so once a view averages the
+the object's mean colour (see :mod:`dynrefer_builtin.scene_shapes`), so once a view averages the
 fine period away — the whole 256 px image resized to 64 px — the pattern is gone; a view of the
 object itself keeps it, and the shape of a small object too. Position, relative size and the
 nearest neighbour, on the other hand, are invisible in a crop of the object alone.
 
-Nuisances: cluttered backgrounds (:mod:`dynrefer.data.scene_background`), partial occlusion
+Nuisances: cluttered backgrounds (:mod:`dynrefer_builtin.scene_background`), partial occlusion
 (a quarter of the objects; each keeps ≥ 60 % of its pixels and its box is the tight box of the
 visible ones, at 1/4 px precision), per-object colour jitter and shading, per-image brightness /
 contrast / hue shifts and grain, look-alike shapes. (colour, shape) pairs are unique per image.
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..records import SPLITS, write_json, write_jsonl
+from dynrefer.errors import InputError
+from dynrefer.records import SPLITS, write_json, write_jsonl
 from .scene_background import make_background, photometric
 from .scene_captions import (
     POSITION_PHRASES,

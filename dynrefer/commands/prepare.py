@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from .coco import OVAD, convert_coco, convert_ovad
-from .glamm import GLAMM_REFCOCOG, GLAMM_VG, convert_glamm_refcocog, convert_glamm_vg
-from .refcocog import INSTANCES, REFS, convert_refcocog
-from .tags import TAGGERS
-from .vg import DENSECAP_MAX_WORDS, DENSECAP_SPLITS, IMAGE_DATA, REGIONS, convert_vg, convert_vg_densecap
+from ..prepare.coco import OVAD, convert_coco, convert_ovad
+from ..prepare.glamm import GLAMM_REFCOCOG, GLAMM_VG, convert_glamm_refcocog, convert_glamm_vg
+from ..prepare.refcocog import INSTANCES, REFS, convert_refcocog
+from ..prepare.tags import TAGGERS
+from ..prepare.vg import DENSECAP_MAX_WORDS, DENSECAP_SPLITS, IMAGE_DATA, REGIONS, convert_vg, convert_vg_densecap
 
 _HELP = {
     "refcocog": "RefCOCOg: refs(umd).p + instances.json, all splits (region captioning training / eval)",

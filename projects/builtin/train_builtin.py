@@ -15,10 +15,10 @@ adds them up):
    split by mean caption-part accuracy (``eval/synthetic.py``'s ``tune_tag_threshold``) and
    written into ``OUT/model/config.json``.
 
-Usage: ``python scripts/train_builtin.py --out runs/builtin [--num-images 12000] [--clip-steps 3000]
+Usage: ``python projects/builtin/train_builtin.py --out runs/builtin [--num-images 12000] [--clip-steps 3000]
 [--detail-text-skip size:,position:] [--clip-init CLIP.safetensors] [--epochs 4] [--batch-size 64]
 [--short-text-skip position:] [--overrides JSON]``;
-``scripts/train_builtin.sh`` runs it with the defaults.
+``projects/builtin/train_builtin.sh`` runs it with the defaults.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
         log["total_seconds"] = round(earlier_seconds + time.time() - start, 1)
         write_json(log_path, log, indent=1, default=str)
 
-    from dynrefer.data.synthetic import generate_dataset
+    from dynrefer_builtin.synthetic import generate_dataset
 
     jsonl = out / "scenes" / "scenes.jsonl"
     if not jsonl.is_file():
@@ -161,7 +161,7 @@ def main() -> None:
         save_log()
     has_val = any(r.get("split") == "val" for r in iter_jsonl(jsonl))
     if args.tune_images > 0 and has_val:
-        from dynrefer.data.scene_benchmark import tune_tag_threshold, write_tag_threshold
+        from dynrefer_builtin.scene_benchmark import tune_tag_threshold, write_tag_threshold
 
         threshold, grid = tune_tag_threshold(str(model_dir), jsonl, max_images=args.tune_images)
         write_tag_threshold(model_dir, threshold)

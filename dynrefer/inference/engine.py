@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import InputError
-from .view_selection import check_hash_flavour, check_model_views, select_views
-from .views import render_crops
+from ..errors import InputError
+from ..view_selection import check_hash_flavour, check_model_views, select_views
+from ..views import render_crops
 
 TASKS = ("caption", "tags", "attributes", "category")
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

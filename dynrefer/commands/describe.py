@@ -14,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .errors import InputError
-from .records import check_output_path, write_text_atomic
+from ..errors import InputError
+from ..records import check_output_path, write_text_atomic
 
 
 class _RegionAction(argparse.Action):
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 def _region_specs(items, image_size) -> list:
     import numpy as np
 
-    from .images import load_mask
+    from ..images import load_mask
 
     specs = []
     for kind, value in items:
@@ -107,11 +107,11 @@ def resolve_device(name: str | None):
 
 
 def run(args) -> int:
-    from .engine import check_tasks, check_vocabulary
-    from .images import load_image
-    from .model.io import resolve_model_dir
-    from .predictor import Predictor
-    from .regions import parse_regions
+    from ..inference.engine import check_tasks, check_vocabulary
+    from ..images import load_image
+    from ..model.io import resolve_model_dir
+    from ..inference.predictor import Predictor
+    from ..regions import parse_regions
 
     if not args.regions:
         raise InputError("give at least one region with --box, --polygon or --mask")
@@ -135,7 +135,7 @@ def run(args) -> int:
                                 classes=classes, attributes=attributes, all_scores=args.all_scores,
                                 image_label=str(args.image))
     if args.viz:
-        from .visualize import describe_sheet
+        from ..visualize import describe_sheet
 
         describe_sheet(image, record, args.viz)
     text = json.dumps(record)

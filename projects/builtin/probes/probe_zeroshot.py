@@ -7,7 +7,7 @@ by the CLIP's image tower and compared with the region's detail description (``"
 stage 1 itself learned, before stage 2 sees it. Prints one JSON line per ``t``: accuracies in percent, and
 pattern accuracy per size class.
 
-Usage: ``python scripts/probe_zeroshot.py SCENES.jsonl CLIP.safetensors|builtin [--images 40] [--ts 0,0.1,0.2]``
+Usage: ``python projects/builtin/probes/probe_zeroshot.py SCENES.jsonl CLIP.safetensors|builtin [--images 40] [--ts 0,0.1,0.2]``
 (``builtin``: the frozen CLIP inside the shipped model). README, "The built-in model": 40 images, ~1 min.
 """
 
@@ -26,7 +26,7 @@ def load_clip(source: str):
     from dynrefer.model.encoder import build_open_clip, load_local_weights
 
     if source == "builtin":
-        from dynrefer.predictor import Predictor
+        from dynrefer.inference.predictor import Predictor
 
         return Predictor("builtin").model.encoder.clip.float().eval()
     clip = build_open_clip(BUILTIN_CLIP)

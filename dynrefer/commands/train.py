@@ -11,8 +11,8 @@ import warnings
 from lightning.pytorch.cli import LightningCLI
 
 from ..errors import InputError
-from .data import RegionDataModule
-from .module import DynReferModule
+from ..train.data import RegionDataModule
+from ..train.module import DynReferModule
 
 
 def run(argv: list[str]) -> int:

@@ -5,7 +5,7 @@
                                tasks=("caption", "tags", "attributes", "category"))
 
 Per image: the regions are parsed (boxes xyxy / xywh, polygons, masks, COCO RLE); then the
-engine (:mod:`dynrefer.engine`) chooses the views of all regions of all images with the
+engine (:mod:`dynrefer.inference.engine`) chooses the views of all regions of all images with the
 model's policy (greedy pHash by default), renders each image's unique crops once and runs every
 region of every image through the model together. The result is one record per image in the
 shape of SPEC §5.
@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from .engine import TASKS, Engine, check_tasks
-from .errors import InputError
-from .images import load_image
-from .regions import parse_regions
+from ..errors import InputError
+from ..images import load_image
+from ..regions import parse_regions
 
 
 def _resolve_model(model):
-    from .model.dynrefer import DynRefer
+    from ..model.dynrefer import DynRefer
 
     if isinstance(model, DynRefer):
         return model
@@ -32,13 +32,13 @@ def _resolve_model(model):
 
 
 class Predictor:
-    """Holds a model and describes regions of images with it (through :class:`~dynrefer.engine.Engine`).
+    """Holds a model and describes regions of images with it (through :class:`~dynrefer.inference.engine.Engine`).
 
     Args:
         model: a ``DynRefer``, a model folder, or ``"builtin"``.
         device: where to run (default: the model's device).
         encoder_batch_size: views per encoder call (``None``: chosen for the device, see
-            :func:`dynrefer.engine.auto_encoder_batch_size`); ``dtype``: optional autocast
+            :func:`dynrefer.inference.engine.auto_encoder_batch_size`); ``dtype``: optional autocast
             (``"bfloat16"`` / ``"float16"``, or ``"auto"``: bfloat16 on a CUDA device with bfloat16 tensor cores).
     """
 
@@ -144,7 +144,7 @@ def _view_options(views, num_views, policy, ts, hash_flavour):
 class PreparedImage:
     """One image made ready for the model by :func:`prepare_image`: ``label``, ``size`` (W, H),
     ``regions`` (parsed; masks dropped, only the boxes are used from here on), ``plan`` (its
-    :class:`~dynrefer.engine.ViewPlan`) and ``pixels`` ((U, 3, S, S) uint8 unique crops). A plain
+    :class:`~dynrefer.inference.engine.ViewPlan`) and ``pixels`` ((U, 3, S, S) uint8 unique crops). A plain
     object, not a dataclass or a mapping, so that Lightning's batch transfer passes it through as it is."""
 
     __slots__ = ("label", "size", "regions", "plan", "pixels")
@@ -155,8 +155,8 @@ class PreparedImage:
 
 def prepare_image(image, regions, settings: dict, *, box_format: str = "xyxy", label=None) -> PreparedImage:
     """What can be done for one image before the model sees it, without the model: load it, parse its
-    regions, plan and render their views (:func:`~dynrefer.engine.prepare_views` with ``settings`` from
-    :meth:`Engine.view_settings <dynrefer.engine.Engine.view_settings>`), for
+    regions, plan and render their views (:func:`~dynrefer.inference.engine.prepare_views` with ``settings`` from
+    :meth:`Engine.view_settings <dynrefer.inference.engine.Engine.view_settings>`), for
     :meth:`Predictor.describe_prepared`."""
     from dataclasses import replace
 
@@ -201,7 +201,7 @@ def describe(image, regions, *, model="builtin", **kwargs):
     if isinstance(model, (str, Path)):
         # the folder itself (absolute; and its weights' modification time): a relative path after a chdir, or
         # a folder saved again, loads what is there now
-        from .model.io import model_identity
+        from ..model.io import model_identity
 
         key = model_identity(model)
         weights = Path(key) / "model.safetensors"

@@ -1,4 +1,4 @@
-"""Backgrounds and photometric nuisances of the synthetic scenes (see :mod:`dynrefer.data.synthetic`).
+"""Backgrounds and photometric nuisances of the synthetic scenes (see :mod:`dynrefer_builtin.synthetic`).
 
 A background is a muted base (flat, linear gradient or radial gradient) plus one or two
 clutter layers: low-frequency "clouds", faint blobs, faint antialiased lines, or a faint

@@ -3,7 +3,7 @@
 Small CNN probes trained here on (a) the CLIP's 8x8x128 patch map of each region's t = 0 view (pattern,
 shape), (b) the raw view pixels (pattern). Prints JSON lines: [test accuracy %, majority %].
 
-Usage: ``python scripts/probe_pattern.py SCENES.jsonl CLIP.safetensors TRAIN_IMAGES TEST_IMAGES``
+Usage: ``python projects/builtin/probes/probe_pattern.py SCENES.jsonl CLIP.safetensors TRAIN_IMAGES TEST_IMAGES``
 (README: ``runs/builtin4/scenes/scenes.jsonl runs/builtin/clip.safetensors 1000 200``, ~4 min on 2 cores).
 """
 import json, sys, time

@@ -1,4 +1,4 @@
-"""Shapes, colours and surface patterns of the synthetic scenes (see :mod:`dynrefer.data.synthetic`).
+"""Shapes, colours and surface patterns of the synthetic scenes (see :mod:`dynrefer_builtin.synthetic`).
 
 Every object is rasterised at ``SS``× supersampling: a boolean shape mask (Pillow polygons and
 ellipses) and a boolean pattern map over the same supersampled grid. The scene compositor

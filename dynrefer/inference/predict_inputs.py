@@ -1,4 +1,4 @@
-"""What ``dynrefer predict`` checks and holds around a run (:mod:`dynrefer.train.predict`): the input records and
+"""What ``dynrefer predict`` checks and holds around a run (:mod:`dynrefer.inference.predict`): the input records and
 what each region's prediction depends on, every image and region checked before the model loads, one run per
 output (``OUT.lock``), DataLoader workers that die with their process."""
 

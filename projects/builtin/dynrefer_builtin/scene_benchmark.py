@@ -1,8 +1,8 @@
 """The synthetic scene benchmark's evaluation (SPEC §4): the protocol is written at the top of
 ``eval/synthetic.py``, the command line that runs it. ``evaluate`` scores a model on one split of a
 generated scene set; ``tune_tag_threshold`` picks the tag threshold on the val split and
-``write_tag_threshold`` stores it in a model folder (``scripts/train_builtin.py`` step 5,
-``scripts/ablation_synthetic.py``); ``probe`` is the teacher-forced check of ``scripts/probe_captions.py``
+``write_tag_threshold`` stores it in a model folder (``projects/builtin/train_builtin.py`` step 5,
+``projects/builtin/ablation_synthetic.py``); ``probe`` is the teacher-forced check of ``projects/builtin/probes/probe_captions.py``
 (does the language head rank the true position / size / pattern highest?)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..errors import InputError
-from ..records import write_json
+from dynrefer.errors import InputError
+from dynrefer.records import write_json
 
 TAG_THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
@@ -25,7 +25,7 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
              hash_flavour=None, seed=0, tag_threshold=None, tasks=None) -> dict:
     """The report of the module docstring. ``tag_threshold`` overrides the model's for this call
     only; ``tasks`` limits the tasks run (default: every task the model has)."""
-    from dynrefer.predictor import Predictor
+    from dynrefer.inference.predictor import Predictor
 
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     if tag_threshold is not None and not 0.0 <= float(tag_threshold) <= 1.0:
@@ -47,7 +47,7 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
 def _evaluate(predictor, data, split, max_images, policy, ts, caption_metrics, hash_flavour, seed, tasks) -> dict:
     import numpy as np
 
-    from dynrefer.data.scene_eval import majority_baseline, part_accuracy
+    from dynrefer_builtin.scene_eval import majority_baseline, part_accuracy
     from dynrefer.metrics.ovad import binary_average_precision
     from dynrefer.records import read_jsonl
 
@@ -113,7 +113,7 @@ def tune_tag_threshold(model, data, *, split="val", max_images=50, grid=TAG_THRE
     """The tag threshold of ``grid`` with the best mean caption-part accuracy on ``split``
     (ties: the smaller threshold) and one row ``{"threshold", "parts_mean", "tag_f1"}`` per value.
     The model's own threshold is left as it was."""
-    from dynrefer.predictor import Predictor
+    from dynrefer.inference.predictor import Predictor
 
     if not grid:
         raise ValueError("the threshold grid is empty")
@@ -141,7 +141,7 @@ PROBE_PARTS = ("position", "size", "pattern")
 def variants(caption: str, parts: dict, part: str) -> tuple[list[str], list[str]]:
     """The candidate values of ``part`` and ``caption`` rewritten with each (the true value's variant is
     ``caption`` itself)."""
-    from dynrefer.data.synthetic import PATTERNS, POSITION_PHRASES, SIZE_WORDS
+    from dynrefer_builtin.synthetic import PATTERNS, POSITION_PHRASES, SIZE_WORDS
 
     if part == "position":
         values = list(POSITION_PHRASES)
@@ -164,7 +164,7 @@ def caption_log_likelihood(head, region: torch.Tensor, captions: list[str]) -> t
 
 
 def probe(model, data, *, split="val", max_images=40, policy=None, ts=None) -> dict:
-    from dynrefer.engine import Engine
+    from dynrefer.inference.engine import Engine
     from dynrefer.images import load_image
     from dynrefer.records import read_jsonl
 

@@ -1,1 +1,0 @@
-"""Datasets generated or loaded by dynrefer: the synthetic scene benchmark (:mod:`dynrefer.data.synthetic`)."""
