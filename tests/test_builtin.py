@@ -92,3 +92,15 @@ def test_builtin_describe_forms_agree(predictor):
     assert out[1]["box"] == box and out[2]["box"] == box
     assert out[0]["caption"] == out[1]["caption"] == out[2]["caption"]
     assert out[0]["category"][0] == out[1]["category"][0] == out[2]["category"][0]
+
+
+def test_the_bundled_demo_scene_is_the_generators():
+    """The demo's scene ships as package data (the core does not import the generator): it must be exactly what
+    the built-in project's generator draws for the recorded seed and index."""
+    from dynrefer.demo import example_scene
+    from dynrefer_builtin.synthetic import generate_scene
+
+    image, record = example_scene()
+    want_image, want = generate_scene(record["source"]["seed"], record["source"]["index"])
+    assert np.array_equal(np.asarray(image), np.asarray(want_image.convert("RGB")))
+    assert record["regions"] == want["regions"] and (record["width"], record["height"]) == want_image.size

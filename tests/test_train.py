@@ -424,7 +424,7 @@ def test_train_builtin_pipeline_smoke(tmp_path):
         module.evaluate(tmp_path / "run" / "model", tmp_path / "run" / "scenes" / "scenes.jsonl", split="val",
                         max_images=1, caption_metrics=False, tag_threshold=1.5)
     # the command line users run gives the same report
-    cli = subprocess.run([sys.executable, str(script.parent.parent / "eval" / "synthetic.py"), "--model",
+    cli = subprocess.run([sys.executable, str(script.parents[2] / "eval" / "synthetic.py"), "--model",
                           str(tmp_path / "run" / "model"), "--data", str(tmp_path / "run" / "scenes" / "scenes.jsonl"),
                           "--split", "train", "--max-images", "2", "--no-caption-metrics"], capture_output=True, text=True,
                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
