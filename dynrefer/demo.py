@@ -78,9 +78,9 @@ def run_demo(out: Path, model="builtin") -> dict:
     """Run the demo into folder ``out``; returns the summary (``summary.json``)."""
     from PIL import Image
 
-    from .view_records import run_views
     from .images import load_image
     from .inference.predictor import Predictor
+    from .view_records import run_views
     from .visualize import describe_sheet
 
     out.mkdir(parents=True, exist_ok=True)

@@ -41,14 +41,27 @@ class Interrupted(DynReferError):
 USER_ERRNOS = frozenset({"ENOENT", "EACCES", "EPERM", "EROFS", "EISDIR", "ENOTDIR", "EEXIST", "ENOSPC", "EDQUOT",
                          "ENAMETOOLONG", "ENOTEMPTY", "EMFILE", "ENFILE", "EFBIG", "EXDEV"})
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+#: optional dependencies by top-level module: the extra (``pip install 'dynrefer[EXTRA]'``) that installs each
+EXTRAS = {"lightning": "train", "jsonargparse": "train", "pycocoevalcap": "eval", "skimage": "demo", "spacy": "nlp",
+          "en_core_web_sm": "nlp"}
+
+
+def missing_extra(err: BaseException) -> str | None:
+    """The one-line message for an ``ImportError`` of a module an extra provides (else None)."""
+    name = (getattr(err, "name", None) or "").split(".")[0]
+    if not isinstance(err, ImportError) or name not in EXTRAS:
+        return None
+    extra = EXTRAS[name]
+    return f"this needs the '{extra}' extra (module '{name}' is not installed): pip install 'dynrefer[{extra}]'"
 
 
 def report(err: BaseException, prog: str = "dynrefer") -> int:
     """The command line's error contract: print one line for ``err`` on stderr and return the exit status.
 
-    Bad input (:class:`DynReferError`, an ``OSError`` of :data:`USER_ERRNOS`): ``PROG: error: ...``, exit 2 (an
-    :class:`Interrupted`: its own code); Ctrl+C: exit 130; anything else is a bug: ``PROG: internal error: ...``,
-    exit 1 (``DYNREFER_DEBUG=1`` shows the traceback: the caller re-raises then).
+    Bad input (:class:`DynReferError`, an ``OSError`` of :data:`USER_ERRNOS`, a module of a missing extra):
+    ``PROG: error: ...``, exit 2 (an :class:`Interrupted`: its own code); Ctrl+C: exit 130; anything else is a
+    bug: ``PROG: internal error: ...``, exit 1 (``DYNREFER_DEBUG=1`` shows the traceback: the caller re-raises
+    then).
     """
     import errno
     import sys
@@ -60,6 +73,10 @@ def report(err: BaseException, prog: str = "dynrefer") -> int:
     if isinstance(err, KeyboardInterrupt):
         print(f"{prog}: error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    extra = missing_extra(err)
+    if extra is not None:
+        print(f"{prog}: error: {extra}", file=sys.stderr)
+        return EXIT_INPUT
     if isinstance(err, OSError) and errno.errorcode.get(err.errno or -1) in USER_ERRNOS:
         print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_INPUT

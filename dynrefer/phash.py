@@ -60,7 +60,8 @@ def rgb_to_gray_official(image) -> np.ndarray:
 
     if isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-            raise InputError(f"expected a (3, H, W) uint8 image tensor, got {image.dtype} of shape {tuple(image.shape)}")
+            raise InputError(f"expected a (3, H, W) uint8 image tensor, got {image.dtype} "
+                             f"of shape {tuple(image.shape)}")
         return gray_formula(image)
     arr = np.asarray(image)
     arr = np.ascontiguousarray(arr, dtype=np.uint8)

@@ -253,6 +253,13 @@ def linear_coefficients(in_size: int, out_size: int):
     return i0, i1, (np.float32(1.0) - frac).astype(np.float32), frac
 
 
+def _linear_hpass(rows, i0, i1, w0, w1, size: int) -> torch.Tensor:
+    """Horizontal linear pass over (n, S, W) rows: (n, S, S)."""
+    left = torch.gather(rows, 2, i0[:, None, :].expand(-1, size, -1))
+    right = torch.gather(rows, 2, i1[:, None, :].expand(-1, size, -1))
+    return left * w0[:, None, :] + right * w1[:, None, :]
+
+
 def _linear_resize_torch(gray: torch.Tensor, crops, size: int, max_chunk_elems: int = 16_000_000) -> torch.Tensor:
     """Crop many integer boxes from a float32 (H, W) image; resize each to ``size×size``.
 
@@ -284,14 +291,7 @@ def _linear_resize_torch(gray: torch.Tensor, crops, size: int, max_chunk_elems: 
         xi0, xi1, xw0, xw1, yi0, yi1, yw0, yw1 = upload(
             stack((cc[:, 2] - cc[:, 0]).tolist(), cc[:, 0]) + stack((cc[:, 3] - cc[:, 1]).tolist(), cc[:, 1]), device)
 
-        def hpass(row_index):
-            rows = gray[row_index]  # (n, S, W)
-            left = torch.gather(rows, 2, xi0[:, None, :].expand(-1, size, -1))
-            right = torch.gather(rows, 2, xi1[:, None, :].expand(-1, size, -1))
-            return left * xw0[:, None, :] + right * xw1[:, None, :]
-
-        top = hpass(yi0)
-        bottom = hpass(yi1)
+        top, bottom = (_linear_hpass(gray[rows], xi0, xi1, xw0, xw1, size) for rows in (yi0, yi1))
         outs.append(top * yw0[:, :, None] + bottom * yw1[:, :, None])
     return torch.cat(outs)
 

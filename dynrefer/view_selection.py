@@ -207,7 +207,8 @@ def select_views(
     if not 0.0 <= base_t <= 1.0:
         raise InputError(f"base_t must lie in [0, 1], got {base_t}")
     if base_t != 0.0 and greedy and num_views > 1:
-        raise InputError(f"policy {policy!r} compares views with the t = 0 view; base_t={base_t} needs 'fixed' or 'random'")
+        raise InputError(f"policy {policy!r} compares views with the t = 0 view; base_t={base_t} "
+                         "needs 'fixed' or 'random'")
     num_extra = num_views - 1
     if describe_candidates is None:
         describe_candidates = greedy

@@ -96,7 +96,8 @@ def _truncated_boxes_in_view_rows(boxes: np.ndarray, crops: np.ndarray, size: in
     ``float32(S) / extent`` in float32, truncated again (the float32 scale reproduces the original's boxes bit
     for bit: 270 · (224 / 270) is 223.99998 there, so a 270-px side maps to 223, not 224)."""
     # the region box as the original holds it (float32, like the view boxes), truncated
-    moved = (np.trunc(boxes.astype(np.float32)).astype(np.float64)[:, None, :] - crops[:, :, [0, 1, 0, 1]]).astype(np.float32)
+    moved = (np.trunc(boxes.astype(np.float32)).astype(np.float64)[:, None, :]
+             - crops[:, :, [0, 1, 0, 1]]).astype(np.float32)
     c = crops.astype(np.float32)
     extent = np.concatenate([c[:, :, 2:3] - c[:, :, 0:1], c[:, :, 3:4] - c[:, :, 1:2]] * 2, axis=2)
     return np.trunc(moved * (np.float32(size) / extent)).astype(np.float64)

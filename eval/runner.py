@@ -60,10 +60,9 @@ def run(task: str, *, model, data, out_dir, split=None, image_root=None, proposa
         tag_threshold=None, all_scores=False, attributes_file=None, classes_file=None, devices=1, accelerator="cpu",
         batch_size=4, num_workers=2, dtype=None, strict=False) -> dict:
     """Predict and evaluate one benchmark; returns the report (also ``out_dir/report.json``)."""
-    from dynrefer.metrics.evaluate import run_evaluation
-    from dynrefer.records import read_class_names, read_names
-    from dynrefer.records import write_jsonl
     from dynrefer.inference.predict import run_predict
+    from dynrefer.metrics.evaluate import run_evaluation
+    from dynrefer.records import read_class_names, read_names, write_jsonl
 
     data, out_dir = Path(data), Path(out_dir)
     split = resolve_split(data, split)

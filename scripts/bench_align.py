@@ -51,7 +51,8 @@ def main() -> None:
         mod.offset_mask.bias.normal_(0, 1.0)
     view = torch.randn(args.maps, c, hw, hw, device=device)
     ref = torch.randn_like(view)
-    row = {"device": args.device, "maps": args.maps, "channels": c, "size": hw, "torch_threads": torch.get_num_threads()}
+    row = {"device": args.device, "maps": args.maps, "channels": c, "size": hw,
+           "torch_threads": torch.get_num_threads()}
     outputs = {}
     for sampler in ("deform_conv2d", "grid_sample"):
         mod.sampler = sampler
@@ -59,7 +60,8 @@ def main() -> None:
             outputs[sampler] = mod(view, ref)
             row[f"{sampler}_forward_ms"] = round(median_ms(lambda: mod(view, ref), args.runs, device), 2)
         x = view.clone().requires_grad_(True)
-        row[f"{sampler}_train_step_ms"] = round(median_ms(lambda: mod(x, ref).square().mean().backward(), args.runs, device), 2)
+        row[f"{sampler}_train_step_ms"] = round(
+            median_ms(lambda: mod(x, ref).square().mean().backward(), args.runs, device), 2)
     row["forward_speedup"] = round(row["deform_conv2d_forward_ms"] / row["grid_sample_forward_ms"], 2)
     row["train_step_speedup"] = round(row["deform_conv2d_train_step_ms"] / row["grid_sample_train_step_ms"], 2)
     row["max_abs_difference"] = float((outputs["deform_conv2d"] - outputs["grid_sample"]).abs().max())

@@ -22,7 +22,8 @@ Each row: ``{"config", "regions_per_image", "engine_regions_per_s", "naive_regio
 "official_style_regions_per_s", "speedup", "speedup_vs_official_style", "unique_crops",
 "total_crops", "peak_mb", "runs", "same_captions"}``; ``peak_mb``: the peak resident memory
 of the process during one engine call made after the timed runs (CPU: the kernel's high-water mark,
-reset before the call) or ``max_memory_allocated`` (CUDA). For ``mid`` also ``{"config": "mid", "flops": ...}``: the encoder stage's achieved
+reset before the call) or ``max_memory_allocated`` (CUDA). For ``mid`` also ``{"config": "mid", "flops": ...}``:
+the encoder stage's achieved
 FLOP/s (FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode``; median of 5 runs) over the FLOP/s
 of a large ``torch.matmul`` measured in the same run (its fastest of 5; the encoder, engine and matmul runs
 interleaved),
@@ -46,10 +47,10 @@ import time
 import numpy as np
 import psutil
 import torch
-
 from bench_views import random_boxes  # scripts/ is on sys.path when run as a script
-from dynrefer.phash import bits_to_hex, hamming, phash_official_single, rgb_to_gray_official
+
 from dynrefer.inference.predictor import Predictor
+from dynrefer.phash import bits_to_hex, hamming, phash_official_single, rgb_to_gray_official
 from dynrefer.view_selection import greedy_select
 from dynrefer.views import CANDIDATE_TS, render_crops, view_geometry
 
@@ -157,8 +158,9 @@ def timed(fns: dict, runs: int, times: dict | None = None) -> dict:
 
 
 def build(config: str, device: str) -> Predictor:
-    import dynrefer
     from dynrefer_builtin.synthetic import vocabulary
+
+    import dynrefer
     from dynrefer.model.config import DynReferConfig
 
     if config == "builtin":

@@ -35,6 +35,7 @@ CAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 def scene_regions(count: int, seed: int = 0, size: int = 256) -> list[tuple]:
     """``count`` (image tensor, box) pairs from generated scenes, scene by scene."""
     from dynrefer_builtin.synthetic import generate_scene
+
     from dynrefer.images import load_image
 
     out, index = [], 0
@@ -83,9 +84,9 @@ def describe_all(predictor, regions, batch: int) -> list[dict]:
 
 
 def run(model: str, device: torch.device, count: int, batch: int) -> list[dict]:
+    from dynrefer.inference.predictor import Predictor
     from dynrefer.model.dynrefer import DynRefer
     from dynrefer.model.io import resolve_model_dir
-    from dynrefer.inference.predictor import Predictor
 
     regions = scene_regions(count)
     folder = resolve_model_dir(model)

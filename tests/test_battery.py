@@ -67,7 +67,8 @@ def no_model(monkeypatch):
 def test_the_same_image_in_two_records_is_described_per_record(tiny_model_dir, images, tmp_path):
     boxes_a = [{"box": [5, 5, 60, 60]}, {"box": [10, 20, 100, 90]}]
     boxes_b = [{"box": [30, 30, 120, 110]}, {"id": 1, "box": [0, 0, 40, 40]}, {"box": [50, 10, 90, 70]}]
-    records = [{"image": "astronaut.png", "regions": boxes_a}, {"image": "coffee.png", "regions": [{"box": [1, 1, 50, 50]}]},
+    records = [{"image": "astronaut.png", "regions": boxes_a},
+               {"image": "coffee.png", "regions": [{"box": [1, 1, 50, 50]}]},
                {"image": "astronaut.png", "regions": boxes_b}]
     data = write_jsonl(images / "twice.jsonl", records)
     out = tmp_path / "out.jsonl"
@@ -422,7 +423,8 @@ def test_a_bug_is_an_internal_error_not_bad_input(images, capsys, monkeypatch):
 
 
 def test_no_third_party_notices_unless_verbose(tiny_model_dir, images, tmp_path):
-    data = write_jsonl(tmp_path / "in.jsonl", [{"image": str(images / "coffee.png"), "regions": [{"box": [1, 1, 30, 30]}]}])
+    data = write_jsonl(tmp_path / "in.jsonl",
+                       [{"image": str(images / "coffee.png"), "regions": [{"box": [1, 1, 30, 30]}]}])
     base = [sys.executable, "-m", "dynrefer.cli"]
     args = ["predict", "--model", str(tiny_model_dir), "--data", str(data), "--num-workers", "0"]
     quiet = subprocess.run(base + args + ["--out", str(tmp_path / "a.jsonl")], capture_output=True, text=True,

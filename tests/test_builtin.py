@@ -7,12 +7,11 @@ import json
 
 import numpy as np
 import pytest
-
 from dynrefer_builtin.synthetic import generate_scene
+
+from dynrefer.inference.predictor import Predictor
 from dynrefer.model.dynrefer import DynRefer
 from dynrefer.model.io import builtin_dir
-from dynrefer.inference.predictor import Predictor
-
 
 #: Measured on these 40 objects: 25 with the shipped model (README, built-in model scores; the model shipped before
 #: it named 17, the one before that 28); the floor is 6x chance (12 classes).
@@ -97,8 +96,9 @@ def test_builtin_describe_forms_agree(predictor):
 def test_the_bundled_demo_scene_is_the_generators():
     """The demo's scene ships as package data (the core does not import the generator): it must be exactly what
     the built-in project's generator draws for the recorded seed and index."""
-    from dynrefer.demo import example_scene
     from dynrefer_builtin.synthetic import generate_scene
+
+    from dynrefer.demo import example_scene
 
     image, record = example_scene()
     want_image, want = generate_scene(record["source"]["seed"], record["source"]["index"])

@@ -82,7 +82,8 @@ def test_views_policies(photo, capsys):
     region = json.loads(out)["regions"][0]
     assert region["box"] == [10.0, 20.0, 60.0, 60.0]
     assert [v["t"] for v in region["views"]] == [0.0, 0.3, 0.7]
-    code, out, _ = run_cli(["views", photo, *box_args(BOXES[:1]), "--policy", "greedy_unique", "--num-views", 5], capsys)
+    code, out, _ = run_cli(["views", photo, *box_args(BOXES[:1]), "--policy", "greedy_unique", "--num-views", 5],
+                           capsys)
     ts = [v["t"] for v in json.loads(out)["regions"][0]["views"]]
     assert len(ts) == 5 and len(set(ts)) == 5 and ts[0] == 0.0
     runs = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from dynrefer_builtin.synthetic import generate_dataset
 from torch.utils.data import DataLoader
 
-from dynrefer_builtin.synthetic import generate_dataset
 from dynrefer.model.config import TINY_CLIP, EncoderConfig
 from dynrefer.model.encoder import FrozenCLIP
 from dynrefer.train.clip_pretrain import ClipPretrainModule, ViewCaptionDataset
@@ -128,7 +128,7 @@ def test_detail_subsets_are_true_of_their_regions(tmp_path):
     ds = ViewCaptionDataset(summary["jsonl"], split="train", size=32, detail_text_prob=1.0, detail_subsets=True)
     samples = [ds[i] for i in range(len(ds))]
     shapes = set()
-    for k, (_, text, (text_facts, facts)) in enumerate(samples):
+    for k, (_, text, (text_facts, _facts)) in enumerate(samples):
         spec = ds.records[ds.items[k][0]]["regions"][ds.items[k][1]]
         head, words = text_facts
         assert head in (None, spec["category"]) and set(words) <= {spec["parts"]["color"], spec["parts"]["pattern"]}

@@ -37,7 +37,8 @@ def one_region_file(folder, caption: str, attributes: list[str]) -> None:
 
     Image.new("RGB", (32, 32), (90, 90, 90)).save(folder / "a.png")
     region = {"id": 0, "box": [4, 4, 20, 20], "captions": [caption], "category": "star", "attributes": attributes}
-    (folder / "d.jsonl").write_text(json.dumps({"image": "a.png", "width": 32, "height": 32, "regions": [region]}) + "\n")
+    (folder / "d.jsonl").write_text(json.dumps({"image": "a.png", "width": 32, "height": 32, "regions": [region]})
+                                    + "\n")
 
 
 def test_dataset_short_text_prob(tmp_path):

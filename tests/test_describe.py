@@ -12,8 +12,8 @@ from PIL import Image
 import dynrefer
 from dynrefer.cli import main
 from dynrefer.errors import InputError
-from dynrefer.model.config import tiny_config
 from dynrefer.inference.predictor import Predictor
+from dynrefer.model.config import tiny_config
 
 CLASSES = ["circle", "square", "star"]
 ATTRIBUTES = ["color:red", "color:blue/navy", "pattern:dotted"]
@@ -160,7 +160,8 @@ def test_cli_describe(model_dir, photo, tmp_path, capsys):
 def test_cli_describe_errors(args, reason, model_dir, photo, tmp_path, capsys):
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "small.png")
     (tmp_path / "last.ckpt").write_bytes(b"x")
-    subst = {"{model}": str(model_dir), "{missing}": str(tmp_path / "nope"), "{small_mask}": str(tmp_path / "small.png"),
+    subst = {"{model}": str(model_dir), "{missing}": str(tmp_path / "nope"),
+             "{small_mask}": str(tmp_path / "small.png"),
              "{ckpt}": str(tmp_path / "last.ckpt")}
     code = main(["describe", str(photo)] + [subst.get(a, a) for a in args])
     out, err = capsys.readouterr()

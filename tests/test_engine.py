@@ -9,10 +9,10 @@ import torch
 from skimage import data
 
 import dynrefer
-from dynrefer.inference.engine import Engine, plan_views
 from dynrefer.errors import InputError
-from dynrefer.model.config import tiny_config
+from dynrefer.inference.engine import Engine, plan_views
 from dynrefer.inference.predictor import Predictor
+from dynrefer.model.config import tiny_config
 from dynrefer.regions import parse_regions
 
 CLASSES = ["circle", "square", "star"]

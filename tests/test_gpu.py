@@ -64,4 +64,5 @@ def test_auto_precision_is_bfloat16_on_cuda():
     from dynrefer.inference.engine import Engine
 
     model = DynRefer(tiny_config(), tags=["red"]).to("cuda")
-    assert Engine(model, dtype="auto").autocast_dtype == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else None)
+    assert Engine(model, dtype="auto").autocast_dtype == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8
+                                                          else None)

@@ -139,13 +139,17 @@ def test_qformer_from_bert_and_blip2_folders(tmp_path):
                                 vocab_size=128, max_position_embeddings=64))
     bert.save_pretrained(tmp_path / "bert")
     cfg = QFormerConfig(num_query_tokens=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, vocab_size=128, max_position_embeddings=64, init_from=str(tmp_path / "bert"))
+                        intermediate_size=128, vocab_size=128, max_position_embeddings=64,
+                        init_from=str(tmp_path / "bert"))
     q = RegionQFormer(cfg, encoder_width=48)
     sd = q.qformer.state_dict()
     bsd = bert.state_dict()
-    assert torch.equal(sd["encoder.layer.1.attention.attention.query.weight"], bsd["encoder.layer.1.attention.self.query.weight"])
-    assert torch.equal(sd["encoder.layer.0.attention.output.dense.weight"], bsd["encoder.layer.0.attention.output.dense.weight"])
-    assert torch.equal(sd["encoder.layer.0.intermediate_query.dense.weight"], bsd["encoder.layer.0.intermediate.dense.weight"])
+    assert torch.equal(sd["encoder.layer.1.attention.attention.query.weight"],
+                       bsd["encoder.layer.1.attention.self.query.weight"])
+    assert torch.equal(sd["encoder.layer.0.attention.output.dense.weight"],
+                       bsd["encoder.layer.0.attention.output.dense.weight"])
+    assert torch.equal(sd["encoder.layer.0.intermediate_query.dense.weight"],
+                       bsd["encoder.layer.0.intermediate.dense.weight"])
     assert torch.equal(sd["encoder.layer.0.output_query.LayerNorm.bias"], bsd["encoder.layer.0.output.LayerNorm.bias"])
     assert torch.equal(sd["layernorm.weight"], bsd["embeddings.LayerNorm.weight"])
     assert not q.query_tokens.requires_grad  # official: frozen query tokens
@@ -192,7 +196,8 @@ def test_predict_all_tasks():
     assert len(out) == 2
     for o in out:
         assert set(o) == {"caption", "caption_score", "tags", "attributes", "category", "categories"}
-        assert [a[0] for a in o["attributes"]] and sorted(a[0] for a in o["attributes"]) == ["color:blue/navy", "color:red"]
+        assert ([a[0] for a in o["attributes"]]
+                and sorted(a[0] for a in o["attributes"]) == ["color:blue/navy", "color:red"])
         assert o["category"][0] == o["categories"][0][0]
         assert abs(sum(p for _, p in o["categories"]) - 1) < 1e-5
         assert len(o["tags"]) == 2
@@ -249,13 +254,15 @@ def test_timm_backed_eva_tower_drop_last_block(tmp_path):
     """A timm-backed open_clip tower (EVA-02 tiny, random): dropping the last block gives the
     second-to-last block's output of the full tower, without its final norm."""
     cfg = {"embed_dim": 32,
-           "vision_cfg": {"image_size": 224, "timm_model_name": "eva02_tiny_patch14_224", "timm_model_pretrained": False,
+           "vision_cfg": {"image_size": 224, "timm_model_name": "eva02_tiny_patch14_224",
+                          "timm_model_pretrained": False,
                           "timm_pool": "token", "timm_proj": "linear"},
            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     torch.manual_seed(0)
     torch.save(build_open_clip(cfg).state_dict(), tmp_path / "eva.pt")
     full = FrozenCLIP(EncoderConfig(model=cfg, weights=str(tmp_path / "eva.pt")))
-    dropped = FrozenCLIP(EncoderConfig(model=cfg, weights=str(tmp_path / "eva.pt"), drop_last_blocks=1, final_norm=False))
+    dropped = FrozenCLIP(EncoderConfig(model=cfg, weights=str(tmp_path / "eva.pt"), drop_last_blocks=1,
+                                       final_norm=False))
     assert len(full.visual.trunk.blocks) == 12 and len(dropped.visual.trunk.blocks) == 11
     assert (dropped.width, dropped.patch_size) == (192, 14)
     x = torch.randn(2, 3, 224, 224)

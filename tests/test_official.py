@@ -14,10 +14,18 @@ from dynrefer.errors import InputError
 from dynrefer.model import official_keys as K
 from dynrefer.model.config import tiny_config
 from dynrefer.model.dynrefer import DynRefer
-from dynrefer.model.official import (apply_official, convert_official, map_blip2, map_clip_text, map_eva, map_lavis,
-                                     read_official_checkpoint)
+from dynrefer.model.official import (
+    apply_official,
+    convert_official,
+    map_blip2,
+    map_clip_text,
+    map_eva,
+    map_lavis,
+    read_official_checkpoint,
+)
 
 TAGS = ["red car", "tree", "person"]
+N_TAGS = len(TAGS)
 
 
 class NotATensor:  # a pickled custom object must be refused
@@ -30,7 +38,7 @@ def tiny_official_config():
     return cfg
 
 
-def official_state(cfg, *, seed=0, n_tags=len(TAGS), c=64, d_model=64, text_dim=64, device="cpu") -> dict:
+def official_state(cfg, *, seed=0, n_tags=N_TAGS, c=64, d_model=64, text_dim=64, device="cpu") -> dict:
     """A state dict with the official DynRefer key names and layouts (defaults: the tiny config's sizes)."""
     gen = torch.Generator().manual_seed(seed)
     h, inter, n = cfg.qformer.hidden_size, cfg.qformer.intermediate_size, cfg.views.num_views

@@ -13,8 +13,14 @@ import pytest
 import torch
 
 from dynrefer.errors import InputError
-from dynrefer.model.config import (OFFICIAL_BEHAVIOUR, DynReferConfig, LanguageConfig, official_config, tiny_config,
-                                   with_official_behaviour)
+from dynrefer.model.config import (
+    OFFICIAL_BEHAVIOUR,
+    DynReferConfig,
+    LanguageConfig,
+    official_config,
+    tiny_config,
+    with_official_behaviour,
+)
 from dynrefer.model.dynrefer import DynRefer
 from dynrefer.model.heads.language import LanguageHead, build_char_tokenizer, build_language_model
 from dynrefer.model.vocab import as_attributes, attribute_prompts
@@ -296,8 +302,8 @@ def test_caller_controls_replace_the_tag_controls():
 
 # ------------------------------------------------------------------------------------------ towers
 def test_timm_kwargs_build_a_reduced_eva():
-    from dynrefer.model.encoder import FrozenCLIP
     from dynrefer.model.config import EncoderConfig
+    from dynrefer.model.encoder import FrozenCLIP
 
     model = {"embed_dim": 32, "custom_text": True,
              "vision_cfg": {"image_size": 28, "timm_model_name": "eva_giant_patch14_224", "timm_pool": "token",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
+from conftest import random_boxes
 from PIL import Image
 
-from conftest import random_boxes
 from dynrefer.phash import (
     bits_to_hex,
     hamming,

@@ -137,9 +137,9 @@ def _built_as_before(folder):
 
 
 def test_loading_assigns_the_saved_tensors_as_building_would(photos, monkeypatch):
+    from dynrefer.inference.predictor import Predictor
     from dynrefer.model import io
     from dynrefer.model.io import builtin_dir
-    from dynrefer.inference.predictor import Predictor
 
     assigned = []
     original = io._assigned
@@ -215,8 +215,8 @@ def test_older_folders_and_training_load_as_before(tmp_path):
 
 
 def test_auto_precision_is_bfloat16_on_a_gpu_with_it_and_float32_elsewhere(photos):
-    from dynrefer.inference.engine import Engine, resolve_autocast
     from dynrefer.errors import InputError
+    from dynrefer.inference.engine import Engine, resolve_autocast
     from dynrefer.regions import parse_regions
 
     assert resolve_autocast("auto", "cuda:0", bf16_supported=True) == "bfloat16"

@@ -12,11 +12,11 @@ from PIL import Image
 from skimage import data
 
 from dynrefer.cli import main
-from dynrefer.inference.engine import merge_prepared
 from dynrefer.errors import InputError
-from dynrefer.inference.predictor import Predictor
 from dynrefer.inference import predict as predict_mod
+from dynrefer.inference.engine import merge_prepared
 from dynrefer.inference.predict import parts_dir, run_predict
+from dynrefer.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,8 @@ def test_workers_prepare_the_views(model_dir, dataset, tmp_path, capsys):
     code = main(["predict", "--model", str(model_dir), "--data", str(tmp_path / "bad.jsonl"), "--out",
                  str(tmp_path / "bad_out.jsonl"), "--num-workers", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and err.startswith("dynrefer: error: record 1 (img/0.png): ") and "x2" in err, err
+    assert (code == 2 and err.count("\n") == 1 and err.startswith("dynrefer: error: record 1 (img/0.png): ")
+            and "x2" in err), err
 
 
 @pytest.mark.parametrize("views", [True, False])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dynrefer_builtin.scene_eval import PARTS, caption_parts, majority_baseline, part_accuracy
 from dynrefer_builtin.synthetic import generate_scene
 
@@ -57,9 +56,9 @@ def test_probe_likelihood_equals_the_language_loss_and_probe_runs(tmp_path):
     """caption_log_likelihood (batched, summed) == -(mean token loss) x tokens of the head's own loss,
     one caption at a time; then the probe end to end on three generated scenes with the built-in model."""
     import torch
-
     from dynrefer_builtin.scene_benchmark import caption_log_likelihood, probe
     from dynrefer_builtin.synthetic import generate_dataset
+
     from dynrefer.inference.predictor import Predictor
 
     model = Predictor("builtin").model
@@ -82,8 +81,8 @@ def test_probe_likelihood_equals_the_language_loss_and_probe_runs(tmp_path):
 
 def test_probe_likelihood_equals_the_language_loss_for_a_causal_lm():
     import torch
-
     from dynrefer_builtin.scene_benchmark import caption_log_likelihood
+
     from dynrefer.model.config import LanguageConfig
     from dynrefer.model.heads.language import LanguageHead
 

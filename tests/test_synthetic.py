@@ -10,9 +10,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
-from scipy import ndimage
-
 from dynrefer_builtin.command import register
 from dynrefer_builtin.scene_shapes import COLORS
 from dynrefer_builtin.synthetic import (
@@ -30,6 +27,9 @@ from dynrefer_builtin.synthetic import (
     parse_splits,
     split_counts,
 )
+from PIL import Image
+from scipy import ndimage
+
 from dynrefer.errors import InputError
 from dynrefer.records import normalize_caption, read_jsonl
 

@@ -108,7 +108,8 @@ def test_datamodule_training_views_follow_train_policy(shapes):
     default = datamodule(shapes)
     default.setup("fit")
     last_views = [default.train_set[i]["boxes_in_view"][2] for i in range(12)]
-    whole = [torch.tensor(default.train_set.records[r]["regions"][j]["box"]) * 64 / 96 for r, j in default.train_set.items]
+    whole = [torch.tensor(default.train_set.records[r]["regions"][j]["box"]) * 64 / 96
+             for r, j in default.train_set.items]
     assert sum(torch.allclose(v, w.float()) for v, w in zip(last_views, whole)) < 12
 
 
@@ -121,9 +122,11 @@ def test_view_settings_follow_the_model_config(shapes):
 
     for name in ("builtin", "tiny"):
         views = view_settings(DynReferConfig.from_name(name).views)
-        assert (views["train_policy"], views["train_ts"], views["val_policy"], views["val_ts"]) == ("random", None, "greedy", None)
+        assert ((views["train_policy"], views["train_ts"], views["val_policy"], views["val_ts"])
+                == ("random", None, "greedy", None))
     fixed = {"views": {"policy": "fixed", "fixed_ts": [0.5, 1.0], "train_policy": "fixed"}}
-    builtin = view_settings(DynReferConfig.from_dict(merge_dicts(DynReferConfig.from_name("builtin").to_dict(), fixed)).views)
+    builtin = view_settings(DynReferConfig.from_dict(merge_dicts(DynReferConfig.from_name("builtin").to_dict(),
+                                                                 fixed)).views)
     assert builtin == dict(num_views=3, size=64, base_t=0.0, train_policy="fixed", train_ts=[0.5, 1.0],
                            val_policy="fixed", val_ts=[0.5, 1.0])
     dm = datamodule(shapes, **builtin)
@@ -324,9 +327,9 @@ def test_ddp_two_cpu_processes(shapes, tmp_path):
 
 
 def test_cli_fit(shapes, tmp_path, capsys):
-    from dynrefer.cli import main
-
     import warnings
+
+    from dynrefer.cli import main
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -344,7 +347,8 @@ def test_cli_fit(shapes, tmp_path, capsys):
     assert code == 2 and err.strip().splitlines()[-1].startswith("dynrefer: error: unknown model config 'nosuch'"), err
     code = main(["fit", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"), "--data.train_file",
                  str(shapes / "data.jsonl"), "--data.num_workers", "0", "--data.batch_size", "4", "--trainer.max_steps",
-                 "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])  # --data.size left at 224
+                 "1", "--trainer.logger", "false", "--trainer.default_root_dir",
+                 str(tmp_path)])  # --data.size left at 224
     err = capsys.readouterr().err
     assert code == 2 and "--data.size 224 does not match the model's views.size 64" in err.strip().splitlines()[-1]
     code = main(["fit", "--model.model", "tiny", "--model.tags_file", str(shapes / "tags.txt"), "--data.train_file",
@@ -426,14 +430,17 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     # the command line users run gives the same report
     cli = subprocess.run([sys.executable, str(script.parents[2] / "eval" / "synthetic.py"), "--model",
                           str(tmp_path / "run" / "model"), "--data", str(tmp_path / "run" / "scenes" / "scenes.jsonl"),
-                          "--split", "train", "--max-images", "2", "--no-caption-metrics"], capture_output=True, text=True,
+                          "--split", "train", "--max-images", "2", "--no-caption-metrics"],
+                         capture_output=True, text=True,
                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     assert cli.returncode == 0, cli.stderr[-2000:]
     cli_report = json.loads(cli.stdout)
     assert cli_report["parts"] == pytest.approx(report["parts"]) and cli_report["category"] == report["category"]
-    # projects/builtin/ablation_synthetic.py on the toy run: one trained arm (threshold tuned on val) and the inference arms.
+    # projects/builtin/ablation_synthetic.py on the toy run: one trained arm (threshold tuned on val)
+    # and the inference arms.
     ablation = script.parent / "ablation_synthetic.py"
-    done = subprocess.run([sys.executable, str(ablation), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "abl"),
+    done = subprocess.run([sys.executable, str(ablation), "--run", str(tmp_path / "run"),
+                           "--out", str(tmp_path / "abl"),
                            "--steps", "2", "--batch-size", "4", "--workers", "0", "--arms", "t0", "--inference",
                            "--model", str(tmp_path / "run" / "model"), "--max-images", "1", "--tune-images", "1",
                            "--no-caption-metrics"], capture_output=True, text=True,
@@ -447,7 +454,8 @@ def test_train_builtin_pipeline_smoke(tmp_path):
     assert len(results["trained"]["t0"]["tag_threshold_grid"]) == len(module.TAG_THRESHOLDS)
     assert "| t0 |" in (tmp_path / "abl" / "ablation.md").read_text()
     # --epochs: an arm on the built-in recipe's schedule (whole epochs, the cosine stepped once an epoch)
-    done = subprocess.run([sys.executable, str(ablation), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "abl_e"),
+    done = subprocess.run([sys.executable, str(ablation), "--run", str(tmp_path / "run"),
+                           "--out", str(tmp_path / "abl_e"),
                            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--arms", "t1", "--max-images", "1",
                            "--tune-images", "0", "--no-caption-metrics"], capture_output=True, text=True,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})

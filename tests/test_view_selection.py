@@ -72,7 +72,7 @@ def test_greedy_scores_are_float64_distance_over_t():
 
 def test_greedy_matches_literal_loop_on_random_distances():
     rng = np.random.default_rng(0)
-    for trial in range(300):
+    for _ in range(300):
         d = rng.integers(0, 65, 10).tolist()
         for n in range(1, 12):
             got = greedy_select(d, n - 1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_boxes
+
 from dynrefer.regions import parse_region
 from dynrefer.views import (
     CANDIDATE_TS,

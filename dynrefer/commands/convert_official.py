@@ -35,7 +35,8 @@ def run(args) -> int:
     from ..model.dynrefer import DynRefer
     from ..model.official import convert_official
 
-    model, report = convert_official(DynRefer, args.checkpoint, eva=args.eva, blip2=args.blip2, llm=args.llm, tags=args.tags,
+    model, report = convert_official(DynRefer, args.checkpoint, eva=args.eva, blip2=args.blip2, llm=args.llm,
+                                     tags=args.tags,
                                      eva_clip_text=args.eva_clip_text, config=args.config)
     if args.dtype != "float32":
         model = model.to(getattr(torch, args.dtype))

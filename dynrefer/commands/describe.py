@@ -50,7 +50,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None,
                    help="cpu (default), cuda, cuda:N, mps or auto (a GPU when there is one)")
     p.add_argument("--dtype", default=None, choices=("auto", "bfloat16", "float16"),
-                   help="autocast precision; auto: bfloat16 on a GPU that has it, float32 elsewhere (docs/precision.md)")
+                   help="autocast precision; auto: bfloat16 on a GPU that has it, float32 elsewhere "
+                        "(docs/precision.md)")
     p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
     p.add_argument("--viz", default=None, help="draw each region with its caption into this PNG")
     p.set_defaults(func=run, regions=None)
@@ -107,10 +108,10 @@ def resolve_device(name: str | None):
 
 
 def run(args) -> int:
-    from ..inference.engine import check_tasks, check_vocabulary
     from ..images import load_image
-    from ..model.io import resolve_model_dir
+    from ..inference.engine import check_tasks, check_vocabulary
     from ..inference.predictor import Predictor
+    from ..model.io import resolve_model_dir
     from ..regions import parse_regions
 
     if not args.regions:

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--strict", action="store_true",
                    help="every ground-truth image / region must be predicted (densecap: count the boxes of "
                    "unpredicted images in npos instead of skipping them)")
-    p.add_argument("--split", default=None, metavar="S", help="use only ground-truth records of this split (predictions of images of other "
+    p.add_argument("--split", default=None, metavar="S", help="use only ground-truth records of this split "
+                                                       "(predictions of images of other "
                                                        "splits are left out, and counted in the report)")
     p.add_argument("--image-root", default=None, metavar="DIR",
                    help="folder that relative image paths of both files refer to (default: each file's folder)")

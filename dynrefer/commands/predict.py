@@ -47,10 +47,14 @@ def register(subparsers) -> None:
     p.add_argument("--attributes", default=None, help="comma-separated attribute names (default: the model's)")
     p.add_argument("--tag-threshold", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="images per engine pass (default 4)")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers: decode the images, parse the regions, plan and render the views (default 2)")
-    p.add_argument("--encoder-batch-size", type=int, default=None, help="views per encoder call (default: 256 on a GPU, sized to the cache on CPU)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers: decode the images, parse the regions, plan and render the views "
+                        "(default 2)")
+    p.add_argument("--encoder-batch-size", type=int, default=None,
+                   help="views per encoder call (default: 256 on a GPU, sized to the cache on CPU)")
     p.add_argument("--dtype", default=None, choices=("auto", "bfloat16", "float16"),
-                   help="autocast precision; auto: bfloat16 on a GPU that has it, float32 elsewhere (docs/precision.md)")
+                   help="autocast precision; auto: bfloat16 on a GPU that has it, float32 elsewhere "
+                        "(docs/precision.md)")
     p.add_argument("--allow-empty", action="store_true", default=None,
                    help="accept a dataset with no region at all (an empty output; by default an error)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -51,6 +51,7 @@ def _ckpt_path(argv: list[str]) -> str:
 def _unpickling_reason(err: Exception) -> str:
     """What torch's weights-only unpickler refused, without its advice to load with ``weights_only=False``
     (which would run the pickled code)."""
-    found = re.search(r"(Unsupported global: GLOBAL [\w.]+|unsupported GLOBAL [\w.]+(?: whose module [\w.]+ is blocked)?|"
+    found = re.search(r"(Unsupported global: GLOBAL [\w.]+|"
+                      r"unsupported GLOBAL [\w.]+(?: whose module [\w.]+ is blocked)?|"
                       r"Unsupported operand \d+)", str(err))
     return found.group(1).strip() if found else "it pickles objects other than tensors and plain data"

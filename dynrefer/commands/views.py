@@ -34,7 +34,14 @@ def register(sub) -> None:
         default=None,
         help="view selection policy (default greedy, or fixed when --t is given)",
     )
-    p.add_argument("--t", type=float, nargs="+", default=None, metavar="T", help="the extra views' t for --policy fixed")
+    p.add_argument(
+        "--t",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="the extra views' t for --policy fixed",
+    )
     p.add_argument("--size", type=int, default=224, help="view side in pixels (default 224)")
     p.add_argument("--hash", choices=["official", "imagehash"], default="official", help="pHash flavour")
     p.add_argument("--seed", type=int, default=0, help="seed of the random policy (default 0)")

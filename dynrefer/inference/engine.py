@@ -91,7 +91,8 @@ def check_vocabulary(value, name: str) -> list | None:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     items = list(value)
-    bad = [v for v in items if not (isinstance(v, str) or (name == "attributes" and isinstance(v, dict) and "name" in v))]
+    bad = [v for v in items
+           if not (isinstance(v, str) or (name == "attributes" and isinstance(v, dict) and "name" in v))]
     if bad:
         raise InputError(f"{name} must be strings (a list, or one comma-separated string), got {bad[0]!r}")
     return items
@@ -181,7 +182,8 @@ def resolve_autocast(dtype: str | None, device, *, bf16_supported=None) -> str |
     """The autocast precision that ``dtype`` means on ``device``: ``"auto"`` is ``"bfloat16"`` on a CUDA device
     with bfloat16 tensor cores (tensor-core speed, float32's range; the precision contract keeps boxes, RoI sampling,
     losses and probabilities in float32: docs/precision.md) and ``None`` (the model's own precision, exact and
-    the same on every device) elsewhere; any other value is returned as it is. ``bf16_supported``: whether that device has them (asked
+    the same on every device) elsewhere; any other value is returned as it is.
+    ``bf16_supported``: whether that device has them (asked
     only for a CUDA device when not given: compute capability 8 or more; older cards only emulate bfloat16)."""
     if dtype != "auto":
         return dtype

@@ -34,10 +34,17 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..images import load_image
 from ..model.io import model_identity
-from ..regions import parse_regions
 from ..records import check_output_path, read_jsonl, write_jsonl
-from .predict_inputs import (_region_id, check_record_size, check_records, die_with_parent, output_lock,
-                             preflight, region_input)
+from ..regions import parse_regions
+from .predict_inputs import (
+    _region_id,
+    check_record_size,
+    check_records,
+    die_with_parent,
+    output_lock,
+    preflight,
+    region_input,
+)
 
 
 def parts_dir(out: Path) -> Path:

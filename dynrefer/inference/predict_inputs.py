@@ -12,7 +12,6 @@ from ..errors import InputError
 from ..images import image_file_size
 from ..regions import parse_regions
 
-
 REGION_INPUT_KEYS = ("id", "box", "bbox", "mask", "polygon", "segmentation", "rle", "score")
 
 

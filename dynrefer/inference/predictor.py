@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .engine import TASKS, Engine, check_tasks
 from ..errors import InputError
 from ..images import load_image
 from ..regions import parse_regions
+from .engine import TASKS, Engine, check_tasks
 
 
 def _resolve_model(model):
@@ -42,7 +42,8 @@ class Predictor:
             (``"bfloat16"`` / ``"float16"``, or ``"auto"``: bfloat16 on a CUDA device with bfloat16 tensor cores).
     """
 
-    def __init__(self, model="builtin", device=None, *, encoder_batch_size: int | None = None, dtype: str | None = None):
+    def __init__(self, model="builtin", device=None, *, encoder_batch_size: int | None = None,
+                 dtype: str | None = None):
         self.model = _resolve_model(model).eval()
         if device is not None:
             self.model.to(device)

@@ -221,11 +221,13 @@ class DeformableAlignment(nn.Module):
 
     def forward(self, view: Tensor, reference: Tensor) -> Tensor:
         packed = self.packed_offset_mask(view, reference)
-        x = self.value_proj(view.permute(0, 2, 3, 1).contiguous())  # (B, H, W, C); contiguous: the same bf16 kernel whatever B
+        # (B, H, W, C); contiguous: the same bf16 kernel whatever B
+        x = self.value_proj(view.permute(0, 2, 3, 1).contiguous())
         dtype = x.dtype
         sampler = self.sampler
         if sampler == "auto":
-            sampler = "grid_sample" if x.device.type in ("cpu", "mps") else "deform_conv2d"  # MPS: no torchvision kernel
+            # MPS: no torchvision kernel
+            sampler = "grid_sample" if x.device.type in ("cpu", "mps") else "deform_conv2d"
         if x.shape[1] < 2 or x.shape[2] < 2:
             sampler = "deform_conv2d"  # grid_sample's normalised coordinates need two pixels per axis
         if sampler == "grid_sample":
@@ -262,7 +264,8 @@ def deformable_sample(x: Tensor, packed: Tensor, kernel_size: int, groups: int) 
     points = torch.arange(n, device=x.device)
     base_x = torch.arange(w, dtype=x.dtype, device=x.device).view(1, w, 1) + (points // kernel_size - pad).to(x.dtype)
     base_y = torch.arange(h, dtype=x.dtype, device=x.device).view(h, 1, 1) + (points % kernel_size - pad).to(x.dtype)
-    base = torch.stack(torch.broadcast_tensors(base_x, base_y), dim=-1).unsqueeze(2)  # (H, W, 1, K, 2): q + (ix, iy) - pad
+    # (H, W, 1, K, 2): q + (ix, iy) - pad
+    base = torch.stack(torch.broadcast_tensors(base_x, base_y), dim=-1).unsqueeze(2)
     scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], dtype=x.dtype, device=x.device)
     grid = (core[..., : 2 * n].unflatten(-1, (n, 2)) + base) * scale - 1.0  # (B, H, W, G, K, 2)
     grid = grid.permute(0, 3, 4, 1, 2, 5).reshape(b * g, 1, n * h * w, 2)  # one row: ~20 % faster than (K·H, W)

@@ -24,8 +24,6 @@ from typing import Any
 from .config_checks import ConfigError, _build, merge_dicts, overrides_from_json  # noqa: F401 (part of this API)
 
 
-
-
 @dataclass
 
 
@@ -258,7 +256,8 @@ class DynReferConfig:
             return NAMED_CONFIGS[name]()
         if Path(name).suffix.lower() in (".json", ".yaml", ".yml"):
             return cls.from_file(name)
-        raise ConfigError(f"unknown model config {name!r}; expected one of {sorted(NAMED_CONFIGS)} or a .json/.yaml file")
+        raise ConfigError(f"unknown model config {name!r}; expected one of {sorted(NAMED_CONFIGS)} "
+                          "or a .json/.yaml file")
 
 
 # ------------------------------------------------------------------------------ presets

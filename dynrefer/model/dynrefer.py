@@ -3,7 +3,8 @@
 No device, precision or loop logic: it runs on whatever device / dtype the caller puts it
 on. Inputs are batches of already-rendered views (see :mod:`dynrefer.view_selection`):
 
-* ``pixels`` (P, 3, S, S): CLIP-normalised views (or uint8 RGB views, normalised by the model); ``view_index`` (R·n,) optionally maps each
+* ``pixels`` (P, 3, S, S): CLIP-normalised views (or uint8 RGB views, normalised by the model);
+  ``view_index`` (R·n,) optionally maps each
   region's views onto rows of ``pixels`` (identical crops encoded once); without it
   ``pixels`` holds the R·n views region-major;
 * ``boxes_in_view`` (R·n, 4): the region box in each view's pixels (for RoI-align);
@@ -21,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..view_selection import check_model_views
+from ..views import normalize
 from .align import DeformableAlignment
 from .config import DynReferConfig
 from .encoder import FrozenCLIP
@@ -29,8 +32,6 @@ from .heads.contrastive import ContrastiveHead
 from .heads.language import LanguageHead, control_string
 from .heads.tags import TagHead
 from .qformer import RegionQFormer
-from ..view_selection import check_model_views
-from ..views import normalize
 from .roi import ViewRoIAlign
 
 
@@ -72,7 +73,8 @@ class DynRefer(nn.Module):
         self.register_buffer("tag_embeddings", torch.zeros(len(self.tag_names), text_dim), persistent=True)
         if self.tag_names and self.tag_embeddings.device.type != "meta":
             self.tag_embeddings.copy_(self.embed_texts(self.tag_names))
-        self.contrastive_head = ContrastiveHead(config.contrastive, hidden, text_dim) if config.contrastive.enabled else None
+        self.contrastive_head = (ContrastiveHead(config.contrastive, hidden, text_dim) if config.contrastive.enabled
+                                 else None)
         self.language_head = LanguageHead(config.language, hidden) if config.language.enabled else None
         if self.language_head is not None and config.qformer.init_from:
             self._load_blip2_projection(config.qformer.init_from)
@@ -189,7 +191,8 @@ class DynRefer(nn.Module):
             losses["loss_lm"] = self.language_head.loss(region, controls, captions)
         if self.tag_head is not None and self.tag_names:
             logits = self.tag_head(region, self.tag_embeddings)
-            losses["loss_tag"] = self.config.tags.loss_weight * self.tag_head.loss(logits, self.tag_targets(batch["tags"]))
+            losses["loss_tag"] = (self.config.tags.loss_weight
+                                  * self.tag_head.loss(logits, self.tag_targets(batch["tags"])))
         if self.contrastive_head is not None:
             texts = self.embed_texts(list(batch.get("contrastive_texts") or captions))
             extra = {}

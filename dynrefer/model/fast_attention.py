@@ -4,7 +4,8 @@ open_clip's ``ResidualAttentionBlock`` calls ``nn.MultiheadAttention(x, x, x, ne
 ``torch.inference_mode`` PyTorch takes that module's native "fast path", which on CPU still computes the
 attention as two batched products and a separate softmax; ``F.scaled_dot_product_attention`` runs the fused
 (flash) kernel instead: the attention of one block over the built-in model's 48 views × 65 tokens × 128
-channels took 6.6 ms instead of 10.9 on a 2-core CPU (the encoder: ~20 % less time). Same parameters, same state-dict keys, same result up to
+channels took 6.6 ms instead of 10.9 on a 2-core CPU (the encoder: ~20 % less time). Same parameters, same
+state-dict keys, same result up to
 float rounding (``tests/test_model_parts.py`` compares with the module it replaces).
 
 :func:`use_sdpa_self_attention` switches every eligible ``nn.MultiheadAttention`` of a module to

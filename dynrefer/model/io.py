@@ -329,7 +329,8 @@ def untie_differing(model, state: dict) -> list[str]:
             continue
         for name in names:
             value = state.get(name)
-            if name == first or value is None or (value.shape == state[first].shape and torch.equal(value, state[first])):
+            if name == first or value is None or (value.shape == state[first].shape
+                                                  and torch.equal(value, state[first])):
                 continue
             owner, _, attr = name.rpartition(".")
             module = model.get_submodule(owner)

@@ -1,7 +1,8 @@
 """Load the published DynRefer checkpoints (LAVIS naming) into our ``DynRefer`` (SPEC §1.3–§1.4).
 
 ``from_official(DynRefer, checkpoint, eva=..., blip2=..., llm=..., tags=..., eva_clip_text=...)`` (or
-``DynRefer.from_official(checkpoint, ...)``; the class is passed in, as to :mod:`~dynrefer.model.io`) builds the official
+``DynRefer.from_official(checkpoint, ...)``; the class is passed in, as to :mod:`~dynrefer.model.io`)
+builds the official
 configuration and fills it from the user's local files:
 
 * ``checkpoint``: a DynRefer checkpoint (``vg1.2_5e.pth``, ``refcocog_ft.pth``): the trained parts
@@ -31,6 +32,7 @@ import torch
 from ..errors import InputError
 from . import official_keys as K
 from .encoder import read_weights
+
 
 def _inert_globals() -> dict:
     """Pickled globals allowed beyond torch's defaults: plain data (no code of theirs runs on unpickling)."""
@@ -69,7 +71,7 @@ def read_official_checkpoint(path) -> dict[str, torch.Tensor]:
         bad = [n for n in names if n not in allowed]
         if bad:
             raise InputError(f"refusing to read checkpoint '{path}': it pickles objects that are not plain data: "
-                             f"{', '.join(bad)} (only tensors, containers and numpy scalars are loaded)")
+                             f"{', '.join(bad)} (only tensors, containers and numpy scalars are loaded)") from None
         entries = [allowed[n] if f"{allowed[n].__module__}.{allowed[n].__qualname__}" == n else (allowed[n], n)
                    for n in names]
         if "numpy.dtype" in names:  # numpy dtypes pickle through their (inert) per-dtype classes
@@ -266,7 +268,8 @@ def _read_tags(tags) -> list[str]:
 
 
 def convert_official(cls, checkpoint, eva=None, blip2=None, llm=None, tags=None, eva_clip_text=None, config=None):
-    """``(model, report)``: a ``cls`` (:class:`~dynrefer.model.dynrefer.DynRefer`) model, see :func:`from_official`. ``report`` lists, per source, the mapped and the
+    """``(model, report)``: a ``cls`` (:class:`~dynrefer.model.dynrefer.DynRefer`) model, see :func:`from_official`.
+    ``report`` lists, per source, the mapped and the
     ignored-on-purpose tensors (with reasons) and any warnings."""
     from .config import DynReferConfig, official_config, with_official_behaviour
 

@@ -90,7 +90,8 @@ DYNREFER_RULES = QFORMER_RULES + [
     (r"^clip_embeds$", "tag_embeddings"),
     # a checkpoint that saves the T5's embeddings / head: loaded over the --llm folder's, as the original's
     # load_state_dict(strict=False) of the checkpoint does (tied names share one tensor: the last copy wins)
-    (r"^t5_model\.(shared|encoder\.embed_tokens|decoder\.embed_tokens|lm_head)\.weight$", r"language_head.lm.\1.weight"),
+    (r"^t5_model\.(shared|encoder\.embed_tokens|decoder\.embed_tokens|lm_head)\.weight$",
+     r"language_head.lm.\1.weight"),
 ] + _decoder_rules("tag_head", "tag_head") + _decoder_rules("attr_head", "contrastive_head")
 
 DYNREFER_IGNORED = [

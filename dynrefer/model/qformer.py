@@ -34,7 +34,8 @@ def bert_to_qformer(state: dict) -> dict:
         elif k.startswith("encoder.layer."):
             k = k.replace(".attention.self.", ".attention.attention.")
             k = k.replace(".intermediate.dense.", ".intermediate_query.dense.")
-            k = k.replace(".output.dense.", ".output_query.dense.").replace(".output.LayerNorm.", ".output_query.LayerNorm.")
+            k = (k.replace(".output.dense.", ".output_query.dense.")
+                 .replace(".output.LayerNorm.", ".output_query.LayerNorm."))
             # the attention output block keeps its name (attention.output.*)
             k = k.replace(".attention.output_query.", ".attention.output.")
             out[k] = value

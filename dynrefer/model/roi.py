@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-
 #: maps per call from which :class:`ViewRoIAlign` takes :func:`separable_roi_align` (fewer: torchvision).
 SEPARABLE_MIN_MAPS = 16
 

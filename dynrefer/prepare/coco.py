@@ -61,7 +61,8 @@ def _coco_files(src) -> list[Path]:
     if not src.is_dir():
         raise InputError(f"--src '{src}': no such file or directory")
     # not the sidecars a converter writes beside its output (OUT.categories.json, OUT.attributes.json)
-    files = sorted(f for f in src.glob("instances_*.json") if not f.name.endswith((".categories.json", ".attributes.json")))
+    files = sorted(f for f in src.glob("instances_*.json")
+                   if not f.name.endswith((".categories.json", ".attributes.json")))
     if not files:
         raise InputError(f"--src '{src}': no instances_*.json file in this folder")
     return files

@@ -11,7 +11,8 @@ category ("the striped object", "the red star": :func:`dynrefer.train.data.short
 and every region of the batch it is true of counts as its positive — a pattern-only text makes the
 encoder tell the patterns apart across the whole batch. The loss is open_clip's InfoNCE with every
 identical text of the batch (and every region a detail text is true of) counted as a positive
-(:func:`multi_positive_clip_loss`; the same as ``open_clip.ClipLoss`` when all texts differ). The model is an open_clip ``CLIP`` built from a config dict (e.g.
+(:func:`multi_positive_clip_loss`; the same as ``open_clip.ClipLoss`` when all texts differ). The model is an
+open_clip ``CLIP`` built from a config dict (e.g.
 ``dynrefer.model.config.TINY_CLIP`` or the built-in model's encoder config) and trained with
 that loss; the result is written as a safetensors file that
 ``EncoderConfig.weights`` loads.
@@ -33,7 +34,6 @@ from ..records import read_jsonl
 from ..regions import parse_region
 from ..views import CANDIDATE_TS, render_crops, view_geometry
 from .data import attribute_synonyms, contrastive_positives, region_facts, short_description_facts, without_attributes
-
 
 DETAIL_TS = (0.0, 0.1, 0.2)
 

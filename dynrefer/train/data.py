@@ -114,7 +114,8 @@ class RegionDataset(Dataset):
             raise InputError(f"short_text_prob must be in [0, 1], got {short_text_prob!r}")
         self.short_text_prob = float(short_text_prob)
         if isinstance(short_text_skip, str):
-            raise InputError(f"short_text_skip must be a list of attribute prefixes, got the string {short_text_skip!r}")
+            raise InputError("short_text_skip must be a list of attribute prefixes, "
+                             f"got the string {short_text_skip!r}")
         self.short_text_skip = tuple(str(p) for p in short_text_skip or ())
 
     def __len__(self) -> int:

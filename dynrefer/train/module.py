@@ -65,7 +65,8 @@ class DynReferModule(L.LightningModule):
 
     @staticmethod
     def _build(model: str, tags_file, overrides: dict) -> DynRefer:
-        if str(model) == "builtin":  # the shipped trained model, as everywhere else (its config: configs/model/builtin.yaml)
+        # the shipped trained model, as everywhere else (its config: configs/model/builtin.yaml)
+        if str(model) == "builtin":
             from ..model.io import builtin_dir
 
             path = builtin_dir()

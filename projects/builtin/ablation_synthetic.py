@@ -36,7 +36,6 @@ import json
 import time
 from pathlib import Path
 
-
 STOCHASTIC = {"views": {"num_views": 3, "policy": "greedy", "fixed_ts": None, "train_policy": "random"}}
 ARMS = {  # model config overrides on the built-in config; the training / validation views follow the config
     "multiview": STOCHASTIC,
@@ -62,9 +61,9 @@ def prepare_run(run: Path, model: str, num_images: int, seed: int, workers: int,
     ``builtin_config.yaml`` (the built-in config, ``overrides`` merged). Each part is kept when present."""
     import shutil
 
+    from dynrefer_builtin.synthetic import generate_dataset
     from safetensors.torch import load_file, save_file
 
-    from dynrefer_builtin.synthetic import generate_dataset
     from dynrefer.model.config import DynReferConfig, merge_dicts
     from dynrefer.model.io import resolve_model_dir
 
@@ -84,7 +83,8 @@ def prepare_run(run: Path, model: str, num_images: int, seed: int, workers: int,
                  if k.startswith(prefix)}
         save_file(state, str(clip))
     config = merge_dicts(DynReferConfig.from_name("builtin").to_dict(), overrides)
-    config = merge_dicts(config, {"encoder": {"weights": str(clip)}, "language": {"tokenizer_path": str(run / "tokenizer")}})
+    config = merge_dicts(config, {"encoder": {"weights": str(clip)},
+                                  "language": {"tokenizer_path": str(run / "tokenizer")}})
     DynReferConfig.from_dict(config).to_yaml(run / "builtin_config.yaml")
 
 
@@ -115,7 +115,8 @@ def train_arm(name: str, run: Path, out: Path, steps: int, batch_size: int, lr: 
     if epochs is not None:  # the built-in recipe's schedule (projects/builtin/train_builtin.py's stage 2)
         schedule = dict(max_epochs=epochs, max_steps=-1)
     else:
-        schedule = dict(max_steps=steps, max_epochs=-1, val_check_interval=min(steps, 200), check_val_every_n_epoch=None)
+        schedule = dict(max_steps=steps, max_epochs=-1, val_check_interval=min(steps, 200),
+                        check_val_every_n_epoch=None)
     trainer = L.Trainer(accelerator="cpu", default_root_dir=str(out / name),
                         callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],
                         logger=L.pytorch.loggers.CSVLogger(str(out / name), name="logs"), log_every_n_steps=20,

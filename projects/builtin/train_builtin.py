@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--clip-batch-size", type=int, default=128)
     parser.add_argument("--clip-lr", type=float, default=1e-3)
     parser.add_argument("--detail-text-prob", type=float, default=0.75,
-                        help="stage 1: how often a close view is paired with its 'the {colour} {pattern} {category}' text")
+                        help="stage 1: how often a close view is paired with its "
+                             "'the {colour} {pattern} {category}' text")
     parser.add_argument("--detail-subsets", action="store_true",
                         help="stage 1: detail texts name a random subset of colour / pattern / category ('the striped "
                              "object'), positives every region of the batch they are true of")
@@ -58,14 +59,16 @@ def main() -> None:
     parser.add_argument("--tune-images", type=int, default=50,
                         help="val images for picking the tag threshold (0: keep the config's)")
     parser.add_argument("--short-text-prob", type=float, default=0.5,
-                        help="how often the contrastive head sees a short 'the {attributes} {category}' text instead of the caption")
+                        help="how often the contrastive head sees a short 'the {attributes} {category}' text instead "
+                             "of the caption")
     parser.add_argument("--short-text-skip", default="position:",
                         help="comma-separated attribute prefixes never named in the short texts ('' names every "
                              "attribute; the default keeps the shipped model's recipe, from before the scenes had "
                              "position attributes)")
     parser.add_argument("--overrides", default="{}",
                         help="JSON merged into the builtin model config, e.g. "
-                             "'{\"views\": {\"policy\": \"fixed\", \"fixed_ts\": [0.5, 1.0]}, \"align\": {\"init\": \"identity\"}}'")
+                             "'{\"views\": {\"policy\": \"fixed\", \"fixed_ts\": [0.5, 1.0]}, "
+                             "\"align\": {\"init\": \"identity\"}}'")
     args = parser.parse_args()
     from dynrefer.model.config import BUILTIN_CLIP, ConfigError, DynReferConfig, merge_dicts, overrides_from_json
 
@@ -148,7 +151,8 @@ def main() -> None:
                                 **view_settings(module.model.config.views))  # the config's training / inference views
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "stage2", save_last=True)
         trainer = L.Trainer(max_epochs=args.epochs, max_steps=args.max_steps, accelerator="cpu",
-                            default_root_dir=str(out / "stage2"), callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],
+                            default_root_dir=str(out / "stage2"),
+                            callbacks=[ckpt, ExportPretrained(str(model_dir), frozen_dtype="float16")],
                             logger=L.pytorch.loggers.CSVLogger(str(out / "stage2"), name="logs"),
                             log_every_n_steps=20, gradient_clip_val=1.0)
         last = out / "stage2" / "last.ckpt"

@@ -21,7 +21,6 @@ from ...errors import InputError
 from ..config import ContrastiveHeadConfig
 from .decoder import CrossAttentionDecoder, decode_vocabulary
 
-
 #: ``contrastive.scores``: what inference reports (see :meth:`dynrefer.model.dynrefer.DynRefer.predict`).
 SCORE_MODES = ("calibrated", "official")
 
@@ -74,7 +73,8 @@ class ContrastiveHead(nn.Module):
         labels_r2t[torch.arange(b), offset + torch.arange(b)] = 1
         if positives is not None:
             if all_texts is not text_embeddings or tuple(positives.shape) != (b, b):
-                raise ValueError(f"positives must be ({b}, {b}) and used without gathering, got {tuple(positives.shape)}")
+                raise ValueError(f"positives must be ({b}, {b}) and used without gathering, "
+                                 f"got {tuple(positives.shape)}")
             labels_r2t = labels_r2t.masked_fill(positives.to(region.device), 1.0)
         r2t = self.forward(region, all_texts).float()  # (B, B_all); the loss in float32 whatever the precision
         loss_r2t = -F.logsigmoid(labels_r2t * r2t).sum() / b

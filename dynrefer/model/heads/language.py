@@ -262,7 +262,7 @@ class LanguageHead(nn.Module):
 
 def _pack_causal(prefix, prefix_mask, text, text_mask, labels):
     """Per sample ``[prefix tokens; caption tokens]`` without inner padding, right-padded."""
-    rows, masks, labs = [], [], []
+    rows, labs = [], []
     for i in range(prefix.shape[0]):
         p = prefix[i][prefix_mask[i].bool()]
         t = text[i][text_mask[i].bool()]

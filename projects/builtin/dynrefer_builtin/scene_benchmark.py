@@ -2,7 +2,8 @@
 ``eval/synthetic.py``, the command line that runs it. ``evaluate`` scores a model on one split of a
 generated scene set; ``tune_tag_threshold`` picks the tag threshold on the val split and
 ``write_tag_threshold`` stores it in a model folder (``projects/builtin/train_builtin.py`` step 5,
-``projects/builtin/ablation_synthetic.py``); ``probe`` is the teacher-forced check of ``projects/builtin/probes/probe_captions.py``
+``projects/builtin/ablation_synthetic.py``); ``probe`` is the teacher-forced check of
+``projects/builtin/probes/probe_captions.py``
 (does the language head rank the true position / size / pattern highest?)."""
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def evaluate(model, data, *, split="test", max_images=None, policy=None, ts=None
 def _evaluate(predictor, data, split, max_images, policy, ts, caption_metrics, hash_flavour, seed, tasks) -> dict:
     import numpy as np
 
-    from dynrefer_builtin.scene_eval import majority_baseline, part_accuracy
     from dynrefer.metrics.ovad import binary_average_precision
     from dynrefer.records import read_jsonl
+    from dynrefer_builtin.scene_eval import majority_baseline, part_accuracy
 
     records = [r for r in read_jsonl(data) if split is None or r.get("split") == split][:max_images]
     if not records:
@@ -60,7 +61,8 @@ def _evaluate(predictor, data, split, max_images, policy, ts, caption_metrics, h
     m = predictor.model
     wanted = tasks
     tasks = [t for t, head in (("caption", m.language_head), ("tags", m.tag_head), ("attributes", m.contrastive_head),
-                               ("category", m.contrastive_head)) if head is not None and (wanted is None or t in wanted)]
+                               ("category", m.contrastive_head))
+             if head is not None and (wanted is None or t in wanted)]
     for record in tqdm(records, desc="describe", unit="image", disable=len(records) < 20):
         out = predictor.describe(data.parent / record["image"], [r["box"] for r in record["regions"]],
                                  policy=policy, ts=ts, all_scores=True, image_label=record["image"],
@@ -164,8 +166,8 @@ def caption_log_likelihood(head, region: torch.Tensor, captions: list[str]) -> t
 
 
 def probe(model, data, *, split="val", max_images=40, policy=None, ts=None) -> dict:
-    from dynrefer.inference.engine import Engine
     from dynrefer.images import load_image
+    from dynrefer.inference.engine import Engine
     from dynrefer.records import read_jsonl
 
     if model.language_head is None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from dynrefer.prepare.tags import simple_tags
 from dynrefer.records import normalize_caption
+
 from .scene_shapes import CATEGORIES, COLOR_NAMES, PATTERNS, SS
 
 SIZES = ("small", "medium", "large")

@@ -6,7 +6,8 @@ box-filters both down to image pixels, which gives antialiased edges and pattern
 
 Patterns modulate the object's colour *around its mean*: pattern pixels are lighter (or
 darker) by ``K·(1 − f)`` and the others darker (or lighter) by ``K·f`` (per channel, within
-the channel's headroom), ``f`` being the pattern's area fraction, so the average colour of an object is its base colour whatever its
+the channel's headroom), ``f`` being the pattern's area fraction, so the average colour of an object is its base
+colour whatever its
 pattern. A low-resolution view, which averages the fine period away, therefore carries no
 trace of the pattern; only a high-resolution view of the object does.
 """

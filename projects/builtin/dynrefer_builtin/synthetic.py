@@ -45,6 +45,7 @@ import numpy as np
 
 from dynrefer.errors import InputError
 from dynrefer.records import SPLITS, write_json, write_jsonl
+
 from .scene_background import make_background, photometric
 from .scene_captions import (
     POSITION_PHRASES,

@@ -6,17 +6,21 @@ shape), (b) the raw view pixels (pattern). Prints JSON lines: [test accuracy %, 
 Usage: ``python projects/builtin/probes/probe_pattern.py SCENES.jsonl CLIP.safetensors TRAIN_IMAGES TEST_IMAGES``
 (README: ``runs/builtin4/scenes/scenes.jsonl runs/builtin/clip.safetensors 1000 200``, ~4 min on 2 cores).
 """
-import json, sys, time
+import argparse  # noqa: E402
+import json
+import time
 from pathlib import Path
-import torch, torch.nn as nn, torch.nn.functional as F
-from dynrefer.records import read_jsonl
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
 from dynrefer.images import load_image
-from dynrefer.regions import parse_region
-from dynrefer.views import render_crops, view_geometry
 from dynrefer.model.config import BUILTIN_CLIP, EncoderConfig
 from dynrefer.model.encoder import FrozenCLIP
-
-import argparse  # noqa: E402
+from dynrefer.records import read_jsonl
+from dynrefer.regions import parse_region
+from dynrefer.views import render_crops, view_geometry
 
 _parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 _parser.add_argument("scenes", help="SCENES.jsonl of dynrefer synth")

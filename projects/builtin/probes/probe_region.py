@@ -6,15 +6,19 @@ one-hidden-layer MLP per part (pattern, shape, size, position). Prints JSON line
 Usage: ``python projects/builtin/probes/probe_region.py SCENES.jsonl MODEL TRAIN_IMAGES TEST_IMAGES``
 (README: ``runs/builtin4/scenes/scenes.jsonl builtin 1000 200``, ~4 min on 2 cores).
 """
-import json, sys, time
-from pathlib import Path
-import torch, torch.nn as nn, torch.nn.functional as F
-from dynrefer.records import read_jsonl
-from dynrefer.images import load_image
-from dynrefer.regions import parse_region
-from dynrefer.inference.predictor import Predictor
-
 import argparse  # noqa: E402
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dynrefer.images import load_image
+from dynrefer.inference.predictor import Predictor
+from dynrefer.records import read_jsonl
+from dynrefer.regions import parse_region
 
 _parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 _parser.add_argument("scenes", help="SCENES.jsonl of dynrefer synth")

@@ -57,7 +57,7 @@ def main() -> None:
               for kind in ("pattern", "color")}
     values["category"] = list(vocab["categories"])
 
-    @functools.lru_cache(maxsize=None)  # the same variant lists recur across regions and views
+    @functools.cache  # the same variant lists recur across regions and views
     @torch.no_grad()
     def texts_embedding(texts: tuple[str, ...]):
         return clip.encode_text(open_clip.tokenize(list(texts), context_length=40), normalize=True)
