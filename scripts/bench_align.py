@@ -15,24 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from timing import median_seconds
 
 from dynrefer.model.align import DeformableAlignment
 
 
 def median_ms(fn, runs: int, device: torch.device) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return 1000 * median_seconds(fn, runs, sync=sync)
 
 
 def main() -> None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import threading
 import time
 
@@ -48,6 +47,7 @@ import numpy as np
 import psutil
 import torch
 from bench_views import random_boxes  # scripts/ is on sys.path when run as a script
+from timing import interleaved
 
 from dynrefer.inference.predictor import Predictor
 from dynrefer.phash import bits_to_hex, hamming, phash_official_single, rgb_to_gray_official
@@ -80,7 +80,7 @@ def official_style(predictor: Predictor, image: torch.Tensor, boxes, chunk: int 
                      "boxes_in_view": torch.cat(biv[start:start + chunk]).to(predictor.device)}
             out = model.predict(batch, attributes=list(model.attributes) or None,
                                 categories=list(model.categories) or None, search="generate")
-            captions += [o["caption"] for o in out]
+            captions += out.captions
     return captions
 
 
@@ -142,19 +142,8 @@ class PeakMemory:
 
 
 def timed(fns: dict, runs: int, times: dict | None = None) -> dict:
-    """Median seconds and last result of each function. After one warm-up call each, the timed
-    runs are interleaved (run r of every pipeline before run r + 1 of any), so that a change in
-    the machine's speed during the benchmark (shared CPUs) affects every pipeline alike.
-    ``times`` (a dict) receives every run's seconds."""
-    results = {name: fn() for name, fn in fns.items()}  # warm-up
-    times = {} if times is None else times
-    times.update({name: [] for name in fns})
-    for _ in range(runs):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            results[name] = fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: (statistics.median(times[name]), results[name]) for name in fns}
+    """Median seconds and last result of each function, runs interleaved (:func:`timing.interleaved`)."""
+    return interleaved(fns, runs, times=times)
 
 
 def build(config: str, device: str) -> Predictor:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from dynrefer.phash import bits_to_hex, hamming, phash_official_single, rgb_to_gray_official
 from dynrefer.view_selection import greedy_select, select_views
@@ -60,13 +59,7 @@ def reference_loop(image: torch.Tensor, boxes: np.ndarray, num_views: int):
 
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats)
 
 
 def main() -> None:

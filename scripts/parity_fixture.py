@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dynrefer.errors import InputError
+from dynrefer.inference.records import region_records
 
 #: Limits of :func:`run_check` (see ``check_parity.py``).
 TOLERANCE = {"rel": 1e-4, "lm_loss": 1e-5, "scores": 1e-5}
@@ -253,10 +254,10 @@ def prediction_checks(model, fixture: Fixture, region: torch.Tensor) -> dict:
     fixed = o["captions_fixed_controls"]
     caps, _ = model.caption(region, controls=list(o["controls_teacher"]))
     fixed_ok = sum(a == b for a, b in zip(caps, fixed["caps"]))
-    pred = model.predict({"pixels": fixture.inputs["views"].flatten(0, 1),
+    pred = region_records(model.predict({"pixels": fixture.inputs["views"].flatten(0, 1),
                           "boxes_in_view": fixture.inputs["view_boxes"].reshape(-1, 4)},
                          attributes=fixture.attributes, categories=fixture.classes,
-                         tag_threshold=fixture.tag_threshold, controls=list(o["control_words_from_tags"]))
+                         tag_threshold=fixture.tag_threshold, controls=list(o["control_words_from_tags"])))
     names = [a["name"] for a in fixture.attributes]
     counts = dict(captions_pred=0, tags=0, attribute_ranking=0, category=0)
     attr_diff = class_diff = 0.0

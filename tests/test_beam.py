@@ -119,6 +119,13 @@ def test_language_head_uses_fast_search_and_falls_back(monkeypatch):
     assert not called and len(greedy[0]) == len(sampled[0]) == 6
     with pytest.raises(ValueError, match="search"):
         head.generate(region, controls, search="fast")
+    # a real-size LM decodes with generate (the own search pays off only for small ones: scripts/bench_beam.py)
+    assert beam.pays_off(head.lm)
+    monkeypatch.setattr(beam, "SMALL_LM_PARAMS", 1000)
+    assert not beam.pays_off(head.lm)
+    with torch.no_grad():
+        large = head.generate(region, controls)
+    assert not called and large[0] == slow[0]
 
 
 def test_builtin_model_same_captions_as_generate():

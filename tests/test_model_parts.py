@@ -10,6 +10,7 @@ from torchvision.ops import roi_align
 
 import dynrefer
 from dynrefer.errors import InputError
+from dynrefer.inference.records import region_records
 from dynrefer.model.config import TINY_CLIP, EncoderConfig, QFormerConfig, tiny_config
 from dynrefer.model.encoder import FrozenCLIP, build_open_clip
 from dynrefer.model.qformer import RegionQFormer
@@ -191,8 +192,14 @@ def test_predict_all_tasks():
     torch.manual_seed(0)
     model = dynrefer.DynRefer(tiny_config(), tags=["red", "circle"]).eval()
     batch = {"pixels": torch.randn(6, 3, 64, 64), "boxes_in_view": torch.tensor([[4.0, 4.0, 30.0, 50.0]]).repeat(6, 1)}
-    out = model.predict(batch, attributes=["color:red", "color:blue/navy"], categories=["circle", "square", "star"],
-                        tag_threshold=0.0, max_new_tokens=4)
+    tensors = model.predict(batch, attributes=["color:red", "color:blue/navy"],
+                            categories=["circle", "square", "star"], tag_threshold=0.0, max_new_tokens=4)
+    # the model returns tensors (typed outputs); records are built from them
+    assert len(tensors) == 2 and tensors.tag_probs.shape == (2, 2) and tensors.attribute_scores.shape == (2, 2)
+    assert tensors.category_scores.shape == tensors.category_logits.shape == (2, 3)
+    assert tensors.caption_scores.shape == (2,) and len(tensors.captions) == len(tensors.controls) == 2
+    torch.testing.assert_close(tensors.category_scores, torch.softmax(tensors.category_logits, 1))
+    out = region_records(tensors)
     assert len(out) == 2
     for o in out:
         assert set(o) == {"caption", "caption_score", "tags", "attributes", "category", "categories"}
@@ -201,7 +208,8 @@ def test_predict_all_tasks():
         assert o["category"][0] == o["categories"][0][0]
         assert abs(sum(p for _, p in o["categories"]) - 1) < 1e-5
         assert len(o["tags"]) == 2
-    none = model.predict(batch, tasks=("category",), categories=["circle", "square"], none_threshold=1e9)
+    none = region_records(model.predict(batch, tasks=("category",), categories=["circle", "square"],
+                                        none_threshold=1e9))
     assert none[0]["category"] is None and len(none[0]["categories"]) == 2
     with pytest.raises(ValueError, match="unknown task"):
         model.predict(batch, tasks=("color",))
@@ -321,3 +329,27 @@ def test_frozen_encoder_uses_sdpa_and_matches_open_clip_under_inference_mode(cli
         tokens = visual.ln_post(visual.transformer(visual._embeds(x)))
     assert torch.allclose(cls, tokens[:, 0], atol=1e-5)
     assert torch.allclose(patches, tokens[:, 1:].reshape(5, 8, 8, 64).permute(0, 3, 1, 2), atol=1e-5)
+
+
+def _asymmetric_loss_formula(logits, targets, gamma_neg, gamma_pos, clip, eps=1e-8):
+    """The asymmetric loss written out (Ridnik et al. 2021), summed: the slow reference of timm's."""
+    p = torch.sigmoid(logits)
+    neg = (1 - p + clip).clamp(max=1) if clip else 1 - p
+    loss = targets * torch.log(p.clamp(min=eps)) + (1 - targets) * torch.log(neg.clamp(min=eps))
+    pt = p * targets + neg * (1 - targets)
+    return -(loss * torch.pow(1 - pt, gamma_pos * targets + gamma_neg * (1 - targets))).sum()
+
+
+@pytest.mark.parametrize("gamma_neg,gamma_pos,clip", [(7.0, 0.0, 0.05), (4.0, 1.0, 0.05), (2.0, 0.0, 0.0)])
+def test_asymmetric_loss_is_the_formula_values_and_gradients(gamma_neg, gamma_pos, clip):
+    from dynrefer.model.heads.tags import asymmetric_loss
+
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(8, 40, generator=g) * 4).requires_grad_(True)
+    targets = (torch.rand(8, 40, generator=g) < 0.2).float()
+    got = asymmetric_loss(logits, targets, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
+    (grad_got,) = torch.autograd.grad(got, logits)
+    want = _asymmetric_loss_formula(logits, targets, gamma_neg, gamma_pos, clip)
+    (grad_want,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dynrefer.errors import InputError
+from dynrefer.inference.records import region_records
 from dynrefer.model.config import (
     OFFICIAL_BEHAVIOUR,
     DynReferConfig,
@@ -270,8 +271,8 @@ def test_official_scores_are_sigmoid_of_s_and_raw_class_scores():
     def predict(mode):
         model.config.contrastive.scores = mode
         model.encode_regions = lambda *a, **k: region  # the heads only
-        return model.predict(batch | {"boxes_in_view": None}, ("attributes", "category"), attributes=OVAD,
-                             categories=classes, noun="object")
+        return region_records(model.predict(batch | {"boxes_in_view": None}, ("attributes", "category"),
+                                            attributes=OVAD, categories=classes, noun="object"))
 
     official, calibrated = predict("official"), predict("calibrated")
     for r in range(3):

@@ -33,6 +33,7 @@ import torch
 from ..errors import InputError
 from ..view_selection import check_hash_flavour, check_model_views, select_views
 from ..views import render_crops
+from .records import region_records
 
 TASKS = ("caption", "tags", "attributes", "category")
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -305,8 +306,8 @@ class Engine:
             else:
                 batch = self.batch(None, plan, pixels=prepared[1].to(self.device))
             outputs = self.model.predict(batch, tasks, attributes=attributes or None, categories=classes or None,
-                                         tag_threshold=tag_threshold, all_tags=all_tags,
-                                         encoder_batch_size=self.encoder_batch_size)
+                                         tag_threshold=tag_threshold, encoder_batch_size=self.encoder_batch_size)
+        outputs = region_records(outputs, all_tags=all_tags)
         per_image, start = [], 0
         for count in plan.regions_per_image:
             per_image.append(outputs[start:start + count])

@@ -1,5 +1,11 @@
 """Checking configuration dicts against the config dataclasses (:mod:`dynrefer.model.config`): every key and type,
-with errors naming the offending key; merging overrides."""
+with errors naming the offending key; merging overrides.
+
+Why not jsonargparse (Lightning's CLI parses ``fit`` / ``validate`` options with it): model folders and
+``from_pretrained`` read ``config.json`` in the core install, where jsonargparse (the ``train`` extra) may be
+absent, and the messages here name the key path of nested configs (``language.num_beams``) as the command-line
+errors do.
+"""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..view_selection import check_model_views
+from ..view_policies import check_model_views
 from ..views import normalize
 from .align import DeformableAlignment
 from .config import DynReferConfig
@@ -31,6 +31,7 @@ from .fusion import ViewFusion
 from .heads.contrastive import ContrastiveHead
 from .heads.language import LanguageHead, control_string
 from .heads.tags import TagHead
+from .outputs import RegionOutputs, ranked
 from .qformer import RegionQFormer
 from .roi import ViewRoIAlign
 
@@ -207,17 +208,18 @@ class DynRefer(nn.Module):
 
     # ------------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_tags(self, region: torch.Tensor, threshold: float | None = None) -> list[list[tuple[str, float]]]:
+    def tag_probabilities(self, region: torch.Tensor) -> torch.Tensor:
+        """(R, T) float32 sigmoid probability of every tag, on the CPU (float32 whatever the model's dtype: no
+        bfloat16 rounding flips a tag at the threshold); (R, 0) without a tag head or tags."""
         if self.tag_head is None or not self.tag_names:
-            return [[] for _ in range(region.shape[0])]
-        probs = torch.sigmoid(self.tag_head(region, self.tag_embeddings).float()).cpu()  # float32: no bf16 flips
+            return torch.zeros(region.shape[0], 0)
+        return torch.sigmoid(self.tag_head(region, self.tag_embeddings).float()).cpu()
+
+    def predict_tags(self, region: torch.Tensor, threshold: float | None = None) -> list[list[tuple[str, float]]]:
+        """Per region, the tags above ``threshold`` (default ``config.tags.threshold``) with their probabilities,
+        highest first: the order the control strings of captions use."""
         thr = self.config.tags.threshold if threshold is None else threshold
-        out = []
-        # Python lists (iterating a tensor costs a tensor per element); the comparison stays the tensor's
-        for row, above in zip(probs.tolist(), (probs > thr).tolist()):
-            keep = [(name, p) for name, p, ok in zip(self.tag_names, row, above) if ok]
-            out.append(sorted(keep, key=lambda x: (-x[1], x[0])))
-        return out
+        return ranked(self.tag_names, self.tag_probabilities(region), thr)
 
     @torch.no_grad()
     def score_texts(self, region: torch.Tensor, texts: list, *, raw: bool = False) -> torch.Tensor:
@@ -276,48 +278,41 @@ class DynRefer(nn.Module):
         attributes=None,
         categories=None,
         tag_threshold: float | None = None,
-        all_tags: bool = False,
         none_threshold: float | None = None,
         noun: str | None = None,
         encoder_batch_size: int | None = None,
         controls: list[str] | None = None,
         **generate_kwargs,
-    ) -> list[dict]:
-        """Per-region outputs for a batch of rendered views (see the module docstring).
+    ) -> RegionOutputs:
+        """The outputs of the requested ``tasks`` for a batch of rendered views (see the module docstring), as
+        tensors: a :class:`~dynrefer.model.outputs.RegionOutputs` (records: ``inference.records``).
 
-        Returns one dict per region with the keys of the requested tasks: ``caption`` and
-        ``caption_score`` (``exp`` of the beam score; the control string is the tags above the
-        threshold, by score, unless ``controls`` gives one string per region); ``tags`` ([name,
-        prob] above the threshold, by score; every tag with ``all_tags``); ``attributes`` ([name,
-        score] for every queried attribute, max over its prompts); ``category`` ([name, score]
-        of the argmax, or None when the best logit is below ``none_threshold``) and
-        ``categories`` (every class). Scores follow ``config.contrastive.scores``: ``"calibrated"``
-        attributes ``sigmoid(logit)`` and classes the softmax of the logits, ``"official"``
-        attributes ``sigmoid(s)`` and classes the raw ``s``. ``noun``: the attribute prompts' noun
-        (default ``config.contrastive.prompt_noun``). ``encoder_batch_size`` bounds the views per
-        encoder call.
+        Captions are generated from control strings made of the tags above ``tag_threshold`` (default
+        ``config.tags.threshold``), by score, unless ``controls`` gives one string per region. ``attributes`` /
+        ``categories``: the vocabularies to score (names; attributes also OVAD-style ``{"name": ...}``); scores
+        follow ``config.contrastive.scores``. ``none_threshold`` (default ``config.contrastive.none_threshold``):
+        a region whose best class logit is below it has no category. ``noun``: the attribute prompts' noun
+        (default ``config.contrastive.prompt_noun``). ``encoder_batch_size`` bounds the views per encoder call.
         """
         from .vocab import attribute_prompts, category_prompts, max_over_prompts
 
+        tasks = tuple(tasks)
         unknown = set(tasks) - {"caption", "tags", "attributes", "category"}
         if unknown:
             raise ValueError(f"unknown task(s) {sorted(unknown)}; expected caption, tags, attributes, category")
         region = self.encode_regions(batch["pixels"], batch["boxes_in_view"], batch.get("view_index"),
                                      encoder_batch_size)
-        out = [dict() for _ in range(region.shape[0])]
-        tags = None
+        thr = self.config.tags.threshold if tag_threshold is None else tag_threshold
+        out = RegionOutputs(tasks=tasks, tag_names=list(self.tag_names), tag_threshold=thr)
         if "tags" in tasks or "caption" in tasks:
-            thr = self.config.tags.threshold if tag_threshold is None else tag_threshold
-            scored = self.predict_tags(region, float("-inf") if all_tags else thr)
-            tags = [[(n, s) for n, s in t if s > thr] for t in scored] if all_tags else scored
-        if "tags" in tasks:
-            for o, t in zip(out, scored):
-                o["tags"] = [[n, s] for n, s in t]
+            out.tag_probs = self.tag_probabilities(region)
         if "caption" in tasks:
-            captions, scores = self.caption(region, [[n for n, _ in t] for t in tags], controls=controls,
-                                            **generate_kwargs)
-            for o, c, s in zip(out, captions, scores):
-                o["caption"], o["caption_score"] = c, s
+            tags = [[n for n, _ in t] for t in ranked(out.tag_names, out.tag_probs, thr)]
+            if controls is None:
+                controls = [control_string(t) for t in tags]
+            captions, scores = self.caption(region, tags, controls=controls, **generate_kwargs)
+            out.captions, out.controls = list(captions), list(controls)
+            out.caption_scores = torch.tensor(scores, dtype=torch.float64)  # exact for any Python float
         want_attributes = "attributes" in tasks and bool(attributes)
         want_categories = "category" in tasks and bool(categories)
         ccfg = self.config.contrastive
@@ -328,19 +323,15 @@ class DynRefer(nn.Module):
         if want_attributes or want_categories:  # one decoder pass for both vocabularies: its queries are independent
             scores = self.score_texts(region, [t for t in (prompts, category_texts) if t], raw=official)
         if want_attributes:
-            names = [a if isinstance(a, str) else a["name"] for a in attributes]
-            probs = torch.sigmoid(max_over_prompts(scores[:, : len(prompts)].float(), owner, len(names))).cpu()
-            for o, row in zip(out, probs.tolist()):
-                o["attributes"] = sorted(([n, p] for n, p in zip(names, row)), key=lambda x: (-x[1], x[0]))
+            out.attribute_names = [a if isinstance(a, str) else a["name"] for a in attributes]
+            logits = max_over_prompts(scores[:, : len(prompts)].float(), owner, len(out.attribute_names))
+            out.attribute_scores = torch.sigmoid(logits).cpu()
         if want_categories:
-            logits = scores[:, len(prompts) :]
-            probs = (logits.float() if official else torch.softmax(logits.float(), dim=1)).cpu()
-            thr = ccfg.none_threshold if none_threshold is None else none_threshold
-            best_of = torch.argmax(probs, dim=1).tolist()
-            for o, row, lrow, best in zip(out, probs.tolist(), logits.float().cpu().tolist(), best_of):
-                none = thr is not None and lrow[best] < thr
-                o["category"] = None if none else [categories[best], row[best]]
-                o["categories"] = sorted(([c, p] for c, p in zip(categories, row)), key=lambda x: (-x[1], x[0]))
+            logits = scores[:, len(prompts) :].float()
+            out.category_names = list(categories)
+            out.category_scores = (logits if official else torch.softmax(logits, dim=1)).cpu()
+            out.category_logits = logits.cpu()
+            out.none_threshold = ccfg.none_threshold if none_threshold is None else none_threshold
         return out
 
     @classmethod

@@ -13,6 +13,12 @@ A folder holds:
 
 No pickle anywhere. Loading fails with a message that lists missing, unexpected or
 mis-shaped tensors.
+
+Why not ``safetensors.torch.save_model`` / ``load_model`` (they handle shared tensors too): ``load_model``
+copies the file into a model that was built, initialised and had its tags embedded first. Here the model is
+built on the ``meta`` device and given the file's memory-mapped tensors in their stored dtype (issue #32:
+the ``mid`` folder loads in 1.97 s and 944 MB instead of 8.78 s and 4,105 MB), so the ties are restored by
+hand after the assignment; the saving side keeps its alias metadata so that loading knows them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ regions of every process (``self.all_gather`` with gradients).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -121,7 +120,6 @@ class DynReferModule(L.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.AdamW(parameter_groups(self.model, h.weight_decay), lr=h.lr, betas=tuple(h.betas))
-        floor = h.min_lr / h.lr if h.lr else 0.0
         trainer = self.trainer
         by_steps = trainer is not None and (trainer.max_epochs is None or trainer.max_epochs < 0) and (
             trainer.max_steps is not None and trainer.max_steps > 0)
@@ -135,13 +133,9 @@ class DynReferModule(L.LightningModule):
             from lightning.pytorch.utilities import rank_zero_warn
 
             rank_zero_warn("no max_epochs or max_steps: the learning rate stays constant (the cosine needs a length)")
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+            return {"optimizer": opt}
         else:
             total = max(1, int(trainer.max_epochs)) if trainer is not None else 1
-
-        def cosine(i: int) -> float:
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+        # lr_i = min_lr + (lr - min_lr) (1 + cos(pi i / total)) / 2, stepped per epoch or per step
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=h.min_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step" if by_steps else "epoch"}}

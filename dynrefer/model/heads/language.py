@@ -226,9 +226,10 @@ class LanguageHead(nn.Module):
                  **overrides) -> tuple[list[str], list[float]]:
         """Captions and scores (``exp`` of the sequence score) for each region.
 
-        ``search``: ``"auto"`` decodes a plain T5 LM with :func:`~dynrefer.model.heads.beam.t5_beam_search`
+        ``search``: ``"auto"`` decodes a small plain T5 LM with :func:`~dynrefer.model.heads.beam.t5_beam_search`
         (the same beam search as ``generate``, without its per-step overhead) whenever
-        :func:`~dynrefer.model.heads.beam.supports` allows, and with ``generate`` otherwise;
+        :func:`~dynrefer.model.heads.beam.supports` allows and :func:`~dynrefer.model.heads.beam.pays_off` (at
+        most 20 M parameters: the built-in model's), and with ``generate`` otherwise;
         ``"generate"`` always uses transformers' ``generate``. ``overrides``: ``generate`` keywords.
         """
         if search not in ("auto", "generate"):
@@ -241,7 +242,7 @@ class LanguageHead(nn.Module):
                         repetition_penalty=c.repetition_penalty, length_penalty=c.length_penalty)
         settings.update(overrides)
         ids = dict(eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
-        if search == "auto" and beam.supports(self.lm, settings, **ids):
+        if search == "auto" and beam.supports(self.lm, settings, **ids) and beam.pays_off(self.lm):
             sequences, scores = beam.t5_beam_search(self.lm, prefix, prefix_mask, **ids, **settings)
             return self._decode(sequences), torch.exp(scores.float()).tolist()
         kwargs = dict(do_sample=False, return_dict_in_generate=True, output_scores=True, **ids)

@@ -18,24 +18,17 @@ from .decoder import CrossAttentionDecoder, decode_vocabulary
 
 
 def asymmetric_loss(logits, targets, *, gamma_neg=7.0, gamma_pos=0.0, clip=0.05, eps=1e-8) -> torch.Tensor:
-    """Asymmetric loss (Ridnik et al. 2021), summed, computed in float32.
+    """Asymmetric loss (Ridnik et al. 2021), summed: timm's ``AsymmetricLossMultiLabel``, computed in float32
+    whatever the model's precision (in float16 the sigmoid underflows and the loss is NaN).
 
-    ``p = σ(x)``; negatives use the shifted probability ``p_m = max(p − clip, 0)`` through
-    ``1 − p_m = min(1 − p + clip, 1)``; ``loss = −Σ [y (1 − p)^γ+ log p + (1 − y) p_m^γ− log(1 − p_m)]``
-    with both logarithms clamped at ``eps``.
+    ``p = σ(x)``; negatives use the shifted probability ``p_m = max(p − clip, 0)``;
+    ``loss = −Σ [y (1 − p)^γ+ log p + (1 − y) p_m^γ− log(1 − p_m)]`` with both logarithms clamped at ``eps``
+    (``tests/test_model_parts.py`` checks it against that formula, written out).
     """
-    logits = logits.float()  # in float32 whatever the model's precision: in float16 sigmoid underflows (NaN loss)
-    targets = targets.to(logits.dtype)
-    p = torch.sigmoid(logits)
-    neg_prob = (1 - p + clip).clamp(max=1) if clip and clip > 0 else 1 - p
-    log_pos = torch.log(p.clamp(min=eps))
-    log_neg = torch.log(neg_prob.clamp(min=eps))
-    loss = targets * log_pos + (1 - targets) * log_neg
-    if gamma_neg > 0 or gamma_pos > 0:
-        pt = p * targets + neg_prob * (1 - targets)
-        gamma = gamma_pos * targets + gamma_neg * (1 - targets)
-        loss = loss * torch.pow(1 - pt, gamma)
-    return -loss.sum()
+    from timm.loss import AsymmetricLossMultiLabel
+
+    loss = AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps, reduction="sum")
+    return loss(logits.float(), targets.float())
 
 
 class TagHead(nn.Module):
