@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .resample import _check_crops, linear_coefficients, linear_resize_crops, resample_crops
+from .linear_resize import linear_coefficients, linear_resize_crops
+from .resample import _check_crops, resample_crops
 
 HASH_SIZE = 8
 OFFICIAL_RESIZE = 224
@@ -165,7 +166,7 @@ def _low_block(resized: torch.Tensor, n: int, norm: str | None, fast: bool = Tru
 @functools.lru_cache(maxsize=4096)
 def resize_dct_rows(in_size: int, out_size: int = OFFICIAL_RESIZE) -> np.ndarray:
     """(8, in_size) float64: the first 8 orthonormal DCT-II rows of size ``out_size`` times the
-    (out_size, in_size) matrix of the bilinear resize (:func:`~dynrefer.resample.linear_coefficients`).
+    (out_size, in_size) matrix of the bilinear resize (:func:`~dynrefer.linear_resize.linear_coefficients`).
 
     The resize is linear and separable, so the 8×8 DCT block of a crop resized to ``S×S`` is
     ``A_h · crop · A_wᵀ`` with ``A_n = D₈ · R_n``: no ``S×S`` intermediate. (Cached per size;
@@ -226,7 +227,7 @@ def phash_official_batched(
 
     ``engine``: ``"factorised"`` (each crop's 8×8 DCT block of its 224² resize as
     ``A_h · crop · A_wᵀ``, :func:`resize_dct_rows`, in torch matrix products), or a resize engine
-    of :func:`dynrefer.resample.linear_resize_crops` (``"opencv"``, ``"torch"``): all crops resized
+    of :func:`dynrefer.linear_resize.linear_resize_crops` (``"opencv"``, ``"torch"``): all crops resized
     to 224² in one call, then their blocks as one batched matrix product; ``"auto"``:
     :func:`auto_engine` (factorised on CPU for images up to 2 MP).
 

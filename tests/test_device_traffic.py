@@ -113,7 +113,7 @@ def test_whole_image_crop_memory_is_a_few_times_the_image(tmp_path):
 
 
 def test_linear_resize_tables_reach_the_device_in_one_copy_per_chunk(photos):
-    from dynrefer.resample import linear_resize_crops
+    from dynrefer.linear_resize import linear_resize_crops
 
     photo = photos["chelsea"]
     gray = photo.tensor.to(torch.float32).mean(0)

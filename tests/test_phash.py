@@ -195,7 +195,7 @@ def test_official_factorised_chunks_and_auto_engine(photos, monkeypatch):
     """The factorised blocks equal the resize-then-DCT blocks to rounding, in any chunking; "auto" hashes small
     images with the factorised products and large ones (> 2 MP) with OpenCV resizes, both exact."""
     from dynrefer import phash
-    from dynrefer.resample import linear_resize_crops
+    from dynrefer.linear_resize import linear_resize_crops
 
     photo = photos["coffee"]
     gray = torch.from_numpy(ref_gray(photo.array))
