@@ -130,6 +130,7 @@ def test_bad_input_one_line(args, reason, photo, tmp_path, capsys):
     assert reason in lines[0]
 
 
+@pytest.mark.slow
 def test_console_script_error_and_demo(photo, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     bad = subprocess.run(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -92,6 +93,7 @@ def test_render_plan_places_each_image_and_its_tables_once(photos):
     assert float((pixels - torch_px).abs().mean()) <= 1.0 / 255 / 0.26
 
 
+@pytest.mark.slow
 def test_whole_image_crop_memory_is_a_few_times_the_image(tmp_path):
     """A 4000×3000 whole-image crop resampled to 224: the tensor engine used to gather the input rows each
     output row needs (55 per row, int64): +1.3 GB. Each crop row once, in uint8 / int32: well under 300 MB."""

@@ -113,6 +113,7 @@ def test_resume_after_interruption_gives_the_same_file(model_dir, dataset, tmp_p
     assert out.read_bytes() == clean.read_bytes()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one(model_dir, dataset, tmp_path):
     root, _ = dataset
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"

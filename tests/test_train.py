@@ -306,6 +306,7 @@ class RankReport(L.Callback):
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(shapes, tmp_path):
     module = DynReferModule("tiny", tags_file=str(shapes / "tags.txt"), lr=1e-3)
     before = {k: v.clone() for k, v in module.model.fusion.state_dict().items()}
@@ -362,6 +363,7 @@ def test_cli_fit(shapes, tmp_path, capsys):
         assert code == 2 and len(err.splitlines()) == 1 and err.startswith("dynrefer: error: ") and reason in err, err
 
 
+@pytest.mark.slow
 def test_cli_fit_with_the_ddp_strategy_of_the_recipes(shapes, tmp_path):
     """``strategy: ddp`` (configs/train) relaunches the command line for each process: ``dynrefer fit`` must
     leave ``sys.argv`` as it is (blanking it made the second process fail)."""
@@ -380,6 +382,7 @@ def test_cli_fit_with_the_ddp_strategy_of_the_recipes(shapes, tmp_path):
     assert "max_steps=2" in done.stderr and list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_train_builtin_pipeline_smoke(tmp_path):
     """projects/builtin/train_builtin.py end to end at toy scale: scenes, tokenizer, stage 1, stage 2, export."""
     import subprocess
