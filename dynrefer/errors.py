@@ -43,7 +43,8 @@ USER_ERRNOS = frozenset({"ENOENT", "EACCES", "EPERM", "EROFS", "EISDIR", "ENOTDI
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 #: optional dependencies by top-level module: the extra (``pip install 'dynrefer[EXTRA]'``) that installs each
 EXTRAS = {"lightning": "train", "jsonargparse": "train", "pycocoevalcap": "eval", "skimage": "demo", "spacy": "nlp",
-          "en_core_web_sm": "nlp"}
+          "en_core_web_sm": "nlp", "fastapi": "serve", "uvicorn": "serve", "starlette": "serve",
+          "multipart": "serve", "python_multipart": "serve"}
 
 
 def missing_extra(err: BaseException) -> str | None:

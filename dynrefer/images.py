@@ -19,22 +19,20 @@ Conversion rules
   (``RGBA``, ``LA``, ``PA``, palette images with a ``transparency`` entry, four-channel
   arrays/tensors) give ``round(rgb * a / 255 + 255 * (1 - a / 255))``, computed exactly in
   integers.
-* Other PIL modes (``CMYK``, ``YCbCr``, ``LAB``, ...) are converted with PIL's own
-  ``convert("RGB")``.
+* Other PIL modes (``CMYK``, ``YCbCr``, ``LAB``, ...) go through PIL's ``convert("RGB")``.
 
 Errors
 ------
 Every failure raises :class:`~dynrefer.errors.ImageLoadError` (an
 :class:`~dynrefer.errors.InputError`) whose message names the file path, or ``name`` for
 in-memory inputs, and the reason.  Images larger than PIL's decompression-bomb error limit
-(``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels, read at call time) are refused, files and
-in-memory inputs alike; images between PIL's warning and error limits load silently (the
-:class:`PIL.Image.DecompressionBombWarning` is suppressed locally, PIL's global settings are
-never modified).
+(``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels, read at call time) are refused; smaller ones load
+silently (the warning is suppressed locally; PIL's global settings are never modified).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
@@ -191,23 +189,31 @@ def _oriented_size(img: Image.Image, label: str, *, is_file: bool) -> tuple[int,
     return (int(img.height), int(img.width)) if orientation in (5, 6, 7, 8) else (int(img.width), int(img.height))
 
 
-def _load_file(path: Path, label: str, convert=None, *, decode: bool = True):
-    """Open, fully decode and convert an image file (``convert``: :func:`_from_pil` by default); ``decode=False``
-    reads the header only."""
+def load_image_bytes(data: bytes, label: str, *, mask: bool = False):
+    """:func:`load_image` (``mask=True``: :func:`load_mask`) of an encoded image file's bytes, e.g. an upload:
+    the same pixels and the same errors as for the file itself; ``label`` names it in errors."""
+    return _load_file(bytes(data), label, _mask_from_pil if mask else None)
+
+
+def _load_file(path: Path | bytes, label: str, convert=None, *, decode: bool = True):
+    """Open, fully decode and convert an image file or its bytes (``convert``: :func:`_from_pil` by default);
+    ``decode=False`` reads the header only."""
     convert = convert or _from_pil
     try:
-        if not path.exists():
+        if isinstance(path, bytes) and not path:
+            raise _file_error(label, "file is empty")
+        if not isinstance(path, bytes) and not path.exists():
             raise _file_error(label, "file not found")
-        if path.is_dir():
+        if not isinstance(path, bytes) and path.is_dir():
             raise _file_error(label, "is a directory, not an image file")
-        if path.stat().st_size == 0:
+        if not isinstance(path, bytes) and path.stat().st_size == 0:
             raise _file_error(label, "file is empty")
     except OSError as exc:
         raise _file_error(label, exc.strerror or str(exc)) from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
                 if decode:
                     img.load()
                 return convert(img, label, is_file=True)

@@ -1,0 +1,113 @@
+"""Batching across requests: concurrent requests with the same options go through one engine call.
+
+A small asyncio batcher in front of the engine (chosen over LitServe: no extra server framework, the engine
+already batches regions of many images in one call, and the batch is shaped by regions, not requests; see
+docs/serving.md for the measurements). Each request waits in a queue; the worker takes the oldest, then keeps
+adding requests with the same options until ``max_batch_regions`` regions are gathered or ``max_wait_ms`` has
+passed since the first, and runs the batch on one worker thread (the model runs one batch at a time; requests
+that arrive meanwhile form the next batch). A batch that fails is retried request by request, so that one
+request's failure is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Job:
+    key: tuple
+    item: object
+    regions: int
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """``await batcher.submit(key, item, regions)`` returns ``run_batch(key, items)``'s result for ``item``.
+
+    Args:
+        run_batch: ``(key, items) -> results`` (one per item, in order), called on a worker thread.
+        max_batch_regions: regions per batch (a request with more regions runs alone).
+        max_wait_ms: how long the first request of a batch waits for others.
+    """
+
+    def __init__(self, run_batch, *, max_batch_regions: int = 64, max_wait_ms: float = 10.0):
+        self.run_batch = run_batch
+        self.max_batch_regions = max(1, int(max_batch_regions))
+        self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
+        self._queue: asyncio.Queue | None = None
+        self._held: deque[_Job] = deque()  # taken from the queue, options of another batch
+        self._worker: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynrefer-engine")
+        self.batches: list[int] = []  # requests per batch run (for tests and the benchmark)
+
+    async def submit(self, key: tuple, item, regions: int):
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(key, item, max(1, int(regions)), future))
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = self._held.popleft() if self._held else await self._queue.get()
+            jobs, count, kept = [first], first.regions, deque()
+            for job in self._held:  # requests set aside earlier join when their options match
+                if job.key == first.key and count + job.regions <= self.max_batch_regions:
+                    jobs.append(job)
+                    count += job.regions
+                else:
+                    kept.append(job)
+            self._held = kept
+            deadline = first.arrived + self.max_wait
+            while count < self.max_batch_regions:
+                remaining = deadline - time.perf_counter()
+                try:  # past the deadline, still take what is already queued (it waited for the engine)
+                    job = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(
+                        self._queue.get(), remaining)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                if job.key == first.key and count + job.regions <= self.max_batch_regions:
+                    jobs.append(job)
+                    count += job.regions
+                else:
+                    self._held.append(job)
+            jobs = [j for j in jobs if not j.future.done()]
+            if jobs:
+                self.batches.append(len(jobs))
+                await loop.run_in_executor(self._pool, self._run, jobs)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        try:
+            results = self.run_batch(jobs[0].key, [j.item for j in jobs])
+            outcomes = [(True, r) for r in results]
+        except Exception:  # noqa: BLE001 - isolate the failing request: run each alone, each gets its own outcome
+            outcomes = []
+            for job in jobs:
+                try:
+                    outcomes.append((True, self.run_batch(job.key, [job.item])[0]))
+                except Exception as exc:  # noqa: BLE001 - handed to that request's caller
+                    outcomes.append((False, exc))
+        for job, (ok, value) in zip(jobs, outcomes):
+            job.future.get_loop().call_soon_threadsafe(_settle, job.future, ok, value)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _settle(future: asyncio.Future, ok: bool, value) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
