@@ -3,6 +3,7 @@
 const canvas = document.getElementById("canvas");
 const ctx = canvas.getContext("2d");
 const state = { image: null, blob: null, name: null, boxes: [], drag: null, record: null };
+window.dynreferState = state;  // for scripts and tests: the boxes drawn and the last record
 const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"];
 
 function showError(message) { document.getElementById("error").textContent = message || ""; }
