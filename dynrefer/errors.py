@@ -49,9 +49,16 @@ EXTRAS = {"lightning": "train", "jsonargparse": "train", "pycocoevalcap": "eval"
 
 def missing_extra(err: BaseException) -> str | None:
     """The one-line message for an ``ImportError`` of a module an extra provides (else None)."""
-    name = (getattr(err, "name", None) or "").split(".")[0]
-    if not isinstance(err, ImportError) or name not in EXTRAS:
-        return None
+    import importlib.util
+
+    name = getattr(err, "name", None) or ""
+    if not isinstance(err, ModuleNotFoundError) or name not in EXTRAS:
+        return None  # a submodule or a name missing from an installed package: a version problem or a bug
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return None  # installed (hidden by the import system or broken): not a missing extra
+    except (ImportError, ValueError):  # ``sys.modules[name] = None`` and the like: not importable
+        pass
     extra = EXTRAS[name]
     return f"this needs the '{extra}' extra (module '{name}' is not installed): pip install 'dynrefer[{extra}]'"
 

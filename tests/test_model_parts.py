@@ -211,6 +211,9 @@ def test_predict_all_tasks():
     none = region_records(model.predict(batch, tasks=("category",), categories=["circle", "square"],
                                         none_threshold=1e9))
     assert none[0]["category"] is None and len(none[0]["categories"]) == 2
+    # a task with nothing to score (an empty vocabulary) still gives one record per region
+    empty = model.predict(batch, tasks=("attributes", "category"))
+    assert len(empty) == 2 and region_records(empty) == [{}, {}]
     with pytest.raises(ValueError, match="unknown task"):
         model.predict(batch, tasks=("color",))
 

@@ -8,6 +8,7 @@ contract stay fast. :mod:`dynrefer.cli` builds the parser from :data:`COMMANDS` 
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
 
 #: command modules, in the order ``dynrefer --help`` lists them
@@ -26,8 +27,13 @@ def register_all(subparsers) -> None:
     for name in COMMANDS:
         import_module(f"{__name__}.{name}").register(subparsers)
     for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
-        if point.name not in subparsers.choices:  # a package cannot replace a core command
+        if point.name in subparsers.choices or point.name in LIGHTNING_COMMANDS:
+            continue  # a package cannot replace a core command
+        try:
             point.load()(subparsers)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break every command: skipped, named
+            print(f"dynrefer: warning: the '{point.name}' command of {point.value} could not be loaded "
+                  f"({type(exc).__name__}: {exc}); it is left out", file=sys.stderr)
     for name in LIGHTNING_COMMANDS:
         subparsers.add_parser(name, help=f"{name} with Lightning: dynrefer {name} --config CONFIG.yaml (see --help)",
                               add_help=False)

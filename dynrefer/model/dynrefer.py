@@ -303,7 +303,8 @@ class DynRefer(nn.Module):
         region = self.encode_regions(batch["pixels"], batch["boxes_in_view"], batch.get("view_index"),
                                      encoder_batch_size)
         thr = self.config.tags.threshold if tag_threshold is None else tag_threshold
-        out = RegionOutputs(tasks=tasks, tag_names=list(self.tag_names), tag_threshold=thr)
+        out = RegionOutputs(tasks=tasks, num_regions=int(region.shape[0]), tag_names=list(self.tag_names),
+                            tag_threshold=thr)
         if "tags" in tasks or "caption" in tasks:
             out.tag_probs = self.tag_probabilities(region)
         if "caption" in tasks:

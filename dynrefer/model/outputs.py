@@ -14,7 +14,8 @@ class RegionOutputs:
     """What the model computed for R regions; every tensor is float32 on the CPU, one row per region.
 
     Attributes:
-        tasks: the tasks asked for (a subset of caption, tags, attributes, category).
+        tasks: the tasks asked for (a subset of caption, tags, attributes, category); ``num_regions``: R (a
+            record per region, even when a task had nothing to score: an empty vocabulary).
         tag_names: the model's tags (T); ``tag_probs`` (R, T): sigmoid probability of every tag (None when
             neither tags nor captions were asked); ``tag_threshold``: the threshold in effect (tags above it form
             the captions' control strings and the ``tags`` of a record).
@@ -28,6 +29,7 @@ class RegionOutputs:
     """
 
     tasks: tuple[str, ...]
+    num_regions: int
     tag_names: list[str]
     tag_threshold: float
     tag_probs: torch.Tensor | None = None
@@ -42,10 +44,7 @@ class RegionOutputs:
     none_threshold: float | None = None
 
     def __len__(self) -> int:
-        for value in (self.tag_probs, self.captions, self.attribute_scores, self.category_scores):
-            if value is not None:
-                return len(value)
-        return 0
+        return self.num_regions
 
 
 def ranked(names: list[str], probs: torch.Tensor, threshold: float) -> list[list[tuple[str, float]]]:

@@ -10,6 +10,7 @@ regions of every process (``self.all_gather`` with gradients).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -136,6 +137,14 @@ class DynReferModule(L.LightningModule):
             return {"optimizer": opt}
         else:
             total = max(1, int(trainer.max_epochs)) if trainer is not None else 1
-        # lr_i = min_lr + (lr - min_lr) (1 + cos(pi i / total)) / 2, stepped per epoch or per step
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=h.min_lr)
+        # lr_i = min_lr + (lr - min_lr) (1 + cos(pi min(i, total) / total)) / 2, stepped per epoch or per step.
+        # Not torch's CosineAnnealingLR: it is periodic past T_max and keeps T_max in checkpoints, so resuming with
+        # a larger budget (5 epochs, then --trainer.max_epochs 8) would climb back up (0.19, 0.41, 0.69 of lr);
+        # this one stays at the floor, and follows the new budget's length only through the floor.
+        floor = h.min_lr / h.lr if h.lr else 0.0
+
+        def cosine(i: int) -> float:
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step" if by_steps else "epoch"}}

@@ -1,0 +1,159 @@
+"""Benchmark: ``dynrefer serve`` under bounded load, against the engine's own throughput.
+
+A real server (``dynrefer serve``, the built-in model, a subprocess on 127.0.0.1) gets ``--requests`` requests at
+each concurrency (one region per request, then 16 regions per request), from client threads that each keep one
+connection open; every request carries a different image of 16 (the bundled photos and their flips and crops). The
+engine's own regions/s for the same 16 images with one region each in one ``describe_many`` call is measured in
+this process, before and after the load (the server idle then). Prints JSON rows:
+
+* per setting: ``{"concurrency", "regions_per_request", "requests", "requests_per_s", "regions_per_s", "p50_ms",
+  "p99_ms", "errors", "client_cpu_s", "batches"}`` (``client_cpu_s``: the load generator's own CPU time, which it
+  takes from the server on a 2-core machine; ``batches``: requests per engine call, from the server's log);
+* ``{"engine_regions_per_s", "served_regions_per_s_c16", "ratio"}``: concurrency 16, one region per request.
+
+Usage: ``python scripts/bench_serve.py [--requests 256] [--concurrency 1,4,16] [--max-wait-ms 10]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def images() -> list[bytes]:
+    """16 different PNG images: four bundled photos, each as it is, mirrored, and two crops."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        a = getattr(data, name)()
+        for v in (a, a[:, ::-1], a[: a.shape[0] * 3 // 4], a[:, a.shape[1] // 4 :]):
+            buf = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(v)).save(buf, format="PNG")
+            out.append(buf.getvalue())
+    return out
+
+
+def region_boxes(k: int, width: int = 400, height: int = 300) -> list:
+    return [[10 + 13 * i % 200, 15 + 7 * i % 150, 10 + 13 * i % 200 + 150, 15 + 7 * i % 150 + 120] for i in range(k)]
+
+
+def start_server(max_wait_ms: float) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dynrefer.cli", "serve", "--port", str(port), "--max-wait-ms",
+                             str(max_wait_ms)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    for _ in range(240):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/v1/health")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("bench_serve.py: the server did not start")
+
+
+def load(port: int, bodies: list[bytes], requests: int, concurrency: int) -> dict:
+    latencies, errors, lock, counter = [], [0], threading.Lock(), [0]
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            with lock:
+                i = counter[0]
+                counter[0] += 1
+            if i >= requests:
+                return
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/describe", body=bodies[i % len(bodies)],
+                             headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except OSError:
+                ok = False
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                errors[0] += not ok
+
+    cpu, start = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {"requests": requests, "requests_per_s": round(requests / wall, 2), "p50_ms": round(
+        1000 * latencies[len(latencies) // 2], 1), "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
+        "errors": errors[0], "client_cpu_s": round(time.process_time() - cpu, 2), "wall_s": round(wall, 2)}
+
+
+def engine_regions_per_s(pngs: list[bytes], repeats: int = 5) -> float:
+    from timing import median_seconds
+
+    from dynrefer.images import load_image_bytes
+    from dynrefer.inference.predictor import Predictor
+
+    predictor = Predictor("builtin")
+    pixels = [load_image_bytes(p, f"image {i}") for i, p in enumerate(pngs)]
+    boxes = [region_boxes(1) for _ in pixels]
+    seconds = median_seconds(lambda: predictor.describe_many(pixels, boxes), repeats)
+    return len(pixels) / seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=256)
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    args = p.parse_args()
+    pngs = images()
+    engine_before = engine_regions_per_s(pngs)
+    proc, port = start_server(args.max_wait_ms)
+    rows = []
+    try:
+        for k in (1, 16):
+            bodies = [json.dumps({"image": base64.b64encode(png).decode(), "regions": region_boxes(k)}).encode()
+                      for png in pngs]
+            load(port, bodies, 16, 4)  # warm-up
+            for c in (int(v) for v in args.concurrency.split(",")):
+                row = {"concurrency": c, "regions_per_request": k, **load(port, bodies, args.requests, c)}
+                row["regions_per_s"] = round(row["requests_per_s"] * k, 2)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    engine_after = engine_regions_per_s(pngs)
+    engine = (engine_before + engine_after) / 2
+    served = next(r["regions_per_s"] for r in rows if r["concurrency"] == max(
+        int(v) for v in args.concurrency.split(",")) and r["regions_per_request"] == 1)
+    print(json.dumps({"engine_regions_per_s": round(engine, 2), "engine_before_after": [round(engine_before, 2),
+                      round(engine_after, 2)], "served_regions_per_s_c16": served, "ratio": round(served / engine, 3)}))
+
+
+if __name__ == "__main__":
+    from dynrefer.errors import run_script
+
+    run_script(main, "bench_serve.py")
