@@ -9,7 +9,9 @@ this process, before and after the load (the server idle then). Prints JSON rows
 * per setting: ``{"concurrency", "regions_per_request", "requests", "requests_per_s", "regions_per_s", "p50_ms",
   "p99_ms", "errors", "client_cpu_s", "batches"}`` (``client_cpu_s``: the load generator's own CPU time, which it
   takes from the server on a 2-core machine; ``batches``: requests per engine call, from the server's log);
-* ``{"engine_regions_per_s", "served_regions_per_s_c16", "ratio"}``: concurrency 16, one region per request.
+* ``{"engine_regions_per_s", "engine_on_files_regions_per_s", "served_regions_per_s_c16", "ratio",
+  "ratio_to_engine_on_files"}``: concurrency 16, one region per request, against the engine on decoded images
+  and on the PNG files (decoding inside the call, as the server must).
 
 Usage: ``python scripts/bench_serve.py [--requests 256] [--concurrency 1,4,16] [--max-wait-ms 10]``
 """
@@ -109,7 +111,11 @@ def load(port: int, bodies: list[bytes], requests: int, concurrency: int) -> dic
         "errors": errors[0], "client_cpu_s": round(time.process_time() - cpu, 2), "wall_s": round(wall, 2)}
 
 
-def engine_regions_per_s(pngs: list[bytes], repeats: int = 5) -> float:
+def engine_regions_per_s(pngs: list[bytes], repeats: int = 5) -> tuple[float, float]:
+    """The engine's regions/s for the 16 images, one region each, in one ``describe_many`` call: on decoded
+    images, and on the encoded files (decoding inside the call, as the server must)."""
+    import tempfile
+
     from timing import median_seconds
 
     from dynrefer.images import load_image_bytes
@@ -118,8 +124,14 @@ def engine_regions_per_s(pngs: list[bytes], repeats: int = 5) -> float:
     predictor = Predictor("builtin")
     pixels = [load_image_bytes(p, f"image {i}") for i, p in enumerate(pngs)]
     boxes = [region_boxes(1) for _ in pixels]
-    seconds = median_seconds(lambda: predictor.describe_many(pixels, boxes), repeats)
-    return len(pixels) / seconds
+    decoded = len(pixels) / median_seconds(lambda: predictor.describe_many(pixels, boxes), repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, png in enumerate(pngs):
+            paths.append(Path(tmp) / f"{i}.png")
+            paths[-1].write_bytes(png)
+        encoded = len(paths) / median_seconds(lambda: predictor.describe_many(paths, boxes), repeats)
+    return decoded, encoded
 
 
 def main() -> None:
@@ -129,7 +141,7 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     args = p.parse_args()
     pngs = images()
-    engine_before = engine_regions_per_s(pngs)
+    before = engine_regions_per_s(pngs)
     proc, port = start_server(args.max_wait_ms)
     rows = []
     try:
@@ -145,12 +157,13 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    engine_after = engine_regions_per_s(pngs)
-    engine = (engine_before + engine_after) / 2
-    served = next(r["regions_per_s"] for r in rows if r["concurrency"] == max(
-        int(v) for v in args.concurrency.split(",")) and r["regions_per_request"] == 1)
-    print(json.dumps({"engine_regions_per_s": round(engine, 2), "engine_before_after": [round(engine_before, 2),
-                      round(engine_after, 2)], "served_regions_per_s_c16": served, "ratio": round(served / engine, 3)}))
+    after = engine_regions_per_s(pngs)
+    decoded, encoded = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    top = max(int(v) for v in args.concurrency.split(","))
+    served = next(r["regions_per_s"] for r in rows if r["concurrency"] == top and r["regions_per_request"] == 1)
+    print(json.dumps({"engine_regions_per_s": round(decoded, 2), "engine_on_files_regions_per_s": round(encoded, 2),
+                      f"served_regions_per_s_c{top}": served, "ratio": round(served / decoded, 3),
+                      "ratio_to_engine_on_files": round(served / encoded, 3)}))
 
 
 if __name__ == "__main__":
