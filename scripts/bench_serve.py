@@ -13,7 +13,11 @@ this process, before and after the load (the server idle then). Prints JSON rows
   "ratio_to_engine_on_files"}``: concurrency 16, one region per request, against the engine on decoded images
   and on the PNG files (decoding inside the call, as the server must).
 
-Usage: ``python scripts/bench_serve.py [--requests 256] [--concurrency 1,4,16] [--max-wait-ms 10]``
+``--server both`` runs the same service on LitServe too (``scripts/litserve_app.py``; ``pip install litserve``),
+the two servers' runs interleaved.
+
+Usage: ``python scripts/bench_serve.py [--requests 256] [--concurrency 1,4,16] [--max-wait-ms 10]
+[--server dynrefer|litserve|both] [--rounds 2]``
 """
 
 from __future__ import annotations
@@ -54,17 +58,18 @@ def region_boxes(k: int, width: int = 400, height: int = 300) -> list:
     return [[10 + 13 * i % 200, 15 + 7 * i % 150, 10 + 13 * i % 200 + 150, 15 + 7 * i % 150 + 120] for i in range(k)]
 
 
-def start_server(max_wait_ms: float) -> tuple[subprocess.Popen, int]:
+def start_server(max_wait_ms: float, server: str = "dynrefer") -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "dynrefer.cli", "serve", "--port", str(port), "--max-wait-ms",
-                             str(max_wait_ms)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    argv = ([sys.executable, "-m", "dynrefer.cli", "serve", "--port", str(port), "--max-wait-ms", str(max_wait_ms)]
+            if server == "dynrefer" else [sys.executable, str(ROOT / "scripts" / "litserve_app.py"), str(port)])
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     for _ in range(240):
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/v1/health")
+            conn.request("GET", "/v1/health" if server == "dynrefer" else "/health")
             if conn.getresponse().status == 200:
                 return proc, port
         except OSError:
@@ -73,7 +78,7 @@ def start_server(max_wait_ms: float) -> tuple[subprocess.Popen, int]:
     raise SystemExit("bench_serve.py: the server did not start")
 
 
-def load(port: int, bodies: list[bytes], requests: int, concurrency: int) -> dict:
+def load(port: int, bodies: list[bytes], requests: int, concurrency: int, path: str = "/v1/describe") -> dict:
     latencies, errors, lock, counter = [], [0], threading.Lock(), [0]
 
     def client():
@@ -86,7 +91,7 @@ def load(port: int, bodies: list[bytes], requests: int, concurrency: int) -> dic
                 return
             start = time.perf_counter()
             try:
-                conn.request("POST", "/v1/describe", body=bodies[i % len(bodies)],
+                conn.request("POST", path, body=bodies[i % len(bodies)],
                              headers={"Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()
@@ -139,31 +144,48 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--rounds", type=int, default=2, help="runs of each setting (the best is kept)")
+    p.add_argument("--server", choices=("dynrefer", "litserve", "both"), default="dynrefer",
+                   help="dynrefer serve, or the same service on LitServe (scripts/litserve_app.py; needs litserve)")
     args = p.parse_args()
     pngs = images()
     before = engine_regions_per_s(pngs)
-    proc, port = start_server(args.max_wait_ms)
+    servers = ["dynrefer", "litserve"] if args.server == "both" else [args.server]
+    started = {name: start_server(args.max_wait_ms, name) for name in servers}
+    paths = {"dynrefer": "/v1/describe", "litserve": "/predict"}
     rows = []
     try:
         for k in (1, 16):
             bodies = [json.dumps({"image": base64.b64encode(png).decode(), "regions": region_boxes(k)}).encode()
                       for png in pngs]
-            load(port, bodies, 16, 4)  # warm-up
+            for name, (_, port) in started.items():
+                load(port, bodies, 16, 4, paths[name])  # warm-up
             for c in (int(v) for v in args.concurrency.split(",")):
-                row = {"concurrency": c, "regions_per_request": k, **load(port, bodies, args.requests, c)}
-                row["regions_per_s"] = round(row["requests_per_s"] * k, 2)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                runs = {name: [] for name in servers}
+                for _ in range(args.rounds):  # servers interleaved: a change in the machine's speed hits all alike
+                    for name, (_, port) in started.items():
+                        runs[name].append(load(port, bodies, args.requests, c, paths[name]))
+                for name in servers:
+                    best = max(runs[name], key=lambda r: r["requests_per_s"])
+                    row = {"server": name, "concurrency": c, "regions_per_request": k, **best,
+                           "regions_per_s": round(best["requests_per_s"] * k, 2),
+                           "errors": sum(r["errors"] for r in runs[name])}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc, _ in started.values():
+            proc.terminate()
+            proc.wait(timeout=30)
     after = engine_regions_per_s(pngs)
     decoded, encoded = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     top = max(int(v) for v in args.concurrency.split(","))
-    served = next(r["regions_per_s"] for r in rows if r["concurrency"] == top and r["regions_per_request"] == 1)
-    print(json.dumps({"engine_regions_per_s": round(decoded, 2), "engine_on_files_regions_per_s": round(encoded, 2),
-                      f"served_regions_per_s_c{top}": served, "ratio": round(served / decoded, 3),
-                      "ratio_to_engine_on_files": round(served / encoded, 3)}))
+    for name in servers:
+        served = next(r["regions_per_s"] for r in rows
+                      if r["server"] == name and r["concurrency"] == top and r["regions_per_request"] == 1)
+        print(json.dumps({"server": name, "engine_regions_per_s": round(decoded, 2),
+                          "engine_on_files_regions_per_s": round(encoded, 2),
+                          f"served_regions_per_s_c{top}": served, "ratio": round(served / decoded, 3),
+                          "ratio_to_engine_on_files": round(served / encoded, 3)}))
 
 
 if __name__ == "__main__":

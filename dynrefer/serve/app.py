@@ -75,13 +75,16 @@ def create_app(predictor, *, limits: Limits | None = None, api_key: str | None =
 
     app.state.batcher = Batcher(run_batch, max_batch_regions=max_batch_regions, max_wait_ms=max_wait_ms)
 
-    @app.middleware("http")
-    async def authorise(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"}, 401)
-        return await call_next(request)
+    if api_key:  # a middleware only when there is a key to check (each one costs every request a little)
+
+        @app.middleware("http")
+        async def authorise(request: Request, call_next):
+            if request.url.path.startswith("/v1/"):
+                given = request.headers.get("authorization", "")
+                if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                    return JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
+                                        401)
+            return await call_next(request)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
@@ -111,9 +114,16 @@ def create_app(predictor, *, limits: Limits | None = None, api_key: str | None =
     @app.post("/v1/describe", responses=_RESPONSES, openapi_extra=_body_schema(_JSON_OPTIONS))
     async def describe(request: Request) -> dict:
         """Exactly the record ``dynrefer describe`` prints for the same image, regions and options."""
-        fields, data, label = await _read_request(request, limits)
-        job = await run_in_threadpool(describe_job, fields, data, label, limits, predictor.model)
-        return await app.state.batcher.submit(job.key(), job, len(job.regions))
+        batcher = app.state.batcher
+        batcher.expect()  # a batch being gathered waits for this request while it is read and decoded
+        try:
+            fields, data, label = await _read_request(request, limits)
+            job = await run_in_threadpool(describe_job, fields, data, label, limits, predictor.model)
+        except BaseException:
+            batcher.unexpect()
+            raise
+        record = await batcher.submit(job.key(), job, len(job.regions), expected=True)
+        return Response(json.dumps(record), media_type="application/json")  # as describe prints it
 
     @app.post("/v1/views", responses=_RESPONSES, openapi_extra=_body_schema({
         "regions": {"type": "array", "items": {}}, "box_format": _OPTIONS["box_format"],

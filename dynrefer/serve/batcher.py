@@ -1,12 +1,11 @@
 """Batching across requests: concurrent requests with the same options go through one engine call.
 
-A small asyncio batcher in front of the engine (chosen over LitServe: no extra server framework, the engine
-already batches regions of many images in one call, and the batch is shaped by regions, not requests; see
-docs/serving.md for the measurements). Each request waits in a queue; the worker takes the oldest, then keeps
-adding requests with the same options until ``max_batch_regions`` regions are gathered or ``max_wait_ms`` has
-passed since the first, and runs the batch on one worker thread (the model runs one batch at a time; requests
-that arrive meanwhile form the next batch). A batch that fails is retried request by request, so that one
-request's failure is its own.
+A small asyncio batcher in front of the engine (see docs/serving.md for how it compares with LitServe). Each
+request waits in a queue; the worker takes the oldest, then adds the queued requests with the same options, and
+waits for more only while other requests are still being read and decoded (:meth:`Batcher.expect`), at most
+``max_wait_ms`` after the first: a lone request runs at once. Batches hold up to ``max_batch_regions`` regions
+and run on one worker thread (the model runs one batch at a time; requests that arrive meanwhile form the next).
+A batch that fails is retried request by request, so that one request's failure is its own.
 """
 
 from __future__ import annotations
@@ -44,9 +43,21 @@ class Batcher:
         self._held: deque[_Job] = deque()  # taken from the queue, options of another batch
         self._worker: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynrefer-engine")
+        self._expected = 0  # requests being read and decoded, announced by expect()
         self.batches: list[int] = []  # requests per batch run (for tests and the benchmark)
 
-    async def submit(self, key: tuple, item, regions: int):
+    def expect(self) -> None:
+        """Announce a request that is being read and decoded: a batch being gathered waits for it (up to
+        ``max_wait_ms``). Follow with :meth:`submit` (``expected=True``) or :meth:`unexpect`."""
+        self._expected += 1
+
+    def unexpect(self) -> None:
+        """The announced request will not come (it was refused)."""
+        self._expected = max(0, self._expected - 1)
+
+    async def submit(self, key: tuple, item, regions: int, *, expected: bool = False):
+        if expected:
+            self.unexpect()
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._work())
@@ -69,9 +80,11 @@ class Batcher:
             deadline = first.arrived + self.max_wait
             while count < self.max_batch_regions:
                 remaining = deadline - time.perf_counter()
-                try:  # past the deadline, still take what is already queued (it waited for the engine)
-                    job = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(
-                        self._queue.get(), remaining)
+                waiting = self._queue.empty()
+                if waiting and (self._expected == 0 or remaining <= 0):
+                    break  # nothing queued, and nothing on its way (or waited long enough)
+                try:  # what is queued is taken at once (it waited for the engine)
+                    job = await asyncio.wait_for(self._queue.get(), remaining) if waiting else self._queue.get_nowait()
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
                 if job.key == first.key and count + job.regions <= self.max_batch_regions:
