@@ -118,7 +118,7 @@ def create_app(predictor, *, limits: Limits | None = None, api_key: str | None =
         batcher.expect()  # a batch being gathered waits for this request while it is read and decoded
         try:
             fields, data, label = await _read_request(request, limits)
-            job = await run_in_threadpool(describe_job, fields, data, label, limits, predictor.model)
+            job = await batcher.prepare(describe_job, fields, data, label, limits, predictor.model)
         except BaseException:
             batcher.unexpect()
             raise

@@ -46,6 +46,12 @@ class Batcher:
         self._expected = 0  # requests being read and decoded, announced by expect()
         self.batches: list[int] = []  # requests per batch run (for tests and the benchmark)
 
+    async def prepare(self, fn, *args):
+        """``fn(*args)`` (reading and decoding a request) on the engine's own thread: torch and its OpenMP
+        threads then run on one thread at a time; with the engine on one thread and decoding on others, their
+        thread teams competed for the cores (the engine ran slower beside them)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     def expect(self) -> None:
         """Announce a request that is being read and decoded: a batch being gathered waits for it (up to
         ``max_wait_ms``). Follow with :meth:`submit` (``expected=True``) or :meth:`unexpect`."""
