@@ -107,7 +107,7 @@ def parse_rle(value: Any, image_size: tuple[int, int], label: str) -> np.ndarray
         if sum(runs) != height * width:
             raise ValueError(f"run lengths sum to {sum(runs)}, expected {height * width} (= H x W)")
         decoded = decode(rle)
-    except (ValueError, UnicodeEncodeError, TypeError) as exc:
+    except (ValueError, UnicodeEncodeError, TypeError, OverflowError) as exc:
         raise fail(label, f"malformed RLE: {exc}") from exc
     return check_mask(decoded.astype(bool), image_size, label)
 

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,8 @@ def start_server(max_wait_ms: float, server: str = "dynrefer") -> tuple[subproce
     argv = ([sys.executable, "-m", "dynrefer.cli", "serve", "--port", str(port), "--max-wait-ms", str(max_wait_ms)]
             if server == "dynrefer" else [sys.executable, str(ROOT / "scripts" / "litserve_app.py"), str(port)])
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                            start_new_session=True)  # its own process group: LitServe's workers go with it
     for _ in range(240):
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -74,8 +76,34 @@ def start_server(max_wait_ms: float, server: str = "dynrefer") -> tuple[subproce
                 return proc, port
         except OSError:
             time.sleep(0.5)
-    proc.kill()
+    stop_server(proc)
     raise SystemExit("bench_serve.py: the server did not start")
+
+
+@contextmanager
+def paused(procs: list[subprocess.Popen]):
+    """The other servers stopped (SIGSTOP to their process groups) while one is measured: an idle server's
+    workers may poll (LitServe's took up to 40 % of a core), which would be charged to the one measured."""
+    import signal
+
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGCONT)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """The server and every process it started (LitServe's inference workers outlive a plain terminate)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def load(port: int, bodies: list[bytes], requests: int, concurrency: int, path: str = "/v1/describe") -> dict:
@@ -159,12 +187,14 @@ def main() -> None:
             bodies = [json.dumps({"image": base64.b64encode(png).decode(), "regions": region_boxes(k)}).encode()
                       for png in pngs]
             for name, (_, port) in started.items():
-                load(port, bodies, 16, 4, paths[name])  # warm-up
+                with paused([proc for other, (proc, _) in started.items() if other != name]):
+                    load(port, bodies, 16, 4, paths[name])  # warm-up
             for c in (int(v) for v in args.concurrency.split(",")):
                 runs = {name: [] for name in servers}
                 for _ in range(args.rounds):  # servers interleaved: a change in the machine's speed hits all alike
                     for name, (_, port) in started.items():
-                        runs[name].append(load(port, bodies, args.requests, c, paths[name]))
+                        with paused([proc for other, (proc, _) in started.items() if other != name]):
+                            runs[name].append(load(port, bodies, args.requests, c, paths[name]))
                 for name in servers:
                     best = max(runs[name], key=lambda r: r["requests_per_s"])
                     row = {"server": name, "concurrency": c, "regions_per_request": k, **best,
@@ -174,8 +204,7 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
     finally:
         for proc, _ in started.values():
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_server(proc)
     after = engine_regions_per_s(pngs)
     decoded, encoded = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     top = max(int(v) for v in args.concurrency.split(","))

@@ -154,3 +154,38 @@ def test_concurrent_requests_share_one_engine_call():
     assert batches[:2] == [6, 1]  # six requests in one engine call, the other options in the next
     assert mixed[0] == "('a',):ok" and isinstance(mixed[1], ValueError) and str(mixed[1]) == "bad alone"
     assert big == [f"('a',):x{i}" for i in range(4)] and batches[-2:] == [2, 2]  # 3 + 3 regions <= 8
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ('{"image": "IMAGE", "regions": [[1, 1, 5, 5]], "num_views": Infinity}', 422, "num_views"),
+    ('{"image": "IMAGE", "regions": [[1, 1, 5, 5]], "tasks": 5}', 422, "tasks must be names"),
+    ('{"image": "IMAGE", "regions": [[1, 1, 5, 5]], "all_scores": 1' + "0" * 5000 + "}", 400, "not valid JSON"),
+    ('{"image": "IMAGE", "regions": ' + "[" * 100000 + "]" * 100000 + "}", 400, "not valid JSON"),
+    ('{"image": "IMAGE", "regions": [{"rle": {"size": [400, 600], "counts": [18446744073709551616, 1]}}]}', 422,
+     "malformed RLE"),
+    ('{"image": "IMAGE", "regions": [{"mask": "MASK"}]}', 422, "the mask is not 600x400"),
+    ('{"image": "IMAGE", "regions": ' + json.dumps([[1, 1, 5, 5]] * 1001) + "}", 413, "over the limit of 1000"),
+    ('{"image": "BOMB", "regions": [[1, 1, 5, 5]]}', 413, "decompression-bomb"),
+])
+def test_odd_values_are_4xx_never_500(client, photos, body, status, words):
+    """Found by a review: values of the right JSON shape but odd content (Infinity, huge integers, deep nesting,
+    oversized RLE counts, a mask of another size, too many regions, a decompression bomb)."""
+    small = base64.b64encode(_png(photos["coffee"])).decode()
+    mask = io.BytesIO()
+    Image.fromarray(np.zeros((12000, 12000), bool)).save(mask, format="PNG")  # 1-bit: small file, big image
+    bomb = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(bomb, format="PNG")
+    body = body.replace('"IMAGE"', json.dumps(small)).replace('"MASK"', json.dumps(
+        base64.b64encode(mask.getvalue()).decode())).replace('"BOMB"', json.dumps(base64.b64encode(
+            bomb.getvalue()).decode()))
+    answer = client.post("/v1/describe", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["error"]
+
+
+def test_the_app_serves_again_after_a_shutdown(predictor, photos):
+    app = create_app(predictor)
+    data = {"image": base64.b64encode(_png(photos["coffee"])).decode(), "regions": BOXES[:1]}
+    for _ in range(2):  # a second lifespan (or event loop) starts the batcher again
+        with TestClient(app) as c:
+            assert c.post("/v1/describe", json=data).status_code == 200

@@ -52,6 +52,11 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=None, choices=("auto", "bfloat16", "float16"),
                    help="autocast precision; auto: bfloat16 on a GPU that has it, float32 elsewhere "
                         "(docs/precision.md)")
+    p.add_argument("--all", action="store_true", help="describe everything: regions from --proposals")
+    p.add_argument("--proposals", default=None, metavar="SOURCE",
+                   help="with --all: file:PATH (JSONL records or COCO results made elsewhere)")
+    p.add_argument("--max-regions", type=int, default=100, help="with --all: at most this many regions (100)")
+    p.add_argument("--nms-iou", type=float, default=0.5, help="with --all: duplicates above this IoU go (0.5)")
     p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
     p.add_argument("--viz", default=None, help="draw each region with its caption into this PNG")
     p.set_defaults(func=run, regions=None)
@@ -114,8 +119,15 @@ def run(args) -> int:
     from ..model.io import resolve_model_dir
     from ..regions import parse_regions
 
-    if not args.regions:
-        raise InputError("give at least one region with --box, --polygon or --mask")
+    if args.all and args.regions:
+        raise InputError("--all describes the proposals' regions: leave out --box, --polygon and --mask")
+    if args.all and not args.proposals:
+        raise InputError("--all needs --proposals file:PATH (proposals made elsewhere; a built-in proposer is to "
+                         "come)")
+    if args.proposals and not args.all:
+        raise InputError("--proposals is used by --all")
+    if not args.regions and not args.all:
+        raise InputError("give at least one region with --box, --polygon or --mask (or --all with --proposals)")
     if args.viz is not None and not args.viz.lower().endswith(".png"):
         raise InputError(f"--viz must name a .png file, got {args.viz!r}")
     for option, value in (("--out", args.out), ("--viz", args.viz)):
@@ -123,7 +135,16 @@ def run(args) -> int:
             check_output_path(value, option)  # before the model loads
     image = load_image(args.image)
     size = (int(image.shape[2]), int(image.shape[1]))
-    specs = _region_specs(args.regions, size)
+    proposals = None
+    if args.all:
+        from ..proposals import proposal_source
+
+        proposals = proposal_source(args.proposals)(args.image).select(args.max_regions, args.nms_iou, size)
+        specs = proposals.regions()
+        if not specs:
+            raise InputError(f"the proposals hold no region for '{args.image}'")
+    else:
+        specs = _region_specs(args.regions, size)
     # every input checked before the model loads (seconds): regions, tasks, vocabularies, the model folder
     parse_regions(specs, size, box_format=args.box_format)
     tasks = check_tasks(args.tasks)
@@ -135,6 +156,10 @@ def run(args) -> int:
     record = predictor.describe(image, specs, tasks=tasks, num_views=args.num_views, box_format=args.box_format,
                                 classes=classes, attributes=attributes, all_scores=args.all_scores,
                                 image_label=str(args.image))
+    if proposals is not None:
+        from ..proposals import dense_scores
+
+        record = dense_scores(record, proposals.scores is not None)
     if args.viz:
         from ..visualize import describe_sheet
 

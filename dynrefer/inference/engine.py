@@ -77,6 +77,8 @@ class ViewPlan:
 def check_tasks(tasks) -> tuple[str, ...]:
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, str) for t in tasks):
+        raise InputError(f"tasks must be names (a list or a comma-separated string), got {tasks!r}")
     tasks = tuple(tasks)
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:

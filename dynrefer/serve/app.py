@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError
 from .batcher import Batcher
-from .inputs import DescribeJob, Limits, RequestError, decode_base64, describe_job
+from .inputs import DescribeJob, Limits, RequestError, decode_base64, describe_job, parse_json
 from .inputs import load_image as load_upload
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -188,10 +188,7 @@ async def _read_request(request: Request, limits: Limits) -> tuple[dict, bytes, 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await _read_body(request, limits.max_upload_bytes + 1024 * 1024)
     if kind == "application/json":
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "the body is not valid JSON") from None
+        payload = parse_json(body, "the body")
         if not isinstance(payload, dict):
             raise RequestError(400, "the JSON body must be an object with 'image' and 'regions'")
         fields = dict(payload)
@@ -224,12 +221,12 @@ def _views(fields: dict, data: bytes, label, limits: Limits, model) -> dict:
         raise RequestError(422, f"unknown field(s) {', '.join(unknown)}")
     image = load_upload(data, label or "upload", limits)
     size = (int(image.shape[2]), int(image.shape[1]))
-    regions = _regions(fields.get("regions"), size)
+    regions = _regions(fields.get("regions"), size, limits.max_regions)
     if not all(isinstance(r, list) for r in regions):
         raise RequestError(422, "views takes boxes [x1, y1, x2, y2]")
     try:  # dynrefer views' defaults: greedy, 3 views of 224 pixels, the official pHash
         num_views, side = int(fields.get("num_views") or 3), int(fields.get("size") or 224)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(422, "num_views and size must be integers") from None
     if not (1 <= num_views <= 11 and 8 <= side <= 4096):
         raise RequestError(422, f"num_views must be 1..11 and size 8..4096, got {num_views} and {side}")

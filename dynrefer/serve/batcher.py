@@ -39,17 +39,27 @@ class Batcher:
         self.run_batch = run_batch
         self.max_batch_regions = max(1, int(max_batch_regions))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
-        self._queue: asyncio.Queue | None = None
+        self._loop = self._queue = self._worker = self._pool = None
         self._held: deque[_Job] = deque()  # taken from the queue, options of another batch
-        self._worker: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynrefer-engine")
         self._expected = 0  # requests being read and decoded, announced by expect()
         self.batches: list[int] = []  # requests per batch run (for tests and the benchmark)
+
+    def _start(self) -> None:
+        """Queue, worker and engine thread for the running event loop (again after :meth:`close`, or when the
+        app is served from another loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._worker is not None and not self._worker.done():
+            return
+        self._loop, self._queue, self._held = loop, asyncio.Queue(), deque()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynrefer-engine")
+        self._worker = loop.create_task(self._work())
 
     async def prepare(self, fn, *args):
         """``fn(*args)`` (reading and decoding a request) on the engine's own thread: torch and its OpenMP
         threads then run on one thread at a time; with the engine on one thread and decoding on others, their
         thread teams competed for the cores (the engine ran slower beside them)."""
+        self._start()
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def expect(self) -> None:
@@ -64,9 +74,7 @@ class Batcher:
     async def submit(self, key: tuple, item, regions: int, *, expected: bool = False):
         if expected:
             self.unexpect()
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+        self._start()
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(key, item, max(1, int(regions)), future))
         return await future
@@ -118,9 +126,12 @@ class Batcher:
             job.future.get_loop().call_soon_threadsafe(_settle, job.future, ok, value)
 
     def close(self) -> None:
+        """Stop the worker and the engine thread (a later request starts them again)."""
         if self._worker is not None:
             self._worker.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._loop = self._queue = self._worker = self._pool = None
 
 
 def _settle(future: asyncio.Future, ok: bool, value) -> None:

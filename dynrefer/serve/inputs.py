@@ -27,6 +27,7 @@ class RequestError(InputError):
 class Limits:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
+    max_regions: int = 1000  # per request: more would hold every other client's requests behind one call
 
 
 @dataclass
@@ -61,18 +62,13 @@ def decode_base64(value, what: str) -> bytes:
 
 def load_image(data: bytes, label: str, limits: Limits):
     """The (3, H, W) uint8 image of an upload: its size checked from the header before decoding."""
-    from PIL import Image, UnidentifiedImageError
 
     from ..errors import ImageLoadError
     from ..images import load_image_bytes
 
     if len(data) > limits.max_upload_bytes:
         raise RequestError(413, f"image '{label}' is {len(data)} bytes, over the {limits.max_upload_bytes}-byte limit")
-    try:
-        with Image.open(io.BytesIO(data)) as header:  # reads the header only
-            width, height = header.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise RequestError(415, f"image '{label}' is not a recognised image file") from None
+    width, height = image_header(data, label, 415)
     if width * height > limits.max_pixels:
         raise RequestError(413, f"image '{label}' is {width}x{height} = {width * height} pixels, over the "
                                 f"{limits.max_pixels}-pixel limit")
@@ -82,13 +78,34 @@ def load_image(data: bytes, label: str, limits: Limits):
         raise RequestError(415, str(exc)) from None
 
 
+def image_header(data: bytes, label: str, status: int) -> tuple[int, int]:
+    """``(width, height)`` from an encoded image's header, nothing decoded (``status``: the answer to data that
+    is not an image); an image over PIL's decompression-bomb limit is 413."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limits here decide
+            with Image.open(io.BytesIO(data)) as header:
+                return header.size
+    except Image.DecompressionBombError:
+        raise RequestError(413, f"image '{label}' is larger than PIL's decompression-bomb limit") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise RequestError(status, f"image '{label}' is not a recognised image file") from None
+
+
+def parse_json(text, what: str):
+    """JSON text → value; malformed (bad syntax, integers over Python's 4300 digits, nesting too deep) is 400."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise RequestError(400, f"{what} is not valid JSON ({getattr(exc, 'msg', type(exc).__name__)})") from None
+
+
 def _json_field(value, what: str):
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise RequestError(400, f"{what} is not valid JSON ({exc.msg})") from None
-    return value
+    return parse_json(value, what) if isinstance(value, str) else value
 
 
 def _names(value, what: str) -> tuple | None:
@@ -109,7 +126,7 @@ def _flag(value, what: str) -> bool:
     raise RequestError(422, f"{what} must be true or false, got {value!r}")
 
 
-def _regions(value, image_size) -> list:
+def _regions(value, image_size, max_regions: int = 1000) -> list:
     """Region specs as ``describe`` takes them; masks given as base64 PNGs are decoded here (a client never
     names a server-side file)."""
     from ..images import load_image_bytes
@@ -118,10 +135,15 @@ def _regions(value, image_size) -> list:
     if not isinstance(value, list) or not value:
         raise RequestError(422, "regions must be a non-empty list of region specs (boxes, {'bbox'}, {'polygon'}, "
                                 "{'mask': <base64 PNG or RLE>})")
+    if len(value) > max_regions:
+        raise RequestError(413, f"{len(value)} regions in one request, over the limit of {max_regions}")
     out = []
     for i, spec in enumerate(value):
         if isinstance(spec, dict) and isinstance(spec.get("mask"), str):
             data = decode_base64(spec["mask"], f"region {i}: mask")
+            if image_header(data, f"region {i} mask", 422) != tuple(image_size):  # before decoding it
+                raise RequestError(422, f"region {i}: the mask is not {image_size[0]}x{image_size[1]} (the image's "
+                                        "size)")
             try:
                 spec = {**spec, "mask": load_image_bytes(data, f"region {i} mask", mask=True)}
             except InputError as exc:
@@ -152,13 +174,13 @@ def describe_job(fields: dict, data: bytes, label: str | None, limits: Limits, m
     if num_views not in (None, ""):
         try:
             num_views = int(num_views)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RequestError(422, f"num_views must be an integer, got {num_views!r}") from None
         if num_views != model.config.views.num_views:
             raise RequestError(422, f"this model fuses {model.config.views.num_views} views; num_views={num_views} "
                                     "is not possible")
     try:
-        regions = _regions(fields.get("regions"), size)
+        regions = _regions(fields.get("regions"), size, limits.max_regions)
         parse_regions(regions, size, box_format=box_format)  # every region checked now: 422 naming it
         tasks = tuple(check_tasks(fields.get("tasks") or "caption,tags,attributes,category"))
     except RequestError:

@@ -67,9 +67,11 @@ document.getElementById("file").addEventListener("change", (e) => {
 });
 document.getElementById("example").addEventListener("change", async (e) => {
   if (!e.target.value) return;
-  const res = await fetch(`/v1/examples/${encodeURIComponent(e.target.value)}`);
-  if (!res.ok) { showError((await res.json()).error); return; }
-  useImage(await res.blob(), `${e.target.value}.png`);
+  try {
+    const res = await fetch(`/v1/examples/${encodeURIComponent(e.target.value)}`);
+    if (!res.ok) { showError(`the example could not be loaded (${res.status})`); return; }
+    useImage(await res.blob(), `${e.target.value}.png`);
+  } catch (err) { showError(`the example could not be loaded: ${err.message}`); }
 });
 document.getElementById("clear").addEventListener("click", () => {
   state.boxes = []; state.record = null; document.getElementById("results").innerHTML = ""; draw();
@@ -114,16 +116,21 @@ document.getElementById("describe").addEventListener("click", async () => {
   showError("");
   if (!state.image) { showError("choose an image first"); return; }
   if (!state.boxes.length) { showError("draw at least one box on the image"); return; }
-  const body = { image: await base64(state.blob), filename: state.name, regions: state.boxes };
-  for (const key of ["classes", "attributes"]) {
-    const value = document.getElementById(key).value.trim(); if (value) body[key] = value;
-  }
+  const image = state.image;
   setStatus("describing…");
   try {
+    const body = { image: await base64(state.blob), filename: state.name, regions: state.boxes.slice() };
+    for (const key of ["classes", "attributes"]) {
+      const value = document.getElementById(key).value.trim(); if (value) body[key] = value;
+    }
     const res = await fetch("/v1/describe", { method: "POST", headers: { "Content-Type": "application/json" },
                                              body: JSON.stringify(body) });
-    const payload = await res.json();
-    if (!res.ok) { showError(payload.error || `the server answered ${res.status}`); return; }
+    let payload = null;
+    try { payload = await res.json(); } catch (err) { payload = null; }
+    if (!res.ok || payload === null) {
+      showError((payload && payload.error) || `the server answered ${res.status}`); return;
+    }
+    if (state.image !== image) return;  // another image was chosen meanwhile: this answer is not for it
     state.record = payload; showResults(payload); draw();
     document.body.dataset.described = String(payload.regions.length);
   } catch (err) {

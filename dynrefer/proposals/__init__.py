@@ -1,0 +1,183 @@
+"""Region proposals for "describe everything": sources behind one interface (``image → boxes + objectness``),
+duplicates removed with ``torchvision.ops.batched_nms``.
+
+Sources (:func:`proposal_source`):
+
+* ``file:PATH``: proposals read from a file made elsewhere (as the original's predicted-box evaluation reads
+  GRiT's): a JSONL of SPEC §5 records (``{"image", "regions": [{"box", "score"}]}``; images matched by path
+  relative to the file's folder, or by file name) or a COCO-style results list (``[{"image_id", "bbox": [x, y,
+  w, h], "score"}]``; ``image_id`` matched to the image's file name without its extension).
+
+The dense-captioning confidence of a proposal is ``caption_score × objectness`` (both in [0, 1]; the original
+ranks by the caption score alone, which is what a source without objectness gives).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+
+@dataclass
+class Proposals:
+    """Proposals of one image: ``boxes`` (N, 4) float64 xyxy pixels, ``scores`` (N,) objectness in [0, 1] or
+    None (a source without it)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray | None = None
+
+    def select(self, max_regions: int = 100, nms_iou: float = 0.5, image_size=None) -> Proposals:
+        """Boxes outside the image (``image_size`` (W, H), when given) or empty left out, duplicates removed
+        (class-agnostic NMS at ``nms_iou``, by objectness; without it, in the source's order), then at most
+        ``max_regions``, best first."""
+        from torchvision.ops import batched_nms
+
+        if not 0.0 < nms_iou <= 1.0:
+            raise InputError(f"nms_iou must lie in (0, 1], got {nms_iou}")
+        if max_regions < 1:
+            raise InputError(f"max_regions must be at least 1, got {max_regions}")
+        inside = (self.boxes[:, 2] > self.boxes[:, 0]) & (self.boxes[:, 3] > self.boxes[:, 1])
+        if image_size is not None:
+            w, h = image_size
+            inside &= (self.boxes[:, 2] > 0) & (self.boxes[:, 3] > 0) & (self.boxes[:, 0] < w) & (self.boxes[:, 1] < h)
+        kept = Proposals(self.boxes[inside], None if self.scores is None else self.scores[inside])
+        if len(kept.boxes) == 0:
+            return kept
+        boxes = torch.as_tensor(kept.boxes, dtype=torch.float64)
+        scores = torch.as_tensor(kept.scores if kept.scores is not None
+                                 else np.linspace(1.0, 0.5, len(kept.boxes)), dtype=torch.float64)
+        keep = batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.int64), nms_iou)[:max_regions]
+        keep = keep.numpy()
+        return Proposals(kept.boxes[keep], None if kept.scores is None else kept.scores[keep])
+
+    def regions(self) -> list[dict]:
+        """Region specs for ``describe`` (``{"box", "score"}``: the objectness travels with the region)."""
+        out = []
+        for i, box in enumerate(self.boxes):
+            spec = {"id": i, "box": [float(v) for v in box], "box_format": "xyxy"}
+            if self.scores is not None:
+                spec["score"] = float(self.scores[i])
+            out.append(spec)
+        return out
+
+
+class FileProposals:
+    """``file:PATH`` proposals (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"cannot read proposals '{self.path}': no such file")
+        self._by_key: dict[str, list] = {}
+        self._names: dict[str, set] = {}  # file name -> the record paths that have it
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"proposals '{self.path}': not UTF-8 text") from None
+        if text.lstrip().startswith("["):
+            self._read_coco(text)
+        else:
+            self._read_jsonl(text)
+
+    def _read_coco(self, text: str) -> None:
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"proposals '{self.path}': not valid JSON ({exc.msg})") from None
+        if not isinstance(items, list):
+            raise InputError(f"proposals '{self.path}': a COCO results file is a list")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "image_id" not in item or "bbox" not in item:
+                raise InputError(f"proposals '{self.path}': item {i} needs 'image_id' and 'bbox' (COCO results)")
+            x, y, w, h = _numbers(item["bbox"], 4, f"proposals '{self.path}' item {i}: bbox")
+            score = _score(item.get("score"), f"proposals '{self.path}' item {i}")
+            self._by_key.setdefault(str(item["image_id"]), []).append(([x, y, x + w, y + h], score))
+
+    def _read_jsonl(self, text: str) -> None:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"proposals '{self.path}' line {n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+                raise InputError(f"proposals '{self.path}' line {n}: a record needs 'image' (a path)")
+            regions = record.get("regions", [])
+            if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+                raise InputError(f"proposals '{self.path}' line {n}: 'regions' must be a list of objects")
+            where = f"proposals '{self.path}' line {n}"
+            boxes = [(_numbers(r.get("box"), 4, f"{where} region {k}: box"), _score(r.get("score"), where))
+                     for k, r in enumerate(regions)]
+            self._by_key.setdefault(str((self.path.parent / record["image"]).resolve()), []).extend(boxes)
+            name = Path(record["image"]).name
+            self._names.setdefault(name, set()).add(record["image"])
+            self._by_key.setdefault(name, []).extend(boxes)
+
+    def __call__(self, image_path) -> Proposals:
+        path = Path(image_path)
+        if str(path.resolve()) not in self._by_key and len(self._names.get(path.name, ())) > 1:
+            raise InputError(f"proposals '{self.path}': several records are named '{path.name}' "
+                             f"({', '.join(sorted(self._names[path.name]))}); name the image by its path")
+        stem_int = str(int(path.stem)) if path.stem.isdigit() else path.stem  # COCO: 000000397133.jpg -> 397133
+        for key in (str(path.resolve()), path.name, path.stem, stem_int):
+            if key in self._by_key:
+                items = self._by_key[key]
+                break
+        else:
+            raise InputError(f"proposals '{self.path}' hold nothing for image '{image_path}' (matched by path, file "
+                             "name, or COCO image_id = the file name without its extension)")
+        boxes = np.asarray([b for b, _ in items], dtype=np.float64).reshape(-1, 4)
+        scores = [s for _, s in items]
+        if all(s is None for s in scores):
+            return Proposals(boxes)
+        if any(s is None for s in scores):
+            raise InputError(f"proposals '{self.path}' for '{image_path}': some boxes have a score, others none")
+        scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+        return Proposals(boxes, scores)
+
+
+def _numbers(value, count: int, what: str) -> list[float]:
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{what} must be {count} numbers, got {value!r}") from None
+    if len(out) != count or not np.isfinite(out).all():
+        raise InputError(f"{what} must be {count} finite numbers, got {value!r}")
+    return out
+
+
+def _score(value, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise InputError(f"{what}: a score must be a finite number, got {value!r}")
+    return float(value)
+
+
+def proposal_source(spec: str):
+    """The proposal source a ``--proposals`` value names (see the module docstring)."""
+    kind, _, arg = str(spec).partition(":")
+    if kind == "file" and arg:
+        return FileProposals(arg)
+    raise InputError(f"unknown proposal source {spec!r}; expected file:PATH")
+
+
+def dense_scores(record: dict, objectness: bool) -> dict:
+    """A ``describe`` record of proposals, each region's ``score`` the dense-captioning confidence: caption_score
+    × objectness when the source gave objectness (it came in as the region's score, and is kept as
+    ``objectness``), else the caption score; regions best first."""
+    for region in record["regions"]:
+        caption = region.get("caption_score")
+        if objectness:
+            region["objectness"] = region["score"]
+            if caption is not None:
+                region["score"] = caption * region["objectness"]
+    record["regions"].sort(key=lambda r: -(r.get("score") or 0.0))
+    return record

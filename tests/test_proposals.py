@@ -1,0 +1,115 @@
+"""Proposals for "describe everything" (issue #30, first part): the file source, duplicates removed by NMS, and
+``dynrefer describe --all`` with the dense-captioning score caption_score × objectness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dynrefer.cli import main
+from dynrefer.errors import InputError
+from dynrefer.proposals import FileProposals, Proposals, proposal_source
+
+
+def _scene(tmp_path):
+    from dynrefer.demo import example_scene
+
+    image, truth = example_scene()
+    path = tmp_path / "scene.png"
+    image.save(path)
+    return path, truth
+
+
+def test_file_proposals_jsonl_and_coco_results(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "imgs/a.png", "regions": [
+        {"box": [1, 2, 30, 40], "score": 0.9}, {"box": [5, 5, 9, 9], "score": 1.7}]}) + "\n")
+    got = FileProposals(tmp_path / "p.jsonl")(tmp_path / "imgs" / "a.png")
+    assert got.boxes.tolist() == [[1, 2, 30, 40], [5, 5, 9, 9]] and got.scores.tolist() == [0.9, 1.0]  # clipped
+    assert FileProposals(tmp_path / "p.jsonl")("elsewhere/a.png").boxes.shape == (2, 4)  # by file name
+    (tmp_path / "r.json").write_text(json.dumps([{"image_id": 42, "bbox": [10, 20, 5, 6], "score": 0.5},
+                                                 {"image_id": 7, "bbox": [0, 0, 1, 1], "score": 0.1}]))
+    coco = proposal_source(f"file:{tmp_path / 'r.json'}")("/data/42.png")  # image_id = the file stem
+    assert coco.boxes.tolist() == [[10, 20, 15, 26]] and coco.scores.tolist() == [0.5]
+    with pytest.raises(InputError, match="hold nothing for image 'b.png'"):
+        FileProposals(tmp_path / "p.jsonl")("b.png")
+    with pytest.raises(InputError, match="unknown proposal source 'sam'"):
+        proposal_source("sam")
+    with pytest.raises(InputError, match="no such file"):
+        proposal_source(f"file:{tmp_path / 'missing.jsonl'}")
+
+
+def test_select_removes_duplicates_and_keeps_the_best():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [0, 0, 10, 10.5], [100, 0, 120, 5]], float)
+    p = Proposals(boxes, np.array([0.5, 0.9, 0.3, 0.2, 0.8]))
+    kept = p.select(max_regions=10, nms_iou=0.5)
+    assert kept.boxes.tolist() == [[1, 0, 11, 10], [100, 0, 120, 5], [50, 50, 60, 60]]
+    assert kept.scores.tolist() == [0.9, 0.8, 0.3]
+    assert len(p.select(max_regions=2).boxes) == 2
+    assert len(Proposals(boxes).select().boxes) == 3  # without objectness: the source's order decides
+    with pytest.raises(InputError, match="nms_iou"):
+        p.select(nms_iou=0.0)
+
+
+def test_describe_all_with_file_proposals(tmp_path, capsys):
+    path, truth = _scene(tmp_path)
+    boxes = [r["box"] for r in truth["regions"]]
+    regions = [{"box": b, "score": 0.9 - 0.1 * i} for i, b in enumerate(boxes)]
+    regions += [{"box": [b[0] + 1, b[1], b[2] + 1, b[3]], "score": 0.1} for b in boxes]  # near-duplicates
+    (tmp_path / "proposals.jsonl").write_text(json.dumps({"image": "scene.png", "regions": regions}) + "\n")
+    code = main(["describe", str(path), "--all", "--proposals", f"file:{tmp_path / 'proposals.jsonl'}",
+                 "--viz", str(tmp_path / "all.png")])
+    record = json.loads(capsys.readouterr().out)
+    assert code == 0 and (tmp_path / "all.png").is_file()
+    got = record["regions"]
+    assert sorted(tuple(r["box"]) for r in got) == sorted(tuple(float(v) for v in b) for b in boxes)
+    for r in got:
+        assert r["score"] == pytest.approx(r["caption_score"] * r["objectness"])
+    assert [r["score"] for r in got] == sorted((r["score"] for r in got), reverse=True)
+    # each region's record is the one describe gives for the same box
+    argv = ["describe", str(path)]
+    for b in boxes:
+        argv += ["--box", *map(str, b)]
+    assert main(argv) == 0
+    plain = {tuple(r["box"]): r for r in json.loads(capsys.readouterr().out)["regions"]}
+    for r in got:
+        assert r["caption"] == plain[tuple(r["box"])]["caption"]
+        assert r["tags"] == plain[tuple(r["box"])]["tags"]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--all"], "--all needs --proposals"),
+    (["--all", "--proposals", "file:x.jsonl", "--box", "1", "1", "5", "5"], "leave out --box"),
+    (["--proposals", "file:x.jsonl", "--box", "1", "1", "5", "5"], "--proposals is used by --all"),
+])
+def test_describe_all_usage_errors(tmp_path, capsys, extra, words):
+    path, _ = _scene(tmp_path)
+    assert main(["describe", str(path)] + extra) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_proposal_files_are_checked_and_matched_as_review_found(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"image": "a.png", "regions": [{"box": [1, 2, 3], "score": 0.5}]}) + "\n")
+    with pytest.raises(InputError, match="line 1 region 0: box must be 4 finite numbers"):
+        FileProposals(bad)
+    bad.write_text(json.dumps({"image": "a.png", "regions": [{"box": [1, 2, 3, 4], "score": float("nan")}]}))
+    with pytest.raises(InputError, match="score must be a finite number"):
+        FileProposals(bad)
+    (tmp_path / "two.jsonl").write_text("".join(json.dumps({"image": f"{s}/cat.png", "regions": [
+        {"box": [1, 1, 9, 9]}]}) + "\n" for s in ("train", "val")))
+    with pytest.raises(InputError, match="several records are named 'cat.png'"):
+        FileProposals(tmp_path / "two.jsonl")("elsewhere/cat.png")
+    assert len(FileProposals(tmp_path / "two.jsonl")(tmp_path / "val" / "cat.png").boxes) == 1  # by its path
+    (tmp_path / "r.json").write_text(json.dumps([{"image_id": 397133, "bbox": [1, 1, 5, 5], "score": 0.5}]))
+    assert len(FileProposals(tmp_path / "r.json")("000000397133.jpg").boxes) == 1  # COCO's zero-padded names
+    outside = Proposals(np.array([[1, 1, 9, 9], [700, 1, 800, 9], [5, 5, 5, 9]], float), np.array([0.5, 0.9, 0.7]))
+    assert outside.select(image_size=(600, 400)).boxes.tolist() == [[1, 1, 9, 9]]  # outside and empty left out
+    # --all reads proposals as xyxy whatever --box-format says
+    path, truth = _scene(tmp_path)
+    box = truth["regions"][0]["box"]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "scene.png", "regions": [{"box": box}]}) + "\n")
+    assert main(["describe", str(path), "--all", "--proposals", f"file:{tmp_path / 'p.jsonl'}",
+                 "--box-format", "xywh"]) == 0
+    assert json.loads(capsys.readouterr().out)["regions"][0]["box"] == [float(v) for v in box]
