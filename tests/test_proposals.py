@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from dynrefer.cli import main
 from dynrefer.errors import InputError
@@ -34,7 +35,7 @@ def test_file_proposals_jsonl_and_coco_results(tmp_path):
     assert coco.boxes.tolist() == [[10, 20, 15, 26]] and coco.scores.tolist() == [0.5]
     with pytest.raises(InputError, match="hold nothing for image 'b.png'"):
         FileProposals(tmp_path / "p.jsonl")("b.png")
-    with pytest.raises(InputError, match="unknown proposal source 'sam'"):
+    with pytest.raises(InputError, match="unknown proposal source 'sam'; expected default or file:PATH"):
         proposal_source("sam")
     with pytest.raises(InputError, match="no such file"):
         proposal_source(f"file:{tmp_path / 'missing.jsonl'}")
@@ -79,7 +80,7 @@ def test_describe_all_with_file_proposals(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--all"], "--all needs --proposals"),
+    (["--all", "--proposals", "sam"], "unknown proposal source 'sam'"),
     (["--all", "--proposals", "file:x.jsonl", "--box", "1", "1", "5", "5"], "leave out --box"),
     (["--proposals", "file:x.jsonl", "--box", "1", "1", "5", "5"], "--proposals is used by --all"),
 ])
@@ -113,3 +114,37 @@ def test_proposal_files_are_checked_and_matched_as_review_found(tmp_path, capsys
     assert main(["describe", str(path), "--all", "--proposals", f"file:{tmp_path / 'p.jsonl'}",
                  "--box-format", "xywh"]) == 0
     assert json.loads(capsys.readouterr().out)["regions"][0]["box"] == [float(v) for v in box]
+
+
+def test_the_default_proposer_finds_the_objects_of_generated_scenes():
+    """Recall at IoU 0.5 of the first 100 proposals (after NMS at 0.5) on scenes of a seed the proposer was not
+    tuned on (seed 7 was): every object of 12 scenes, at least 0.9 (the issue's target)."""
+    from dynrefer_builtin.synthetic import generate_scene
+    from torchvision.ops import box_iou
+
+    from dynrefer.proposals import proposal_source
+
+    source = proposal_source("default")
+    found = total = 0
+    for index in range(12):
+        image, truth = generate_scene(11, index)
+        kept = source(image).select(100, 0.5, image.size)
+        assert 0 < len(kept.boxes) <= 100 and kept.scores.max() == pytest.approx(1.0)
+        gt = torch.tensor([r["box"] for r in truth["regions"]], dtype=torch.float64)
+        best = box_iou(gt, torch.as_tensor(kept.boxes)).max(1).values
+        found, total = found + int((best >= 0.5).sum()), total + len(gt)
+    print(f"[proposals] default, seed 11, 12 scenes: recall@100 = {found}/{total}")
+    assert found / total >= 0.9
+
+
+def test_describe_all_with_the_default_proposer(tmp_path, capsys):
+    path, truth = _scene(tmp_path)
+    assert main(["describe", str(path), "--all", "--max-regions", "20"]) == 0
+    regions = json.loads(capsys.readouterr().out)["regions"]
+    assert 0 < len(regions) <= 20
+    for r in regions:
+        assert r["score"] == pytest.approx(r["caption_score"] * r["objectness"])
+    from torchvision.ops import box_iou
+
+    iou = box_iou(torch.tensor([r["box"] for r in truth["regions"]]), torch.tensor([r["box"] for r in regions]))
+    assert bool((iou.max(1).values >= 0.5).all())  # every object of the scene is described

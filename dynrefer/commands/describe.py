@@ -54,7 +54,8 @@ def register(subparsers) -> None:
                         "(docs/precision.md)")
     p.add_argument("--all", action="store_true", help="describe everything: regions from --proposals")
     p.add_argument("--proposals", default=None, metavar="SOURCE",
-                   help="with --all: file:PATH (JSONL records or COCO results made elsewhere)")
+                   help="with --all: default (segmentation, no weights) or file:PATH (JSONL records or COCO "
+                        "results made elsewhere)")
     p.add_argument("--max-regions", type=int, default=100, help="with --all: at most this many regions (100)")
     p.add_argument("--nms-iou", type=float, default=0.5, help="with --all: duplicates above this IoU go (0.5)")
     p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
@@ -121,9 +122,6 @@ def run(args) -> int:
 
     if args.all and args.regions:
         raise InputError("--all describes the proposals' regions: leave out --box, --polygon and --mask")
-    if args.all and not args.proposals:
-        raise InputError("--all needs --proposals file:PATH (proposals made elsewhere; a built-in proposer is to "
-                         "come)")
     if args.proposals and not args.all:
         raise InputError("--proposals is used by --all")
     if not args.regions and not args.all:
@@ -139,7 +137,8 @@ def run(args) -> int:
     if args.all:
         from ..proposals import proposal_source
 
-        proposals = proposal_source(args.proposals)(args.image).select(args.max_regions, args.nms_iou, size)
+        proposals = proposal_source(args.proposals or "default")(args.image).select(args.max_regions, args.nms_iou,
+                                                                                   size)
         specs = proposals.regions()
         if not specs:
             raise InputError(f"the proposals hold no region for '{args.image}'")

@@ -1,0 +1,53 @@
+"""The proposals of one image (:class:`Proposals`), whatever their source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+
+@dataclass
+class Proposals:
+    """Proposals of one image: ``boxes`` (N, 4) float64 xyxy pixels, ``scores`` (N,) objectness in [0, 1] or
+    None (a source without it)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray | None = None
+
+    def select(self, max_regions: int = 100, nms_iou: float = 0.5, image_size=None) -> Proposals:
+        """Boxes outside the image (``image_size`` (W, H), when given) or empty left out, duplicates removed
+        (class-agnostic NMS at ``nms_iou``, by objectness; without it, in the source's order), then at most
+        ``max_regions``, best first."""
+        from torchvision.ops import batched_nms
+
+        if not 0.0 < nms_iou <= 1.0:
+            raise InputError(f"nms_iou must lie in (0, 1], got {nms_iou}")
+        if max_regions < 1:
+            raise InputError(f"max_regions must be at least 1, got {max_regions}")
+        inside = (self.boxes[:, 2] > self.boxes[:, 0]) & (self.boxes[:, 3] > self.boxes[:, 1])
+        if image_size is not None:
+            w, h = image_size
+            inside &= (self.boxes[:, 2] > 0) & (self.boxes[:, 3] > 0) & (self.boxes[:, 0] < w) & (self.boxes[:, 1] < h)
+        kept = Proposals(self.boxes[inside], None if self.scores is None else self.scores[inside])
+        if len(kept.boxes) == 0:
+            return kept
+        boxes = torch.as_tensor(kept.boxes, dtype=torch.float64)
+        scores = torch.as_tensor(kept.scores if kept.scores is not None
+                                 else np.linspace(1.0, 0.5, len(kept.boxes)), dtype=torch.float64)
+        keep = batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.int64), nms_iou)[:max_regions]
+        keep = keep.numpy()
+        return Proposals(kept.boxes[keep], None if kept.scores is None else kept.scores[keep])
+
+    def regions(self) -> list[dict]:
+        """Region specs for ``describe`` (``{"box", "score"}``: the objectness travels with the region)."""
+        out = []
+        for i, box in enumerate(self.boxes):
+            spec = {"id": i, "box": [float(v) for v in box], "box_format": "xyxy"}
+            if self.scores is not None:
+                spec["score"] = float(self.scores[i])
+            out.append(spec)
+        return out
