@@ -148,3 +148,20 @@ def test_describe_all_with_the_default_proposer(tmp_path, capsys):
 
     iou = box_iou(torch.tensor([r["box"] for r in truth["regions"]]), torch.tensor([r["box"] for r in regions]))
     assert bool((iou.max(1).values >= 0.5).all())  # every object of the scene is described
+
+
+def test_point_picks_the_most_stable_proposal_containing_it(tmp_path, capsys):
+    p = Proposals(np.array([[0, 0, 100, 100], [10, 10, 30, 30], [12, 12, 20, 20], [50, 50, 60, 60]], float),
+                  np.array([0.9, 0.9, 0.4, 1.0]))
+    assert p.at_point(15, 15).boxes.tolist() == [[10, 10, 30, 30]]  # 0.9 ties: the smaller of the two
+    assert p.at_point(55, 55).boxes.tolist() == [[50, 50, 60, 60]]
+    assert len(p.at_point(150, 5).boxes) == 0
+    assert Proposals(p.boxes).at_point(15, 15).boxes.tolist() == [[12, 12, 20, 20]]  # no objectness: smallest
+    path, truth = _scene(tmp_path)
+    x1, y1, x2, y2 = truth["regions"][1]["box"]  # the small solid orange star
+    assert main(["describe", str(path), "--point", str((x1 + x2) / 2), str((y1 + y2) / 2)]) == 0
+    region = json.loads(capsys.readouterr().out)["regions"][0]
+    bx = region["box"]
+    assert bx[0] <= (x1 + x2) / 2 < bx[2] and bx[1] <= (y1 + y2) / 2 < bx[3] and region["caption"]
+    assert main(["describe", str(path), "--point", "999", "5"]) == 2
+    assert "outside the 256x256 image" in capsys.readouterr().err

@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--proposals", default=None, metavar="SOURCE",
                    help="with --all: default (segmentation, no weights) or file:PATH (JSONL records or COCO "
                         "results made elsewhere)")
+    p.add_argument("--point", nargs=2, type=float, action="append", metavar=("X", "Y"),
+                   help="click-to-region: the smallest proposal containing the point (repeatable; uses --proposals)")
     p.add_argument("--max-regions", type=int, default=100, help="with --all: at most this many regions (100)")
     p.add_argument("--nms-iou", type=float, default=0.5, help="with --all: duplicates above this IoU go (0.5)")
     p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
@@ -120,12 +122,14 @@ def run(args) -> int:
     from ..model.io import resolve_model_dir
     from ..regions import parse_regions
 
-    if args.all and args.regions:
-        raise InputError("--all describes the proposals' regions: leave out --box, --polygon and --mask")
-    if args.proposals and not args.all:
-        raise InputError("--proposals is used by --all")
-    if not args.regions and not args.all:
-        raise InputError("give at least one region with --box, --polygon or --mask (or --all with --proposals)")
+    if (args.all or args.point) and args.regions:
+        raise InputError("--all and --point describe proposals' regions: leave out --box, --polygon and --mask")
+    if args.all and args.point:
+        raise InputError("give --all or --point, not both")
+    if args.proposals and not (args.all or args.point):
+        raise InputError("--proposals is used by --all and --point")
+    if not args.regions and not args.all and not args.point:
+        raise InputError("give at least one region with --box, --polygon or --mask (or --all, or --point X Y)")
     if args.viz is not None and not args.viz.lower().endswith(".png"):
         raise InputError(f"--viz must name a .png file, got {args.viz!r}")
     for option, value in (("--out", args.out), ("--viz", args.viz)):
@@ -134,11 +138,25 @@ def run(args) -> int:
     image = load_image(args.image)
     size = (int(image.shape[2]), int(image.shape[1]))
     proposals = None
-    if args.all:
-        from ..proposals import proposal_source
+    if args.all or args.point:
+        import numpy as np
 
-        proposals = proposal_source(args.proposals or "default")(args.image).select(args.max_regions, args.nms_iou,
-                                                                                   size)
+        from ..proposals import Proposals, proposal_source
+
+        found = proposal_source(args.proposals or "default")(args.image)
+        if args.point:
+            picked = []
+            for x, y in args.point:
+                if not (0 <= x < size[0] and 0 <= y < size[1]):
+                    raise InputError(f"--point {x:g} {y:g} is outside the {size[0]}x{size[1]} image")
+                hit = found.select(len(found.boxes) or 1, 1.0, size).at_point(x, y)
+                if len(hit.boxes) == 0:
+                    raise InputError(f"no proposal contains --point {x:g} {y:g}")
+                picked.append(hit)
+            proposals = Proposals(np.concatenate([h.boxes for h in picked]),
+                                  None if found.scores is None else np.concatenate([h.scores for h in picked]))
+        else:
+            proposals = found.select(args.max_regions, args.nms_iou, size)
         specs = proposals.regions()
         if not specs:
             raise InputError(f"the proposals hold no region for '{args.image}'")
@@ -155,7 +173,7 @@ def run(args) -> int:
     record = predictor.describe(image, specs, tasks=tasks, num_views=args.num_views, box_format=args.box_format,
                                 classes=classes, attributes=attributes, all_scores=args.all_scores,
                                 image_label=str(args.image))
-    if proposals is not None:
+    if proposals is not None and args.all:
         from ..proposals import dense_scores
 
         record = dense_scores(record, proposals.scores is not None)

@@ -42,6 +42,20 @@ class Proposals:
         keep = keep.numpy()
         return Proposals(kept.boxes[keep], None if kept.scores is None else kept.scores[keep])
 
+    def at_point(self, x: float, y: float) -> Proposals:
+        """Click-to-region without a segmenter: of the proposals containing the point, the one of highest
+        objectness (ties, or no objectness: the smallest); empty when none contains it. (The smallest alone picks
+        parts: on generated scenes it found the clicked object at IoU >= 0.5 for 13 % of clicks at box centres,
+        the most stable for 47 %; docs/proposals.md.)"""
+        b = self.boxes
+        idx = np.flatnonzero((b[:, 0] <= x) & (x < b[:, 2]) & (b[:, 1] <= y) & (y < b[:, 3]))
+        if len(idx) == 0:
+            return Proposals(np.zeros((0, 4)), None if self.scores is None else np.zeros(0))
+        area = (b[idx, 2] - b[idx, 0]) * (b[idx, 3] - b[idx, 1])
+        score = self.scores[idx] if self.scores is not None else np.zeros(len(idx))
+        i = int(idx[np.lexsort((area, -score))[0]])
+        return Proposals(b[i : i + 1], None if self.scores is None else self.scores[i : i + 1])
+
     def regions(self) -> list[dict]:
         """Region specs for ``describe`` (``{"box", "score"}``: the objectness travels with the region)."""
         out = []
