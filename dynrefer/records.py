@@ -32,8 +32,8 @@ def normalize_caption(text: str, max_words: int = MAX_CAPTION_WORDS) -> str:
     return " ".join(words[:max_words])
 
 
-def iter_jsonl(path) -> Iterator[dict]:
-    """Yield the records of a JSONL file; blank lines are skipped.
+def iter_jsonl(path, *, numbered: bool = False) -> Iterator[dict]:
+    """Yield the records of a JSONL file (``numbered``: ``(line number, record)`` pairs); blank lines are skipped.
 
     Raises:
         InputError: the file is missing, unreadable, or a line is not a JSON object
@@ -53,7 +53,7 @@ def iter_jsonl(path) -> Iterator[dict]:
                     raise InputError(f"'{path}' line {lineno}: not valid JSON ({exc.msg})") from None
                 if not isinstance(record, dict):
                     raise InputError(f"'{path}' line {lineno}: expected a JSON object, got {type(record).__name__}")
-                yield record
+                yield (lineno, record) if numbered else record
     except UnicodeDecodeError as exc:
         raise InputError(f"cannot read '{path}': not UTF-8 text ({exc.reason})") from None
 

@@ -147,7 +147,7 @@ def test_concurrent_requests_share_one_engine_call():
                                      return_exceptions=True)
         big = await asyncio.gather(*[batcher.submit(("a",), f"x{i}", 3) for i in range(4)])
         batcher.close()
-        return results, mixed, big, batcher.batches
+        return results, mixed, big, list(batcher.batches)
 
     results, mixed, big, batches = asyncio.run(scenario())
     assert results == [f"('a',):r{i}" for i in range(6)] + ["('b',):other"]

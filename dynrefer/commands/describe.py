@@ -149,7 +149,7 @@ def run(args) -> int:
             for x, y in args.point:
                 if not (0 <= x < size[0] and 0 <= y < size[1]):
                     raise InputError(f"--point {x:g} {y:g} is outside the {size[0]}x{size[1]} image")
-                hit = found.select(len(found.boxes) or 1, 1.0, size).at_point(x, y)
+                hit = found.inside(size).at_point(x, y)
                 if len(hit.boxes) == 0:
                     raise InputError(f"no proposal contains --point {x:g} {y:g}")
                 picked.append(hit)

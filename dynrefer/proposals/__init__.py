@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..records import iter_jsonl
 from .base import Proposals
 
 __all__ = ["FileProposals", "Proposals", "dense_scores", "proposal_source"]
@@ -37,13 +38,14 @@ class FileProposals:
         self._by_key: dict[str, list] = {}
         self._names: dict[str, set] = {}  # file name -> the record paths that have it
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with self.path.open("r", encoding="utf-8") as fh:
+                coco = fh.read(65536).lstrip().startswith("[")  # a COCO results list, else JSONL records
+            if coco:
+                self._read_coco(self.path.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
             raise InputError(f"proposals '{self.path}': not UTF-8 text") from None
-        if text.lstrip().startswith("["):
-            self._read_coco(text)
-        else:
-            self._read_jsonl(text)
+        if not coco:
+            self._read_jsonl()
 
     def _read_coco(self, text: str) -> None:
         try:
@@ -59,15 +61,9 @@ class FileProposals:
             score = _score(item.get("score"), f"proposals '{self.path}' item {i}")
             self._by_key.setdefault(str(item["image_id"]), []).append(([x, y, x + w, y + h], score))
 
-    def _read_jsonl(self, text: str) -> None:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"proposals '{self.path}' line {n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+    def _read_jsonl(self) -> None:
+        for n, record in iter_jsonl(self.path, numbered=True):  # checks the JSON and that each line is an object
+            if not isinstance(record.get("image"), str):
                 raise InputError(f"proposals '{self.path}' line {n}: a record needs 'image' (a path)")
             regions = record.get("regions", [])
             if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):

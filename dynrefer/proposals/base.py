@@ -28,11 +28,7 @@ class Proposals:
             raise InputError(f"nms_iou must lie in (0, 1], got {nms_iou}")
         if max_regions < 1:
             raise InputError(f"max_regions must be at least 1, got {max_regions}")
-        inside = (self.boxes[:, 2] > self.boxes[:, 0]) & (self.boxes[:, 3] > self.boxes[:, 1])
-        if image_size is not None:
-            w, h = image_size
-            inside &= (self.boxes[:, 2] > 0) & (self.boxes[:, 3] > 0) & (self.boxes[:, 0] < w) & (self.boxes[:, 1] < h)
-        kept = Proposals(self.boxes[inside], None if self.scores is None else self.scores[inside])
+        kept = self.inside(image_size)
         if len(kept.boxes) == 0:
             return kept
         boxes = torch.as_tensor(kept.boxes, dtype=torch.float64)
@@ -41,6 +37,15 @@ class Proposals:
         keep = batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.int64), nms_iou)[:max_regions]
         keep = keep.numpy()
         return Proposals(kept.boxes[keep], None if kept.scores is None else kept.scores[keep])
+
+    def inside(self, image_size=None) -> Proposals:
+        """The proposals that are not empty and, with ``image_size`` (W, H), touch the image."""
+        b = self.boxes
+        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        if image_size is not None:
+            w, h = image_size
+            keep &= (b[:, 2] > 0) & (b[:, 3] > 0) & (b[:, 0] < w) & (b[:, 1] < h)
+        return Proposals(b[keep], None if self.scores is None else self.scores[keep])
 
     def at_point(self, x: float, y: float) -> Proposals:
         """Click-to-region without a segmenter: of the proposals containing the point, the one of highest

@@ -42,7 +42,7 @@ class Batcher:
         self._loop = self._queue = self._worker = self._pool = None
         self._held: deque[_Job] = deque()  # taken from the queue, options of another batch
         self._expected = 0  # requests being read and decoded, announced by expect()
-        self.batches: list[int] = []  # requests per batch run (for tests and the benchmark)
+        self.batches: deque[int] = deque(maxlen=1024)  # requests per recent batch (bounded: a server runs for days)
 
     def _start(self) -> None:
         """Queue, worker and engine thread for the running event loop (again after :meth:`close`, or when the
