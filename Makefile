@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[train,eval,serve,demo,proposals,nlp,dev]'
+	$(PY) -m pip install --quiet -e '.[train,eval,serve,demo,proposals,search,nlp,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -44,7 +44,8 @@ EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 #: optional dependencies by top-level module: the extra (``pip install 'dynrefer[EXTRA]'``) that installs each
 EXTRAS = {"lightning": "train", "jsonargparse": "train", "pycocoevalcap": "eval", "skimage": "demo", "spacy": "nlp",
           "en_core_web_sm": "nlp", "fastapi": "serve", "uvicorn": "serve", "starlette": "serve",
-          "multipart": "serve", "python_multipart": "serve"}
+          "multipart": "serve", "python_multipart": "serve", "segment_anything": "proposals",
+          "faiss": "search"}
 
 
 def missing_extra(err: BaseException) -> str | None:

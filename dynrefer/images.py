@@ -189,13 +189,13 @@ def _oriented_size(img: Image.Image, label: str, *, is_file: bool) -> tuple[int,
     return (int(img.height), int(img.width)) if orientation in (5, 6, 7, 8) else (int(img.width), int(img.height))
 
 
-def load_image_bytes(data: bytes, label: str, *, mask: bool = False):
-    """:func:`load_image` (``mask=True``: :func:`load_mask`) of an encoded image file's bytes, e.g. an upload:
-    the same pixels and the same errors as for the file itself; ``label`` names it in errors."""
-    return _load_file(bytes(data), label, _mask_from_pil if mask else None)
+def load_image_bytes(data: bytes, label: str, *, mask: bool = False, formats=None):
+    """:func:`load_image` (``mask=True``: :func:`load_mask`) of an encoded image file's bytes, e.g. an upload: the
+    same pixels and errors as for the file; ``label`` names it in errors; ``formats``: PIL's names (None: all)."""
+    return _load_file(bytes(data), label, _mask_from_pil if mask else None, formats=formats)
 
 
-def _load_file(path: Path | bytes, label: str, convert=None, *, decode: bool = True):
+def _load_file(path: Path | bytes, label: str, convert=None, *, decode: bool = True, formats=None):
     """Open, fully decode and convert an image file or its bytes (``convert``: :func:`_from_pil` by default);
     ``decode=False`` reads the header only."""
     convert = convert or _from_pil
@@ -213,7 +213,7 @@ def _load_file(path: Path | bytes, label: str, convert=None, *, decode: bool = T
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
+            with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path, formats=formats) as img:
                 if decode:
                     img.load()
                 return convert(img, label, is_file=True)

@@ -62,7 +62,9 @@ class Region:
         mask: read-only boolean ``(H, W)`` mask for mask / RLE / polygon regions, else ``None``
             (excluded from equality and repr).
         id: the region id (``int`` or ``str``); defaults to the region's index.
-        score: optional input confidence.
+        score: optional input confidence (the output's ``score`` as given).
+        objectness: optional proposal objectness in [0, 1]: without ``score``, the output's ``score`` (the
+            dense-captioning confidence of a proposal; docs/proposals.md says why not the caption score).
         source_box: the box as given or derived (xyxy), before clipping and minimum size.
     """
 
@@ -71,6 +73,7 @@ class Region:
     id: int | str = 0
     score: float | None = None
     source_box: Box | None = None
+    objectness: float | None = None
 
     def __post_init__(self) -> None:
         if self.source_box is None:
@@ -184,6 +187,11 @@ def _parse_dict(spec: Mapping, image_size: tuple[int, int], box_format: str, ind
     score = None
     if spec.get("score") is not None:
         score = to_float(spec["score"], label, "score")
+    objectness = None
+    if spec.get("objectness") is not None:
+        objectness = to_float(spec["objectness"], label, "objectness")
+        if not 0.0 <= objectness <= 1.0:
+            raise fail(label, f"objectness must lie in [0, 1], got {objectness}")
     box_keys = [k for k in BOX_KEYS if spec.get(k) is not None]
     shape_keys = [k for k in SHAPE_KEYS if spec.get(k) is not None]
     if len(box_keys) > 1 or len(shape_keys) > 1 or not (box_keys or shape_keys):
@@ -221,7 +229,7 @@ def _parse_dict(spec: Mapping, image_size: tuple[int, int], box_format: str, ind
                 mask = rasterize(parts, image_size)
         if source is None:
             source = shape_box
-    return _finish(source, image_size, label, mask=mask, id=rid, score=score)
+    return _finish(source, image_size, label, mask=mask, id=rid, score=score, objectness=objectness)
 
 
 def parse_region(spec: Any, image_size: tuple[int, int], *, box_format: str = "xyxy", index: int = 0) -> Region:
@@ -232,7 +240,7 @@ def parse_region(spec: Any, image_size: tuple[int, int], *, box_format: str = "x
             (``"box"`` in ``box_format`` unless the dict has ``"box_format"``, or ``"bbox"`` in
             COCO xywh) and/or a shape (``"polygon"``, ``"mask"`` as a 2-D array or RLE dict,
             ``"rle"``, or ``"segmentation"`` holding a COCO RLE dict or polygon list; without a
-            box the shape's exact box is used), optional ``"id"`` and ``"score"``, other keys
+            box the shape's exact box is used), optional ``"id"``, ``"score"`` and ``"objectness"``, other keys
             being ignored; or a 2-D mask array/tensor (boolean, or 0/1 of the image's shape).
         image_size: ``(W, H)`` of the image.
         box_format: ``"xyxy"`` or ``"xywh"``.

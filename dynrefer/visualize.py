@@ -112,3 +112,41 @@ def describe_sheet(image: torch.Tensor, record: dict, path, *, width: int = 900)
         draw.text((6, shown.height + 4 + 16 * i), line, fill=colour)
     sheet.save(path)
     return path
+
+
+def hits_sheet(hits: list[dict], path, *, tile: int = 160, columns: int = 5) -> Path:
+    """A contact sheet of search hits: each hit's region (with a margin of a quarter of its size), its rank,
+    score and caption. ``hits`` carry ``path`` (the image file) and ``box``."""
+    from PIL import Image, ImageDraw
+
+    from .images import load_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = max(1, -(-len(hits) // columns))
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + 34)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    if not hits:
+        draw.text((8, 8), "no hit", fill=(230, 230, 230))
+    from .errors import ImageLoadError
+
+    for k, hit in enumerate(hits):
+        left, top = (k % columns) * tile, (k // columns) * (tile + 34)
+        try:
+            image = tensor_to_pil(load_image(hit["path"]))
+        except ImageLoadError:  # moved or deleted since it was indexed: a tile that says so
+            draw.text((left + 8, top + tile // 2), "image missing", fill=(255, 120, 120))
+            draw.text((left + 4, top + tile + 17), str(hit.get("image", ""))[:28], fill=(230, 230, 230))
+            continue
+        x1, y1, x2, y2 = hit["box"]
+        if not (x1 < image.width and y1 < image.height and x2 > 0 and y2 > 0):  # the file changed since indexing
+            draw.text((left + 8, top + tile // 2), "image changed", fill=(255, 120, 120))
+            continue
+        mx, my = (x2 - x1) / 4, (y2 - y1) / 4
+        crop = image.crop((max(0, x1 - mx), max(0, y1 - my), min(image.width, x2 + mx), min(image.height, y2 + my)))
+        crop.thumbnail((tile, tile))
+        sheet.paste(crop, (left + (tile - crop.width) // 2, top + (tile - crop.height) // 2))
+        draw.text((left + 4, top + tile + 2), f"#{k + 1} {hit.get('score', 0):.3f}", fill=(255, 220, 120))
+        draw.text((left + 4, top + tile + 17), (hit.get("caption") or "")[:28], fill=(230, 230, 230))
+    sheet.save(path)
+    return path

@@ -3,7 +3,8 @@
 Prints JSON rows: ``{"image", "size", "proposals_s", "proposals"}`` for the bundled photos resized to 640x480
 (median of ``--repeats``), ``{"describe_all_s", ...}`` for ``describe --all`` end to end on one of them, and the
 recall of the first 100 / 300 proposals at IoU 0.5 on ``--scenes`` generated scenes of seed 11 (not the seed the
-proposer was tuned on).
+proposer was tuned on), and how often a click at an object's box centre gives that object (``--point``: IoU >=
+0.5).
 
 Usage: ``python scripts/bench_proposals.py [--repeats 3] [--scenes 50]``
 """
@@ -24,7 +25,7 @@ def main() -> None:
     from torchvision.ops import box_iou
 
     from dynrefer.inference.predictor import Predictor
-    from dynrefer.proposals import dense_scores, proposal_source
+    from dynrefer.proposals import best_first, proposal_source
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
@@ -42,7 +43,7 @@ def main() -> None:
 
     def describe_all():
         kept = source(image).select(100, 0.5, image.size)
-        return dense_scores(predictor.describe(image, kept.regions()), True)
+        return best_first(predictor.describe(image, kept.regions()))
 
     seconds = median_seconds(describe_all, args.repeats)
     print(json.dumps({"describe_all_s": round(seconds, 3), "image": "coffee 640x480",
@@ -57,7 +58,20 @@ def main() -> None:
             kept = source(image).select(k, 0.5, image.size)
             found[k] += int((box_iou(gt, torch.as_tensor(kept.boxes)).max(1).values >= 0.5).sum())
     print(json.dumps({"scenes": args.scenes, "seed": 11, "objects": total,
-                      **{f"recall_at_{k}": round(v / total, 4) for k, v in found.items()}}))
+                      **{f"recall_at_{k}": round(v / total, 4) for k, v in found.items()}}), flush=True)
+    hits = clicks = 0  # click-to-region: a click at each object's box centre
+    for index in range(args.scenes):
+        image, truth = generate_scene(11, index)
+        found_all = source(image).inside(image.size)
+        for region in truth["regions"]:
+            x1, y1, x2, y2 = region["box"]
+            picked = found_all.at_point((x1 + x2) / 2, (y1 + y2) / 2)
+            clicks += 1
+            if len(picked.boxes):
+                iou = box_iou(torch.tensor([region["box"]], dtype=torch.float64), torch.as_tensor(picked.boxes))
+                hits += int(iou.max() >= 0.5)
+    print(json.dumps({"click_at_box_centre_hit_at_iou_0.5": round(hits / clicks, 4), "clicks": clicks,
+                      "scenes": args.scenes, "seed": 11}))
 
 
 

@@ -133,3 +133,34 @@ def test_runner_split_defaults_to_the_files_only_split_else_test(tmp_path, monke
     assert resolve_split(data("train", "val"), "val") == "val"
     with pytest.raises(InputError, match="has the splits train, val: choose one with --split"):
         resolve_split(data("train", "val"), None)
+
+
+def test_scenes_densecap_runner(tmp_path, monkeypatch):
+    """Describe everything on generated scenes (issue #30): ground-truth boxes, the default proposals, and file
+    proposals equal to the ground truth (the same mAP as the first), with the built-in model and METEOR 1.5."""
+    report = run_runner("scenes_densecap.py", ["--out-dir", str(tmp_path), "--scenes", "2", "--max-regions", "30"],
+                        monkeypatch)
+    gt, default, file_gt = report["gt_boxes"], report["default"], report["file_gt"]
+    objects = report["proposals"]["objects"]
+    assert gt["regions"] == file_gt["regions"] == objects > 0 and 0 < default["regions"] <= 60
+    assert report["file_equals_gt"] is True and file_gt == gt
+    assert 0 < default["map"] <= 100 and 0 < gt["map"] <= 100 and 0 <= gt["det_map"] <= 100
+    assert report["default_over_gt"] == round(default["map"] / gt["map"], 3)
+    assert 0.5 <= report["proposals"]["recall_at_100"] <= report["proposals"]["recall_at_300"] <= 1.0
+    predictions = [json.loads(line) for line in (tmp_path / "default.jsonl").read_text().splitlines()]
+    assert all(r["score"] == r["objectness"]
+               for p in predictions for r in p["regions"])
+
+
+def test_scenes_search_runner(tmp_path, monkeypatch):
+    """Region search on generated scenes (issue #31), a small collection: every measure is reported and in range;
+    the unknown words find nothing (the vocabulary rule)."""
+    report = run_runner("scenes_search.py", ["--out-dir", str(tmp_path), "--images", "8", "--examples", "20"],
+                        monkeypatch)
+    assert report["settings"]["regions"] == report["index"]["regions"] > 8
+    for kind in ("category", "colour", "pattern", "colour_shape"):
+        row = report[f"text_{kind}"]
+        assert 0 <= row["map"] <= 1 and 0 <= row["hits"] <= 10 and row["queries"] > 0
+    assert report["rejected_unknown_words"] == 1.0 and 0 <= report["rejected_absent"] <= 1
+    for key in ("by_example_p_at_10", "text_prompt_accuracy", "few_shot_1_accuracy", "few_shot_5_accuracy"):
+        assert 0 < report[key] <= 1, key

@@ -113,6 +113,18 @@ def test_bad_requests_are_4xx_json_naming_the_problem(client, photos, request_kw
     assert client.get("/v1/health").json()["status"] == "ok"  # still serving
 
 
+def test_uploads_take_common_formats_only(client, photos):
+    """A server opens PNG, JPEG, WebP, BMP, TIFF, GIF and PPM, not every format PIL knows (TGA, ICO, PCX...)."""
+    for fmt, ok in (("JPEG", True), ("WEBP", True), ("BMP", True), ("TGA", False), ("ICO", False), ("PCX", False)):
+        data = io.BytesIO()
+        Image.fromarray(photos["coffee"].array[:64, :64]).save(data, format=fmt)
+        answer = client.post("/v1/describe", files={"image": (f"x.{fmt.lower()}", data.getvalue(), "image/x")},
+                             data={"regions": json.dumps([[1, 1, 30, 30]])})
+        assert answer.status_code == (200 if ok else 415), (fmt, answer.text)
+        if not ok:
+            assert "not a recognised image" in answer.json()["error"]
+
+
 def test_uploads_over_the_limit_are_refused_before_reading(client):
     answer = client.post("/v1/describe", content=b"x" * 3_200_000, headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "upload limit" in answer.json()["error"]

@@ -12,7 +12,8 @@ import sys
 from importlib import import_module
 
 #: command modules, in the order ``dynrefer --help`` lists them
-COMMANDS = ("describe", "views", "predict", "evaluate", "prepare", "convert_official", "serve", "demo")
+COMMANDS = ("describe", "views", "predict", "evaluate", "prepare", "convert_official", "serve", "index", "search",
+            "demo")
 #: the entry-point group through which other installed packages add commands (the built-in model's project adds
 #: ``synth``): ``NAME = "module:register"``
 ENTRY_POINT_GROUP = "dynrefer.commands"

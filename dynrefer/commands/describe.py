@@ -44,6 +44,10 @@ def register(subparsers) -> None:
                    help="comma-separated: caption,tags,attributes,category (default: all)")
     p.add_argument("--classes", default=None, help="comma-separated class names (default: the model's)")
     p.add_argument("--attributes", default=None, help="comma-separated attribute names (default: the model's)")
+    p.add_argument("--classes-from", default=None, metavar="EXAMPLES.jsonl",
+                   help="few-shot classes: SPEC §5 records whose regions carry 'category' (a few each); each region's "
+                        "category is the nearest class prototype, or null below --min-similarity (docs/search.md)")
+    p.add_argument("--min-similarity", type=float, default=0.5, help="with --classes-from: the none-of-these floor")
     p.add_argument("--num-views", type=int, default=None,
                    help="views per region; must be the model's own (a check: its fusion is sized for it)")
     p.add_argument("--all-scores", action="store_true", help="list every tag and every class with its score")
@@ -54,14 +58,18 @@ def register(subparsers) -> None:
                         "(docs/precision.md)")
     p.add_argument("--all", action="store_true", help="describe everything: regions from --proposals")
     p.add_argument("--proposals", default=None, metavar="SOURCE",
-                   help="with --all: default (segmentation, no weights) or file:PATH (JSONL records or COCO "
-                        "results made elsewhere)")
+                   help="with --all / --point: default (segmentation, no weights), sam:CHECKPOINT (Segment "
+                        "Anything) or file:PATH (JSONL records or COCO results made elsewhere)")
     p.add_argument("--point", nargs=2, type=float, action="append", metavar=("X", "Y"),
-                   help="click-to-region: the smallest proposal containing the point (repeatable; uses --proposals)")
+                   help="click-to-region: with sam:, SAM's mask for the point; else the most stable proposal "
+                        "containing it (repeatable; uses --proposals)")
     p.add_argument("--max-regions", type=int, default=100, help="with --all: at most this many regions (100)")
     p.add_argument("--nms-iou", type=float, default=0.5, help="with --all: duplicates above this IoU go (0.5)")
     p.add_argument("--out", default=None, help="write the JSON record here instead of printing it")
     p.add_argument("--viz", default=None, help="draw each region with its caption into this PNG")
+    p.add_argument("--viz-top", type=int, default=None, metavar="K",
+                   help="with --all: draw only the K best regions (default: every one; 20 keeps a photo readable); "
+                        "the JSON holds every one")
     p.set_defaults(func=run, regions=None)
 
 
@@ -130,6 +138,8 @@ def run(args) -> int:
         raise InputError("--proposals is used by --all and --point")
     if not args.regions and not args.all and not args.point:
         raise InputError("give at least one region with --box, --polygon or --mask (or --all, or --point X Y)")
+    if args.viz_top is not None and (args.viz_top < 0 or not args.all):
+        raise InputError("--viz-top takes a count of 1 or more (0 or none: every region), with --all")
     if args.viz is not None and not args.viz.lower().endswith(".png"):
         raise InputError(f"--viz must name a .png file, got {args.viz!r}")
     for option, value in (("--out", args.out), ("--viz", args.viz)):
@@ -143,20 +153,24 @@ def run(args) -> int:
 
         from ..proposals import Proposals, proposal_source
 
-        found = proposal_source(args.proposals or "default")(args.image)
+        source = proposal_source(args.proposals or "default", device=resolve_device(args.device))
         if args.point:
-            picked = []
             for x, y in args.point:
                 if not (0 <= x < size[0] and 0 <= y < size[1]):
                     raise InputError(f"--point {x:g} {y:g} is outside the {size[0]}x{size[1]} image")
-                hit = found.inside(size).at_point(x, y)
+            if hasattr(source, "at_points"):  # a segmenter: the mask it predicts for each click
+                picked = source.at_points(image, args.point)
+            else:  # a set of proposals: the most stable one containing the click
+                found = source(args.image).inside(size)
+                picked = [found.at_point(x, y) for x, y in args.point]
+            for (x, y), hit in zip(args.point, picked):
                 if len(hit.boxes) == 0:
                     raise InputError(f"no proposal contains --point {x:g} {y:g}")
-                picked.append(hit)
+            scored = all(h.scores is not None for h in picked)
             proposals = Proposals(np.concatenate([h.boxes for h in picked]),
-                                  None if found.scores is None else np.concatenate([h.scores for h in picked]))
+                                  np.concatenate([h.scores for h in picked]) if scored else None)
         else:
-            proposals = found.select(args.max_regions, args.nms_iou, size)
+            proposals = source(args.image).select(args.max_regions, args.nms_iou, size)
         specs = proposals.regions()
         if not specs:
             raise InputError(f"the proposals hold no region for '{args.image}'")
@@ -165,22 +179,31 @@ def run(args) -> int:
     # every input checked before the model loads (seconds): regions, tasks, vocabularies, the model folder
     parse_regions(specs, size, box_format=args.box_format)
     tasks = check_tasks(args.tasks)
+    if args.classes_from is not None and args.classes is not None:
+        raise InputError("give --classes or --classes-from, not both")
     classes, attributes = check_vocabulary(args.classes, "classes"), check_vocabulary(args.attributes, "attributes")
     if args.model != "builtin":
         resolve_model_dir(args.model)
     device = resolve_device(args.device)
     predictor = Predictor(args.model, device=device, dtype=args.dtype)
-    record = predictor.describe(image, specs, tasks=tasks, num_views=args.num_views, box_format=args.box_format,
-                                classes=classes, attributes=attributes, all_scores=args.all_scores,
-                                image_label=str(args.image))
-    if proposals is not None and args.all:
-        from ..proposals import dense_scores
+    record, tokens = predictor.describe_many(
+        [image], [specs], tasks=tasks, num_views=args.num_views, box_format=args.box_format, classes=classes,
+        attributes=attributes, all_scores=args.all_scores, image_labels=[str(args.image)], return_tokens=True)
+    record = record[0]
+    if args.classes_from is not None:
+        from ..search import few_shot_categories
 
-        record = dense_scores(record, proposals.scores is not None)
+        few_shot_categories(predictor, record, tokens, args.classes_from, min_similarity=args.min_similarity)
+    if proposals is not None and args.all:
+        from ..proposals import best_first
+
+        record = best_first(record)
     if args.viz:
         from ..visualize import describe_sheet
 
-        describe_sheet(image, record, args.viz)
+        top = args.viz_top or 0
+        shown = {**record, "regions": record["regions"][:top]} if args.all and top > 0 else record
+        describe_sheet(image, shown, args.viz)
     text = json.dumps(record)
     if args.out:
         write_text_atomic(args.out, text + "\n")  # a full disk or an interruption never leaves a file behind

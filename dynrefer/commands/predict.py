@@ -4,12 +4,15 @@
                      [--image-root DIR] [--devices N] [--accelerator cpu|gpu|auto] [--config C.yaml]
                      [--all-scores] [--classes a,b,c] [--attributes a,b,c] [--tag-threshold T]
                      [--batch-size IMAGES] [--num-workers W] [--encoder-batch-size V] [--dtype auto|bfloat16|float16]
+                     [--proposals default|file:PATH [--max-regions K] [--nms-iou IOU]]
 
 Runs through Lightning's ``Trainer.predict`` (several devices: DDP splits the images);
 resumable — a rerun skips the regions already written (see :mod:`dynrefer.inference.predict`).
 ``--config`` is a YAML file whose ``predict:`` section (or top level) holds any of these options
 with underscores (``tag_threshold: 0.8``, ``classes: [...]``, or ``classes_file`` /
 ``attributes_file``: one name per line or a JSON list); command-line options win.
+``--proposals`` gives the records that list no region the regions of a proposal source (describe everything;
+docs/proposals.md).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ DEFAULTS = {
     "model": "builtin", "data": None, "out": None, "tasks": "caption,tags,attributes,category", "image_root": None,
     "devices": 1, "accelerator": "cpu", "all_scores": False, "classes": None, "attributes": None,
     "classes_file": None, "attributes_file": None, "tag_threshold": None, "batch_size": 4, "num_workers": 2,
-    "encoder_batch_size": None, "dtype": None, "progress": None, "allow_empty": False,
+    "encoder_batch_size": None, "dtype": None, "progress": None, "allow_empty": False, "proposals": None,
+    "max_regions": 100, "nms_iou": 0.5, "classes_from": None, "min_similarity": 0.5,
 }  # fmt: skip
 
 
@@ -57,6 +61,15 @@ def register(subparsers) -> None:
                         "(docs/precision.md)")
     p.add_argument("--allow-empty", action="store_true", default=None,
                    help="accept a dataset with no region at all (an empty output; by default an error)")
+    p.add_argument("--proposals", default=None, metavar="SOURCE",
+                   help="records without regions get proposals: default (segmentation, no weights) or file:PATH "
+                        "(JSONL records or COCO results); score = the proposal's objectness")
+    p.add_argument("--max-regions", type=int, default=None, help="with --proposals: at most this many per image (100)")
+    p.add_argument("--nms-iou", type=float, default=None, help="with --proposals: duplicates above this IoU go (0.5)")
+    p.add_argument("--classes-from", default=None, metavar="EXAMPLES.jsonl",
+                   help="few-shot classes: SPEC §5 records whose regions carry 'category'; each region's category is "
+                        "the nearest class, or null below --min-similarity (docs/search.md)")
+    p.add_argument("--min-similarity", type=float, default=None, help="with --classes-from: the floor (0.5)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="the progress bar (regions, regions/s) on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
@@ -110,12 +123,28 @@ def resolve_options(args) -> dict:
 
         if not torch.cuda.is_available():
             raise InputError(f"--accelerator {accelerator}: no CUDA GPU is visible to PyTorch here (use cpu or auto)")
+    given = {k for k, v in vars(args).items() if v is not None} | set(loaded_keys(args))
+    if opts["proposals"] is None and given & {"max_regions", "nms_iou"}:
+        raise InputError("--max-regions and --nms-iou are used with --proposals")
+    if opts["classes_from"] is not None and opts["classes"] is not None:
+        raise InputError("give --classes or --classes-from, not both")
     if int(opts["num_workers"]) < 0:
         raise InputError(f"--num-workers must be 0 or more, got {opts['num_workers']}")
     return opts
 
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
+
+def loaded_keys(args) -> list[str]:
+    """The options ``--config`` sets (its ``predict:`` section or top level)."""
+    if not args.config:
+        return []
+    import yaml
+
+    loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+    loaded = loaded.get("predict", loaded) if isinstance(loaded, dict) else {}
+    return list(loaded) if isinstance(loaded, dict) else []
 
 
 def run(args) -> int:
@@ -130,7 +159,9 @@ def run(args) -> int:
                           batch_size=int(opts["batch_size"]), num_workers=int(opts["num_workers"]),
                           encoder_batch_size=_optional_int(opts["encoder_batch_size"]), dtype=opts["dtype"],
                           progress=sys.stderr.isatty() if opts["progress"] is None else bool(opts["progress"]),
-                          allow_empty=bool(opts["allow_empty"]))
+                          allow_empty=bool(opts["allow_empty"]), proposals=opts["proposals"],
+                          max_regions=int(opts["max_regions"]), nms_iou=float(opts["nms_iou"]),
+                          classes_from=opts["classes_from"], min_similarity=float(opts["min_similarity"]))
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         print(json.dumps(summary))  # once: a DDP launcher runs this command in every process
     return 0

@@ -275,14 +275,19 @@ class Engine:
             "boxes_in_view": torch.as_tensor(plan.boxes_in_view, dtype=torch.float32, device=self.device),
         }
 
-    def run(self, images, regions, *, tasks=TASKS, policy=None, ts=None, hash_flavour=None, classes=None,
-            attributes=None, tag_threshold=None, all_tags=False, generator=None,
-            prepared=None) -> tuple[list[list[dict]], ViewPlan]:
+    def run(self, images, regions, **options) -> tuple[list[list[dict]], ViewPlan]:
         """Model outputs for ``regions`` (per image, parsed :class:`~dynrefer.regions.Region`
         lists) of ``images`` ((3, H, W) uint8 tensors): per image, one dict per region (see
-        ``DynRefer.predict``), and the view plan. ``prepared``: the views planned and rendered
-        beforehand (:func:`merge_prepared` of :func:`prepare_views`; ``images`` and the view
-        options are then not used)."""
+        ``DynRefer.predict``), and the view plan. Options: those of :meth:`run_with_tokens`."""
+        per_image, plan, _ = self.run_with_tokens(images, regions, **options)
+        return per_image, plan
+
+    def run_with_tokens(self, images, regions, *, tasks=TASKS, policy=None, ts=None, hash_flavour=None,
+                        classes=None, attributes=None, tag_threshold=None, all_tags=False, generator=None,
+                        prepared=None) -> tuple[list[list[dict]], ViewPlan, torch.Tensor | None]:
+        """:meth:`run`, and the regions' Q-Former tokens (R, Q, D) in input order (None without regions).
+        ``prepared``: the views planned and rendered beforehand (:func:`merge_prepared` of
+        :func:`prepare_views`; ``images`` and the view options are then not used)."""
         tasks = check_tasks(tasks)
         check_threshold(tag_threshold)
         classes = check_vocabulary(classes, "classes")
@@ -299,7 +304,7 @@ class Engine:
                 raise InputError(f"the prepared views are for {list(plan.regions_per_image)} regions per image, "
                                  f"got {[len(regs) for regs in regions]}")
         if plan.total_crops == 0:
-            return [[] for _ in plan.regions_per_image], plan
+            return [[] for _ in plan.regions_per_image], plan, None
         classes = classes if classes is not None else list(self.model.categories)  # lists since the check above
         attributes = attributes if attributes is not None else list(self.model.attributes)
         with torch.inference_mode(), self._autocast():
@@ -309,9 +314,10 @@ class Engine:
                 batch = self.batch(None, plan, pixels=prepared[1].to(self.device))
             outputs = self.model.predict(batch, tasks, attributes=attributes or None, categories=classes or None,
                                          tag_threshold=tag_threshold, encoder_batch_size=self.encoder_batch_size)
+        tokens = outputs.region
         outputs = region_records(outputs, all_tags=all_tags)
         per_image, start = [], 0
         for count in plan.regions_per_image:
             per_image.append(outputs[start:start + count])
             start += count
-        return per_image, plan
+        return per_image, plan, tokens

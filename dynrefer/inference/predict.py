@@ -41,25 +41,17 @@ from .predict_inputs import (
     check_record_size,
     check_records,
     die_with_parent,
+    extra_settings,
+    occurrences,
     output_lock,
     preflight,
     region_input,
+    same_region,
 )
 
 
 def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
-
-
-def occurrences(records: list[dict]) -> list[int]:
-    """For each record, how many earlier records list the same image (0 for its first record)."""
-    seen: dict = {}
-    out = []
-    for rec in records:
-        image = rec.get("image")
-        out.append(seen.get(image, 0))
-        seen[image] = out[-1] + 1
-    return out
 
 
 def _positions(records: list[dict]) -> dict[tuple, tuple[int, int]]:
@@ -92,7 +84,9 @@ def read_parts(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]:
 
 
 def read_finished(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]:
-    """Regions already in ``out`` (a finished earlier run), matched to the input by (image, occurrence, id)."""
+    """Regions already in ``out`` (a finished earlier run), matched to the input by (image, occurrence, id) and
+    kept only while the input region is the same (:func:`same_region`): an edited input, or other proposals,
+    are predicted again."""
     if not out.is_file():
         return {}
     where = _positions(records)
@@ -101,9 +95,10 @@ def read_finished(out: Path, records: list[dict]) -> dict[tuple[int, int], dict]
     for rec, occ in zip(written, occurrences(written)):
         for reg in rec.get("regions", []):
             key = where.get((rec.get("image"), occ, reg.get("id")))
-            if key is not None:
+            if key is not None and same_region(region_input(records[key[0]], key[1]), reg, rec):
                 done[key] = reg
     return done
+
 
 
 class RecordDataset(Dataset):
@@ -162,7 +157,8 @@ class PredictModule(L.LightningModule):
     """
 
     def __init__(self, model="builtin", *, tasks=("caption", "tags", "attributes", "category"), all_scores=False,
-                 classes=None, attributes=None, tag_threshold=None, encoder_batch_size=None, dtype=None):
+                 classes=None, attributes=None, tag_threshold=None, encoder_batch_size=None, dtype=None,
+                 classes_from=None, min_similarity=0.5):
         super().__init__()
         from .predictor import Predictor
 
@@ -170,6 +166,11 @@ class PredictModule(L.LightningModule):
         self.model = self.predictor.model
         self.options = dict(tasks=tasks, all_scores=all_scores, classes=classes, attributes=attributes,
                             tag_threshold=tag_threshold)
+        self.few_shot = None
+        if classes_from is not None:  # few-shot classes: the examples embedded once
+            from ..search.build import few_shot_classifier
+
+            self.few_shot = few_shot_classifier(self.predictor, classes_from, min_similarity=min_similarity)
 
     def view_settings(self) -> dict | None:
         """Settings for :class:`RecordDataset` to plan and render views ahead of the model, or None when
@@ -181,11 +182,18 @@ class PredictModule(L.LightningModule):
         errors = [b["error"] for b in batch if "error" in b]
         if errors:
             raise InputError(errors[0])
+        tokens = self.few_shot is not None
         if all("prepared" in b for b in batch):
-            records = self.predictor.describe_prepared([b["prepared"] for b in batch], **self.options)
+            records = self.predictor.describe_prepared([b["prepared"] for b in batch], **self.options,
+                                                       return_tokens=tokens)
         else:
             records = self.predictor.describe_many([b["image"] for b in batch], [b["regions"] for b in batch],
-                                                   image_labels=[b["label"] for b in batch], **self.options)
+                                                   image_labels=[b["label"] for b in batch], **self.options,
+                                                   return_tokens=tokens)
+        if tokens:
+            from ..search.build import apply_few_shot
+
+            records = apply_few_shot(self.few_shot, self.model, *records)
         out = []
         for item, record in zip(batch, records):
             size = [record["width"], record["height"]]
@@ -237,6 +245,13 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
     parts = read_parts(out, records)
     done.update({key: item["prediction"] for key, item in parts.items()})
     sizes = {i: item["size"] for (i, _), item in parts.items() if item.get("size")}
+    if out.is_file():  # sizes an earlier, finished run wrote (a rerun with nothing left has no parts)
+        earlier = read_jsonl(out)
+        placed = {(r.get("image"), occ): r for r, occ in zip(earlier, occurrences(earlier))}
+        for i, (rec, occ) in enumerate(zip(records, occurrences(records))):
+            old = placed.get((rec.get("image"), occ))
+            if i not in sizes and old is not None and old.get("width") is not None and old.get("height") is not None:
+                sizes[i] = (old["width"], old["height"])
     result = []
     for i, rec in enumerate(records):
         regions = [done[(i, j)] for j in range(len(rec.get("regions", []))) if (i, j) in done]
@@ -297,12 +312,17 @@ def check_run_settings(out: Path, settings: dict) -> None:
 def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", "attributes", "category"),
                 all_scores=False, classes=None, attributes=None, tag_threshold=None, devices=1, accelerator="cpu",
                 batch_size=4, num_workers=2, encoder_batch_size=None, dtype=None, progress=True,
-                prepare_in_workers=True, allow_empty=False) -> dict:
+                prepare_in_workers=True, allow_empty=False, proposals=None, max_regions=100, nms_iou=0.5,
+                classes_from=None, min_similarity=0.5) -> dict:
     """Describe every region of ``data`` (JSONL) into ``out`` (JSONL); resumable. Returns a summary.
     With ``num_workers`` > 0 the workers decode the images and, with ``prepare_in_workers`` (and a view
     policy other than ``random``), also parse the regions and plan and render their views. Every input is
     checked before the model loads; a dataset with no region at all is an error unless ``allow_empty``
-    (records without regions are fine where others have some)."""
+    (records without regions are fine where others have some). With ``proposals`` (a
+    :func:`~dynrefer.proposals.proposal_source` spec: ``default`` or ``file:PATH``), records without regions get
+    the source's proposals (at most ``max_regions`` after NMS at ``nms_iou``; :mod:`dynrefer.proposals.fill`),
+    each region's ``score`` then its objectness (kept as ``objectness`` too). ``classes_from``: few-shot classes
+    (a JSONL of labelled example regions, :mod:`dynrefer.search`) give each region's ``category``."""
     data, out = Path(data), Path(out)
     if out.resolve() == data.resolve():
         raise InputError(f"--out '{out}' would overwrite the input file")
@@ -311,25 +331,38 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
     records = read_jsonl(data)
     root = Path(image_root) if image_root else data.parent
     check_records(records, data)
-    total = sum(len(r.get("regions", [])) for r in records)
-    if total == 0 and not allow_empty:
-        raise InputError(f"'{data}' has no region to describe ({len(records)} record(s), 0 regions); "
-                         "--allow-empty accepts it (an empty output)")
     with output_lock(out):
-        return _run_locked(model, data, out, records, root, total, tasks=tasks, all_scores=all_scores,
-                           classes=classes, attributes=attributes, tag_threshold=tag_threshold, devices=devices,
-                           accelerator=accelerator, batch_size=batch_size, num_workers=num_workers,
-                           encoder_batch_size=encoder_batch_size, dtype=dtype, progress=progress,
-                           prepare_in_workers=prepare_in_workers)
+        filled = 0
+        if proposals is not None:
+            from ..proposals.fill import fill_regions
+
+            gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+            filled = fill_regions(records, root, proposals, max_regions=max_regions, nms_iou=nms_iou,
+                                  progress=progress, device=torch.device("cuda") if gpu else None)
+        total = sum(len(r.get("regions", [])) for r in records)
+        if total == 0 and not allow_empty:
+            raise InputError(f"'{data}' has no region to describe ({len(records)} record(s), 0 regions); "
+                             + ("the proposals found none; " if proposals is not None else "")
+                             + "--allow-empty accepts it (an empty output)")
+        extra = extra_settings(proposals, max_regions, nms_iou, classes_from, min_similarity)
+        summary = _run_locked(model, data, out, records, root, total, tasks=tasks, all_scores=all_scores,
+                              classes=classes, attributes=attributes, tag_threshold=tag_threshold, devices=devices,
+                              accelerator=accelerator, batch_size=batch_size, num_workers=num_workers,
+                              encoder_batch_size=encoder_batch_size, dtype=dtype, progress=progress,
+                              prepare_in_workers=prepare_in_workers, extra_settings=extra,
+                              few_shot=None if classes_from is None else (classes_from, float(min_similarity)))
+        if proposals is not None:
+            summary["records_with_proposals"] = filled
+        return summary
 
 
 def _run_locked(model, data, out, records, root, total, *, tasks, all_scores, classes, attributes, tag_threshold,
                 devices, accelerator, batch_size, num_workers, encoder_batch_size, dtype, progress,
-                prepare_in_workers) -> dict:
+                prepare_in_workers, extra_settings=None, few_shot=None) -> dict:
     finished = read_finished(out, records)
     check_finished_fields(finished, out, tasks, all_scores)
     settings = dict(model=model_identity(model), tasks=sorted(tasks), all_scores=bool(all_scores), classes=classes,
-                    attributes=attributes, tag_threshold=tag_threshold, dtype=dtype)
+                    attributes=attributes, tag_threshold=tag_threshold, dtype=dtype, **(extra_settings or {}))
     check_run_settings(out, settings)
     done = set(finished) | set(read_parts(out, records))
     preflight(records, root, done)
@@ -340,7 +373,9 @@ def _run_locked(model, data, out, records, root, total, *, tasks, all_scores, cl
         assemble(out, records, finished)
         return summary
     module = PredictModule(model, tasks=tasks, all_scores=all_scores, classes=classes, attributes=attributes,
-                           tag_threshold=tag_threshold, encoder_batch_size=encoder_batch_size, dtype=dtype)
+                           tag_threshold=tag_threshold, encoder_batch_size=encoder_batch_size, dtype=dtype,
+                           classes_from=few_shot[0] if few_shot else None,
+                           min_similarity=few_shot[1] if few_shot else 0.5)
     if prepare_in_workers and num_workers > 0:
         dataset.views = module.view_settings()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,

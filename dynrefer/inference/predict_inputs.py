@@ -12,7 +12,8 @@ from ..errors import InputError
 from ..images import image_file_size
 from ..regions import parse_regions
 
-REGION_INPUT_KEYS = ("id", "box", "bbox", "mask", "polygon", "segmentation", "rle", "score")
+REGION_INPUT_KEYS = ("id", "box", "bbox", "box_format", "mask", "polygon", "segmentation", "rle", "score",
+                     "objectness")
 
 
 def _region_id(record: dict, j: int):
@@ -25,6 +26,64 @@ def region_input(record: dict, j: int) -> dict:
     score): a part entry is reused only while this is unchanged."""
     spec = record["regions"][j]
     return {k: spec[k] for k in REGION_INPUT_KEYS if k in spec}
+
+
+def occurrences(records: list[dict]) -> list[int]:
+    """For each record, how many earlier records list the same image (0 for its first record)."""
+    seen: dict = {}
+    out = []
+    for rec in records:
+        image = rec.get("image")
+        out.append(seen.get(image, 0))
+        seen[image] = out[-1] + 1
+    return out
+
+
+def same_region(spec: dict, predicted: dict, record: dict) -> bool:
+    """Whether a finished prediction is of the input region ``spec``: the same box (the input parsed in the
+    written record's size) and the same ``score`` / ``objectness`` where the input gives them."""
+    size = (record.get("width"), record.get("height"))
+    if None in size or not isinstance(predicted.get("box"), list):
+        return False
+    try:
+        box = parse_regions([_box_only(spec)], size)[0].box
+    except InputError:
+        return False
+    if len(predicted["box"]) != 4 or max(abs(float(a) - float(b)) for a, b in zip(box, predicted["box"])) > 1e-6:
+        return False
+    if spec.get("score") is not None and predicted.get("score") != spec["score"]:
+        return False
+    return predicted.get("objectness") == spec.get("objectness")  # given, removed or changed: predicted again
+
+
+def _box_only(spec: dict) -> dict:
+    """A region spec whose box is the same as ``spec``'s without drawing its shape: a polygon's box is the extent
+    of its points (what parsing derives); boxes and masks are kept as they are."""
+    shape = spec.get("polygon", spec.get("segmentation"))
+    if any(k in spec for k in ("box", "bbox")) or not isinstance(shape, list):
+        return spec
+    parts = shape if shape and isinstance(shape[0], list) else [shape]
+    try:
+        xs = [float(v) for p in parts for v in p[0::2]]
+        ys = [float(v) for p in parts for v in p[1::2]]
+    except (TypeError, ValueError):
+        return spec  # parsing names the problem
+    if not xs or not ys:
+        return spec
+    return {"box": [min(xs), min(ys), max(xs), max(ys)], "box_format": "xyxy"}
+
+
+def extra_settings(proposals, max_regions, nms_iou, classes_from, min_similarity) -> dict:
+    """The run settings that proposals and few-shot classes add (a resumed run must have the same)."""
+    if proposals is not None and str(proposals).partition(":")[0] in ("file", "sam"):  # a path: as resolved
+        kind, _, path = str(proposals).partition(":")
+        proposals = f"{kind}:{Path(path).resolve()}"
+    extra = {} if proposals is None else {"proposals": [str(proposals), int(max_regions), float(nms_iou)]}
+    if classes_from is not None:
+        if not Path(classes_from).is_file():
+            raise InputError(f"cannot read --classes-from '{classes_from}': no such file")
+        extra["classes_from"] = [str(Path(classes_from).resolve()), float(min_similarity)]
+    return extra
 
 
 def check_record_size(record: dict, size: tuple[int, int]) -> None:

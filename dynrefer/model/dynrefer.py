@@ -304,7 +304,7 @@ class DynRefer(nn.Module):
                                      encoder_batch_size)
         thr = self.config.tags.threshold if tag_threshold is None else tag_threshold
         out = RegionOutputs(tasks=tasks, num_regions=int(region.shape[0]), tag_names=list(self.tag_names),
-                            tag_threshold=thr)
+                            tag_threshold=thr, region=region)
         if "tags" in tasks or "caption" in tasks:
             out.tag_probs = self.tag_probabilities(region)
         if "caption" in tasks:

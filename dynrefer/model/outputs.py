@@ -26,6 +26,8 @@ class RegionOutputs:
         category_names: the queried classes (C); ``category_scores`` (R, C): the softmax of the logits
             (calibrated) or the raw ``s`` (official); ``category_logits`` (R, C); ``none_threshold``: a region
             whose best logit is below it has no category (None: always one).
+        region: (R, Q, D) the Q-Former's region tokens every head reads (on the model's device, its dtype): what a
+            region index stores (:mod:`dynrefer.search`).
     """
 
     tasks: tuple[str, ...]
@@ -42,6 +44,7 @@ class RegionOutputs:
     category_scores: torch.Tensor | None = None
     category_logits: torch.Tensor | None = None
     none_threshold: float | None = None
+    region: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.num_regions

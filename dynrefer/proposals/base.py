@@ -62,11 +62,12 @@ class Proposals:
         return Proposals(b[i : i + 1], None if self.scores is None else self.scores[i : i + 1])
 
     def regions(self) -> list[dict]:
-        """Region specs for ``describe`` (``{"box", "score"}``: the objectness travels with the region)."""
+        """Region specs for ``describe`` (``{"id", "box", "objectness"}``: the objectness travels with the region,
+        and is the described region's ``score``: its dense-captioning confidence)."""
         out = []
         for i, box in enumerate(self.boxes):
             spec = {"id": i, "box": [float(v) for v in box], "box_format": "xyxy"}
             if self.scores is not None:
-                spec["score"] = float(self.scores[i])
+                spec["objectness"] = float(self.scores[i])
             out.append(spec)
         return out

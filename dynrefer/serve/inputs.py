@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from ..errors import InputError
 
 BOX_FORMATS = ("xyxy", "xywh")
+# the image formats a client may upload (PIL reads ~40, several rarely used and rarely fuzzed: a server opens
+# only these; the command line, reading the user's own files, takes every format)
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
 
 
 class RequestError(InputError):
@@ -73,7 +76,7 @@ def load_image(data: bytes, label: str, limits: Limits):
         raise RequestError(413, f"image '{label}' is {width}x{height} = {width * height} pixels, over the "
                                 f"{limits.max_pixels}-pixel limit")
     try:
-        return load_image_bytes(data, label)
+        return load_image_bytes(data, label, formats=UPLOAD_FORMATS)
     except ImageLoadError as exc:
         raise RequestError(415, str(exc)) from None
 
@@ -88,7 +91,7 @@ def image_header(data: bytes, label: str, status: int) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limits here decide
-            with Image.open(io.BytesIO(data)) as header:
+            with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as header:
                 return header.size
     except Image.DecompressionBombError:
         raise RequestError(413, f"image '{label}' is larger than PIL's decompression-bomb limit") from None
@@ -145,7 +148,7 @@ def _regions(value, image_size, max_regions: int = 1000) -> list:
                 raise RequestError(422, f"region {i}: the mask is not {image_size[0]}x{image_size[1]} (the image's "
                                         "size)")
             try:
-                spec = {**spec, "mask": load_image_bytes(data, f"region {i} mask", mask=True)}
+                spec = {**spec, "mask": load_image_bytes(data, f"region {i} mask", mask=True, formats=UPLOAD_FORMATS)}
             except InputError as exc:
                 raise RequestError(422, str(exc)) from None
         elif not isinstance(spec, (list, dict)):

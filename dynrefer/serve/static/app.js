@@ -34,12 +34,13 @@ function useImage(blob, name) {
   const url = URL.createObjectURL(blob);
   const img = new Image();
   img.onload = () => {
+    URL.revokeObjectURL(url);  // the decoded image stays; the blob's URL is not needed again
     state.image = img; state.blob = blob; state.name = name; state.boxes = []; state.record = null;
     canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
     document.getElementById("results").innerHTML = "";
     showError(""); draw();
   };
-  img.onerror = () => showError(`'${name}' is not an image the browser can show`);
+  img.onerror = () => { URL.revokeObjectURL(url); showError(`'${name}' is not an image the browser can show`); };
   img.src = url;
 }
 

@@ -1,0 +1,173 @@
+"""Building and extending a region index (``dynrefer index``), and embedding example regions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .query import embedding_dim, region_vectors
+from .store import RegionIndex
+
+
+def collect(images=(), regions_file=None, image_root=None, proposals=None) -> list[tuple[str, Path, list | None]]:
+    """What to index: ``(label, path, regions or None)`` per image, from image files (regions from proposals) or
+    from a JSONL of SPEC §5 records (paths relative to the file, or to ``image_root``)."""
+    from ..records import read_jsonl
+
+    items = []
+    if regions_file is not None:
+        if images:
+            raise InputError("give images or --regions FILE.jsonl, not both")
+        regions_file = Path(regions_file)
+        root = Path(image_root) if image_root else regions_file.parent
+        for n, record in enumerate(read_jsonl(regions_file), 1):
+            if not isinstance(record.get("image"), str) or not record["image"]:
+                raise InputError(f"'{regions_file}' record {n}: 'image' must be a path")
+            regions = record.get("regions") or None
+            if regions is None and proposals is None:
+                raise InputError(f"'{regions_file}' record {n} ({record['image']}) lists no region (give "
+                                 "--proposals to find them)")
+            items.append((record["image"], root / record["image"], regions))
+    else:
+        if not images:
+            raise InputError("nothing to index: give image files or --regions FILE.jsonl")
+        items = [(str(p), Path(p), None) for p in images]
+    return items
+
+
+def build_index(out, *, images=(), regions_file=None, image_root=None, model="builtin", proposals=None,
+                max_regions: int = 100, nms_iou: float = 0.5, kind: str = "flat", batch_size: int = 4,
+                progress: bool | None = None, predictor=None) -> dict:
+    """Index the regions of ``images`` (regions from ``proposals``, default ``"default"``) or of ``regions_file``
+    records into the folder ``out`` (created, or appended to: the records already there are skipped; the model
+    must be the one it was built with). A record is known by its image file (resolved) and its place among the
+    records of that file, so an interrupted run, rerun, resumes. Returns a summary. ``predictor``: a loaded
+    :class:`~dynrefer.inference.predictor.Predictor` (then ``model`` only names it)."""
+    import faiss  # noqa: F401 - the search extra: missing, the run stops here, before any work
+    from tqdm import tqdm
+
+    from ..images import image_file_size
+    from ..inference.predictor import Predictor
+    from ..model.io import model_identity
+    from ..proposals import proposal_source
+    from .store import model_fingerprint
+
+    items = collect(images, regions_file, image_root, proposals)
+    if any(regions is None for _, _, regions in items):
+        proposals = proposals or "default"
+    predictor = predictor or Predictor(model)
+    out = Path(out)
+    if (out / "meta.json").exists():
+        index = RegionIndex(out, write=True)
+        try:
+            index.check_model(predictor.model)
+        except InputError:
+            index.close()
+            raise
+    else:
+        if predictor.model.contrastive_head is None:
+            raise InputError("this model has no contrastive head: it cannot embed regions for search")
+        qcfg = predictor.model.config.qformer
+        index = RegionIndex.create(out, model=model_identity(model), fingerprint=model_fingerprint(predictor.model),
+                                   tokens_shape=(qcfg.num_query_tokens, qcfg.hidden_size),
+                                   dim=embedding_dim(predictor.model), kind=kind)
+    try:
+        seen: dict[str, int] = {}
+        keyed = []
+        for label, path, regions in items:
+            resolved = str(Path(path).resolve())
+            keyed.append((f"{resolved}#{seen.get(resolved, 0)}", label, path, regions))
+            seen[resolved] = seen.get(resolved, 0) + 1
+        todo = [item for item in keyed if not index.is_done(item[0])]
+        source = proposal_source(proposals) if proposals else None
+        added = 0
+        bar = tqdm(total=len(todo), desc="index", unit="img", disable=None if progress is None else not progress)
+        for start in range(0, len(todo), max(1, batch_size)):
+            batch = todo[start:start + batch_size]
+            specs = []
+            for _, _, path, regions in batch:
+                if regions is None:
+                    found = source(path).select(max_regions, nms_iou, image_file_size(path))
+                    regions = [{"box": r["box"]} for r in found.regions()]
+                specs.append(regions)
+            keep = [i for i, s in enumerate(specs) if s]
+            rows, tokens, vectors = [], np.zeros((0, *index.shape), np.float32), np.zeros((0, index.dim), np.float32)
+            if keep:
+                records, raw = predictor.describe_many([batch[i][2] for i in keep], [specs[i] for i in keep],
+                                                       tasks=("caption", "tags"), return_tokens=True,
+                                                       image_labels=[batch[i][1] for i in keep])
+                for i, rec in zip(keep, records):
+                    rows += [{"image": batch[i][1], "path": str(Path(batch[i][2]).resolve()), "box": r["box"],
+                              "caption": r.get("caption"), "tags": [t[0] for t in r.get("tags", [])]}
+                             for r in rec["regions"]]
+                tokens, vectors = raw.float().cpu().numpy(), region_vectors(predictor.model, raw)
+            index.append(rows, tokens, vectors, done=[item[0] for item in batch])  # records without regions too
+            added += len(rows)
+            bar.update(len(batch))
+        bar.close()
+        return {"index": str(out), "records_added": len(todo), "records_skipped": len(items) - len(todo),
+                "regions_added": added, "regions": index.count}
+    finally:
+        index.close()
+
+
+def embed_regions(predictor, image, boxes) -> np.ndarray:
+    """(N, dim) embeddings of ``boxes`` of one image (e.g. an example for ``search --example``)."""
+    _, tokens = predictor.describe_many([image], [list(boxes)], tasks=("tags",), return_tokens=True)
+    if tokens is None:
+        raise InputError("no example region given")
+    return region_vectors(predictor.model, tokens)
+
+
+def embed_examples(predictor, records, root) -> tuple[np.ndarray, list[str]]:
+    """Embeddings and labels of labelled example regions (``--classes-from``: SPEC §5 records whose regions carry
+    ``category``), paths relative to ``root``."""
+    vectors, labels = [], []
+    for n, record in enumerate(records, 1):
+        regions = record.get("regions") or []
+        for j, region in enumerate(regions):
+            if not isinstance(region.get("category"), str) or not region["category"]:
+                raise InputError(f"example record {n} region {j}: needs a 'category' (the class it shows)")
+        if regions:
+            vectors.append(embed_regions(predictor, Path(root) / record["image"], regions))
+            labels += [r["category"] for r in regions]
+    if not labels:
+        raise InputError("the examples hold no labelled region")
+    return np.concatenate(vectors), labels
+
+
+
+def few_shot_classifier(predictor, examples, *, min_similarity: float = 0.5):
+    """The :class:`~dynrefer.search.query.FewShotClassifier` of ``examples`` (a JSONL of SPEC §5 records whose
+    regions carry ``category``; image paths relative to it)."""
+    from ..records import read_jsonl
+    from .query import FewShotClassifier
+
+    examples = Path(examples)
+    if not examples.is_file():
+        raise InputError(f"cannot read --classes-from '{examples}': no such file")
+    vectors, labels = embed_examples(predictor, read_jsonl(examples), examples.parent)
+    return FewShotClassifier(vectors, labels, min_similarity=min_similarity)
+
+
+def apply_few_shot(classifier, model, records: list[dict], tokens) -> list[dict]:
+    """Set each region's ``category`` of ``describe`` records (their regions' ``tokens`` (R, Q, D), in order) to its
+    few-shot class, ``[name, similarity]`` or None below the classifier's floor; ``categories`` lists every
+    class's similarity."""
+    regions = [r for rec in records for r in rec["regions"]]
+    if not regions:
+        return records
+    embedded = region_vectors(model, tokens)
+    for region, category, sims in zip(regions, classifier.classify(embedded), classifier.similarities(embedded)):
+        region["category"] = category
+        region["categories"] = sorted(([n, float(s)] for n, s in zip(classifier.names, sims)),
+                                      key=lambda x: (-x[1], x[0]))
+    return records
+
+
+def few_shot_categories(predictor, record: dict, tokens, examples, *, min_similarity: float = 0.5) -> dict:
+    """:func:`apply_few_shot` of the classes of ``examples`` (:func:`few_shot_classifier`) to one record."""
+    classifier = few_shot_classifier(predictor, examples, min_similarity=min_similarity)
+    return apply_few_shot(classifier, predictor.model, [record], tokens)[0]
