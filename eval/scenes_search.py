@@ -12,7 +12,7 @@ with ``dynrefer index``. Reported:
 * **rejection**: the share of queries with no hit, for absent targets ("pattern colour shape" triples that do not
   occur in the collection) and for words the model never learnt ("elephant", ...);
 * **by example**: for ``--examples`` regions, the share of their 10 nearest other regions that show the same
-  category (``p_at_10``);
+  category (``p_at_10``; also for the examples among them that are neither small nor partly hidden);
 * **few-shot**: K = 1 and 5 labelled regions per category, taken from scenes of seed ``--seed + 1000``, each
   category renamed (``class-0`` ...: names the model's text vocabulary lacks); the accuracy of every region's
   class (none, when below the similarity floor, counts as wrong), against the accuracy of the model's own text
@@ -47,7 +47,8 @@ def write_collection(folder: Path, seed: int, images: int) -> list[dict]:
         image.save(folder / "images" / f"{i:04d}.png")
         records.append({"image": f"images/{i:04d}.png", "regions": [
             {"box": r["box"], "category": r["category"], "color": r["parts"]["color"],
-             "pattern": r["parts"]["pattern"]} for r in truth["regions"]]})
+             "pattern": r["parts"]["pattern"], "size": r["parts"]["size"], "visible": r["visible"]}
+            for r in truth["regions"]]})
     write_jsonl(folder / "regions.jsonl", records)
     return records
 
@@ -139,6 +140,10 @@ def run(out_dir, *, model="builtin", images: int = 300, seed: int = 13, threshol
     sims[np.arange(len(chosen)), chosen] = -np.inf
     nearest = np.argsort(-sims, axis=1)[:, :10]
     report["by_example_p_at_10"] = round(float(np.mean(labels[nearest] == labels[chosen][:, None])), 3)
+    clear = np.array([r["size"] not in ("small", "smallest") and r["visible"] >= 0.9 for r in truth])[chosen]
+    if clear.any():  # examples that are not small and not hidden (the neighbours: any region)
+        report["by_example_p_at_10_clear_examples"] = round(
+            float(np.mean(labels[nearest[clear]] == labels[chosen[clear]][:, None])), 3)
     cats = list(predictor.model.categories)
     with torch.inference_mode():
         logits = predictor.model.score_texts(torch.from_numpy(np.asarray(tokens, np.float32)),
