@@ -150,3 +150,28 @@ def test_finished_regions_are_reused_only_as_given(scenes, tmp_path):
     write_jsonl(data, [{"image": "s0.png", "regions": [{"box": [10, 10, 40, 40]}, regions[1]]}])  # now xyxy
     third = run_predict("builtin", data, out, num_workers=0, progress=False, tasks=("caption",))
     assert third["skipped"] == 1 and read_jsonl(out)[0]["regions"][0]["box"] == [10.0, 10.0, 40.0, 40.0]
+
+
+def test_proposals_are_computed_once_across_reruns(scenes, tmp_path, monkeypatch):
+    """OUT.proposals.jsonl keeps each image's proposals: a rerun with the same settings reads them back (the
+    proposer is not called), other settings compute them again."""
+    from dynrefer.proposals.segments import SegmentProposals
+
+    folder, truth = scenes
+    calls = []
+    original = SegmentProposals.__call__
+
+    def counting(self, image):
+        calls.append(str(image))
+        return original(self, image)
+
+    monkeypatch.setattr(SegmentProposals, "__call__", counting)
+    data = _write(folder / "cached.jsonl", _strip(truth[:2]))
+    out = tmp_path / "dense.jsonl"
+    options = dict(num_workers=0, progress=False, tasks=("caption",), proposals="default")
+    first = run_predict("builtin", data, out, max_regions=5, **options)
+    assert len(calls) == 2 and (tmp_path / "dense.jsonl.proposals.jsonl").is_file()
+    again = run_predict("builtin", data, out, max_regions=5, **options)
+    assert len(calls) == 2 and again["skipped"] == first["regions"]  # read back, nothing predicted again
+    run_predict("builtin", data, out, max_regions=4, **options)
+    assert len(calls) == 4 and all(len(r["regions"]) <= 4 for r in read_jsonl(out))

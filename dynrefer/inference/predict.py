@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..images import load_image
 from ..model.io import model_identity
+from ..proposals.fill import fill_regions
 from ..records import check_output_path, read_jsonl, write_jsonl
 from ..regions import parse_regions
 from .predict_inputs import (
@@ -334,11 +335,11 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
     with output_lock(out):
         filled = 0
         if proposals is not None:
-            from ..proposals.fill import fill_regions
-
             gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-            filled = fill_regions(records, root, proposals, max_regions=max_regions, nms_iou=nms_iou,
-                                  progress=progress, device=torch.device("cuda") if gpu else None)
+            first = os.environ.get("LOCAL_RANK", "0") == "0"  # the cache is written by one process
+            filled = fill_regions(records, root, proposals, max_regions=max_regions, nms_iou=nms_iou, progress=progress,
+                                  device=torch.device("cuda") if gpu else None,
+                                  cache=out.with_name(out.name + ".proposals.jsonl") if first else None)
         total = sum(len(r.get("regions", [])) for r in records)
         if total == 0 and not allow_empty:
             raise InputError(f"'{data}' has no region to describe ({len(records)} record(s), 0 regions); "

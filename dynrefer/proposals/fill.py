@@ -4,20 +4,22 @@ regions)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import InputError
 
 
 def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100, nms_iou: float = 0.5,
-                 progress: bool | None = None, device=None) -> int:
+                 progress: bool | None = None, device=None, cache=None) -> int:
     """Give every record of ``records`` without regions (none listed, or ``[]``) the proposals of ``spec``
     (:func:`~dynrefer.proposals.proposal_source`) for its image: ``{"id", "box", "objectness"}`` (objectness where
     the source has it), at most ``max_regions`` after class-agnostic NMS at ``nms_iou``. Records that list
     regions are left as they are. Changes ``records`` in place; returns how many records were filled.
 
-    The proposals are a function of the image and these settings (the default proposer is deterministic), so an
-    interrupted run, rerun, finds the same regions and resumes."""
+    ``cache``: a JSONL file that keeps each image's proposals as they are found (its first line the settings):
+    a rerun with the same settings reads them back instead of computing them again (an image is known by its
+    path, its place among the records of that path, and its file's size and modification time)."""
     from tqdm import tqdm
 
     from ..images import image_file_size
@@ -28,17 +30,102 @@ def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100
     if max_regions < 1:
         raise InputError(f"--max-regions must be at least 1, got {max_regions}")
     source = proposal_source(spec, device=device)  # (where a model source such as SAM runs)
-    todo = [i for i, rec in enumerate(records) if not rec.get("regions")]
-    for i in tqdm(todo, desc="proposals", unit="img", disable=None if progress is None else not progress):
-        rec = records[i]
-        path = Path(root) / rec["image"]
-        try:
-            size = image_file_size(path)
-            found = source(path).select(max_regions, nms_iou, size)
-        except InputError as err:
-            raise InputError(f"record {i + 1} ({rec['image']}): {err}") from None
-        regions = found.regions()
-        for region in regions:
-            region.pop("box_format", None)  # xyxy, the records' own format
-        rec["regions"] = regions
+    settings = {"proposals": _resolved(spec), "max_regions": int(max_regions), "nms_iou": float(nms_iou)}
+    known = _read_cache(cache, settings) if cache is not None else {}
+    out = _open_cache(cache, settings, fresh=not known and not _cache_matches(cache, settings)) if cache else None
+    seen: dict[str, int] = {}
+    todo = []
+    for i, rec in enumerate(records):
+        occurrence = seen.get(rec["image"], 0)
+        seen[rec["image"]] = occurrence + 1
+        if not rec.get("regions"):
+            todo.append((i, occurrence))
+    try:
+        for i, occurrence in tqdm(todo, desc="proposals", unit="img",
+                                  disable=None if progress is None else not progress):
+            rec = records[i]
+            path = Path(root) / rec["image"]
+            try:
+                stat = path.stat()
+                key = f"{rec['image']}#{occurrence}#{stat.st_size}#{stat.st_mtime_ns}"
+            except OSError:
+                key = None  # image_file_size names the problem
+            if key in known:
+                rec["regions"] = known[key]
+                continue
+            try:
+                size = image_file_size(path)
+                found = source(path).select(max_regions, nms_iou, size)
+            except InputError as err:
+                raise InputError(f"record {i + 1} ({rec['image']}): {err}") from None
+            regions = found.regions()
+            for region in regions:
+                region.pop("box_format", None)  # xyxy, the records' own format
+            rec["regions"] = regions
+            if out is not None:
+                out.write(json.dumps({"key": key, "regions": regions}) + "\n")
+                out.flush()
+    finally:
+        if out is not None:
+            out.close()
     return len(todo)
+
+
+def _resolved(spec: str) -> str:
+    """The source as the cache knows it: a proposal file by its path and a hash of its content (an edited file
+    gives other proposals), a SAM checkpoint by its path, size and modification time (gigabytes: not hashed)."""
+    import hashlib
+
+    kind, _, arg = str(spec).partition(":")
+    if kind not in ("file", "sam") or not arg:
+        return str(spec)
+    path = Path(arg).resolve()  # (the source itself was opened above: it exists)
+    if kind == "sam":
+        stat = path.stat()
+        return f"sam:{path}#{stat.st_size}#{stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"file:{path}#{digest.hexdigest()[:16]}"
+
+
+def _cache_matches(cache, settings: dict) -> bool:
+    try:
+        with open(cache, encoding="utf-8") as fh:
+            return json.loads(fh.readline()) == {"settings": settings}
+    except (OSError, ValueError):
+        return False
+
+
+def _read_cache(cache, settings: dict) -> dict:
+    """``{key: regions}`` from a cache made with the same settings (a line cut short by an interruption is
+    skipped); ``{}`` otherwise."""
+    if not _cache_matches(cache, settings):
+        return {}
+    known = {}
+    with open(cache, encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and isinstance(item.get("regions"), list):
+                known[item.get("key")] = item["regions"]
+    return known
+
+
+def _open_cache(cache, settings: dict, *, fresh: bool):
+    cache = Path(cache)
+    if fresh:  # other settings, or none yet: start the file over
+        cache.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+    out = cache.open("a+", encoding="utf-8")
+    out.seek(0, 2)
+    if out.tell():  # an interrupted line: end it, so that the next entry starts a line of its own
+        out.seek(out.tell() - 1)
+        last = out.read(1)
+        out.seek(0, 2)
+        if last != "\n":
+            out.write("\n")
+    return out
