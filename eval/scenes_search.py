@@ -53,15 +53,6 @@ def write_collection(folder: Path, seed: int, images: int) -> list[dict]:
     return records
 
 
-def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
-    order = np.argsort(-scores, kind="stable")
-    rel = relevant[order]
-    if not rel.any():
-        return 0.0
-    hits = np.cumsum(rel)
-    return float((hits[rel] / (np.flatnonzero(rel) + 1)).mean())
-
-
 def text_queries(truth: list[dict], vocabulary: dict, rng) -> dict:
     cats = vocabulary["categories"]
     colours = sorted({a.split(":")[1] for a in vocabulary["attributes"] if a.startswith("color:")})
@@ -89,6 +80,7 @@ def run(out_dir, *, model="builtin", images: int = 300, seed: int = 13, threshol
     from dynrefer_builtin.synthetic import vocabulary
 
     from dynrefer.inference.predictor import Predictor
+    from dynrefer.metrics.ovad import binary_average_precision
     from dynrefer.model.vocab import category_prompts
     from dynrefer.search import (
         FewShotClassifier,
@@ -124,7 +116,7 @@ def run(out_dir, *, model="builtin", images: int = 300, seed: int = 13, threshol
         aps, precisions, counts = [], [], []
         for j, (query, relevant_to) in enumerate(queries):
             relevant = np.array([relevant_to(r) for r in truth])
-            aps.append(average_precision(probs[:, j], relevant))
+            aps.append(binary_average_precision(relevant, probs[:, j]) if relevant.any() else 0.0)
             hits = search_text(index, predictor.model, query, k=10, threshold=threshold)["hits"]
             counts.append(len(hits))
             if hits:

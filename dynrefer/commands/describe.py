@@ -147,13 +147,14 @@ def run(args) -> int:
             check_output_path(value, option)  # before the model loads
     image = load_image(args.image)
     size = (int(image.shape[2]), int(image.shape[1]))
+    device = resolve_device(args.device)  # (a model proposal source runs there too)
     proposals = None
     if args.all or args.point:
         import numpy as np
 
         from ..proposals import Proposals, proposal_source
 
-        source = proposal_source(args.proposals or "default", device=resolve_device(args.device))
+        source = proposal_source(args.proposals or "default", device=device)
         if args.point:
             for x, y in args.point:
                 if not (0 <= x < size[0] and 0 <= y < size[1]):
@@ -184,7 +185,6 @@ def run(args) -> int:
     classes, attributes = check_vocabulary(args.classes, "classes"), check_vocabulary(args.attributes, "attributes")
     if args.model != "builtin":
         resolve_model_dir(args.model)
-    device = resolve_device(args.device)
     predictor = Predictor(args.model, device=device, dtype=args.dtype)
     record, tokens = predictor.describe_many(
         [image], [specs], tasks=tasks, num_views=args.num_views, box_format=args.box_format, classes=classes,

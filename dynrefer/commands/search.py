@@ -72,11 +72,8 @@ def run(args) -> int:
 
 
 def _answer(args, index) -> dict:
-    from pathlib import Path
-
     from ..inference.predictor import Predictor
-    from ..records import read_jsonl
-    from ..search import FewShotClassifier, embed_examples, embed_regions, search_text, search_vector, stored_vector
+    from ..search import embed_regions, few_shot_classifier, search_text, search_vector, stored_vector
 
     low = -1.0 if args.min_similarity is None else args.min_similarity
     if args.example_region is not None:  # the stored embedding: no model needed
@@ -90,12 +87,7 @@ def _answer(args, index) -> dict:
     if args.example is not None:
         vector = embed_regions(predictor, args.example, [list(args.box)])[0]
         return {"hits": search_vector(index, vector, k=args.k, min_similarity=low)}
-    examples = Path(args.classes_from)
-    if not examples.is_file():
-        from ..errors import InputError
-
-        raise InputError(f"cannot read --classes-from '{examples}': no such file")
-    vectors, labels = embed_examples(predictor, read_jsonl(examples), examples.parent)
-    classifier = FewShotClassifier(vectors, labels, min_similarity=0.5 if args.min_similarity is None else low)
+    classifier = few_shot_classifier(predictor, args.classes_from,
+                                     min_similarity=0.5 if args.min_similarity is None else low)
     return {"regions": [{"id": r["id"], "image": r["image"], "box": r["box"], "category": c}
                         for r, c in zip(index.all_rows(), classifier.classify(index.embeddings()))]}

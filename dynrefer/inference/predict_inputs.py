@@ -75,10 +75,9 @@ def _box_only(spec: dict) -> dict:
 
 def extra_settings(proposals, max_regions, nms_iou, classes_from, min_similarity) -> dict:
     """The run settings that proposals and few-shot classes add (a resumed run must have the same)."""
-    if proposals is not None and str(proposals).partition(":")[0] in ("file", "sam"):  # a path: as resolved
-        kind, _, path = str(proposals).partition(":")
-        proposals = f"{kind}:{Path(path).resolve()}"
-    extra = {} if proposals is None else {"proposals": [str(proposals), int(max_regions), float(nms_iou)]}
+    from ..proposals import resolved_source
+
+    extra = {} if proposals is None else {"proposals": [resolved_source(proposals), int(max_regions), float(nms_iou)]}
     if classes_from is not None:
         if not Path(classes_from).is_file():
             raise InputError(f"cannot read --classes-from '{classes_from}': no such file")

@@ -120,6 +120,12 @@ def _score(value, what: str) -> float | None:
     return float(value)
 
 
+def resolved_source(spec: str) -> str:
+    """``spec`` with the path of a ``file:`` / ``sam:`` source made absolute (the same source from any folder)."""
+    kind, _, arg = str(spec).partition(":")
+    return f"{kind}:{Path(arg).resolve()}" if kind in ("file", "sam") and arg else str(spec)
+
+
 def proposal_source(spec: str, *, device=None):
     """The proposal source a ``--proposals`` value names (see the module docstring); ``device``: where a model
     source (SAM) runs."""

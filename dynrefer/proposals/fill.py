@@ -31,8 +31,9 @@ def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100
         raise InputError(f"--max-regions must be at least 1, got {max_regions}")
     source = proposal_source(spec, device=device)  # (where a model source such as SAM runs)
     settings = {"proposals": _resolved(spec), "max_regions": int(max_regions), "nms_iou": float(nms_iou)}
-    known = _read_cache(cache, settings) if cache is not None else {}
-    out = _open_cache(cache, settings, fresh=not known and not _cache_matches(cache, settings)) if cache else None
+    matches = cache is not None and _cache_matches(cache, settings)
+    known = _read_cache(cache) if matches else {}
+    out = _open_cache(cache, settings, fresh=not matches) if cache is not None else None
     seen: dict[str, int] = {}
     todo = []
     for i, rec in enumerate(records):
@@ -76,10 +77,13 @@ def _resolved(spec: str) -> str:
     gives other proposals), a SAM checkpoint by its path, size and modification time (gigabytes: not hashed)."""
     import hashlib
 
-    kind, _, arg = str(spec).partition(":")
+    from . import resolved_source
+
+    spec = resolved_source(spec)
+    kind, _, arg = spec.partition(":")
     if kind not in ("file", "sam") or not arg:
-        return str(spec)
-    path = Path(arg).resolve()  # (the source itself was opened above: it exists)
+        return spec
+    path = Path(arg)  # (the source itself was opened above: it exists)
     if kind == "sam":
         stat = path.stat()
         return f"sam:{path}#{stat.st_size}#{stat.st_mtime_ns}"
@@ -98,11 +102,9 @@ def _cache_matches(cache, settings: dict) -> bool:
         return False
 
 
-def _read_cache(cache, settings: dict) -> dict:
-    """``{key: regions}`` from a cache made with the same settings (a line cut short by an interruption is
-    skipped); ``{}`` otherwise."""
-    if not _cache_matches(cache, settings):
-        return {}
+def _read_cache(cache) -> dict:
+    """``{key: regions}`` from a cache whose settings line matched (a line cut short by an interruption is
+    skipped)."""
     known = {}
     with open(cache, encoding="utf-8") as fh:
         next(fh)
