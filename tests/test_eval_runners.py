@@ -154,13 +154,27 @@ def test_scenes_densecap_runner(tmp_path, monkeypatch):
 
 def test_scenes_search_runner(tmp_path, monkeypatch):
     """Region search on generated scenes (issue #31), a small collection: every measure is reported and in range;
-    the unknown words find nothing (the vocabulary rule)."""
+    the unknown words find nothing (the vocabulary rule); the calibration tables cover every query-region pair."""
     report = run_runner("scenes_search.py", ["--out-dir", str(tmp_path), "--images", "8", "--examples", "20"],
                         monkeypatch)
     assert report["settings"]["regions"] == report["index"]["regions"] > 8
     for kind in ("category", "colour", "pattern", "colour_shape"):
         row = report[f"text_{kind}"]
         assert 0 <= row["map"] <= 1 and 0 <= row["hits"] <= 10 and row["queries"] > 0
+        assert 0 <= row["p_at_10_ranking"] <= 1
     assert report["rejected_unknown_words"] == 1.0 and 0 <= report["rejected_absent"] <= 1
-    for key in ("by_example_p_at_10", "text_prompt_accuracy", "few_shot_1_accuracy", "few_shot_5_accuracy"):
+    for key in ("by_example_p_at_10", "text_prompt_accuracy", "few_shot_1_accuracy", "few_shot_5_accuracy",
+                "by_example_model_class_p_at_10", "by_example_true_class_ceiling_p_at_10"):
         assert 0 < report[key] <= 1, key
+    for kind in ("category", "colour", "pattern", "colour_shape"):  # every query-region pair in one table
+        table = report["calibration"][kind]
+        pairs = report[f"text_{kind}"]["queries"] * report["settings"]["regions"]
+        assert sum(b["count"] for b in table["bins"]) == pairs and 0 <= table["ece"] <= 1
+    open_set = report["few_shot_5_open_set"]
+    assert (open_set["known_classes"], open_set["unknown_classes"]) == (8, 4)
+    floors = [open_set[f"min_similarity_{f}"] for f in (0.5, 0.7, 0.8, 0.9)]
+    for row in floors:
+        for key in ("none_on_unknown", "none_on_known", "accuracy_known", "open_set_accuracy"):
+            assert 0 <= row[key] <= 1, key
+    assert floors[0]["none_on_known"] < floors[0]["none_on_unknown"]  # the floor tells the two groups apart
+    assert report["text_colour"]["p_at_10"] >= 0.9 and report["text_colour"]["map"] >= 0.8  # 1.0, 0.98 on 300 scenes

@@ -321,13 +321,45 @@ def test_an_interrupted_run_resumes_only_with_its_settings(model_dir, dataset, t
     with pytest.raises(InputError):
         run_predict(tmp_path / "no_model", root / "in.jsonl", out, num_workers=0, progress=False)
     _crash_at_third_image(model_dir, root / "in.jsonl", out, monkeypatch)
-    with pytest.raises(InputError, match=r"interrupted run made with other settings \(classes differ\)"):
+    with pytest.raises(InputError, match=r"made with other settings \(classes: null -> \[\"cup\", \"table\"\]\)"):
         run_predict(model_dir, root / "in.jsonl", out, classes=["cup", "table"], num_workers=0, progress=False)
-    with pytest.raises(InputError, match=r"other settings \(all_scores, tasks differ\)"):
+    with pytest.raises(InputError, match=r"\(all_scores: false -> true; tasks: \[.*\] -> \[\"category\"\]\)"):
         run_predict(model_dir, root / "in.jsonl", out, tasks=("category",), all_scores=True, num_workers=0,
                     progress=False)
     summary = run_predict(model_dir, root / "in.jsonl", out, batch_size=1, num_workers=0, progress=False)
     assert summary["skipped"] == 5 and not parts_dir(out).exists()
+
+
+def test_a_finished_output_is_kept_only_under_its_settings(model_dir, dataset, tmp_path):
+    """A finished OUT keeps its run's settings in OUT.settings.json: a rerun with the same ones reuses every region,
+    one with another vocabulary or model is refused instead of returning the old regions (reviewer's case: a
+    changed few-shot floor); an output written before the settings were kept is completed as before."""
+    root, _ = dataset
+    out = tmp_path / "pred.jsonl"
+    first = run_predict(model_dir, root / "in.jsonl", out, num_workers=0, progress=False)
+    sidecar = tmp_path / "pred.jsonl.settings.json"
+    assert sidecar.is_file() and not parts_dir(out).exists() and first["predicted"] == first["regions"] > 0
+    assert json.loads(sidecar.read_text())["tasks"] == ["attributes", "caption", "category", "tags"]
+    written = out.read_bytes()
+    again = run_predict(model_dir, root / "in.jsonl", out, num_workers=0, progress=False)
+    assert again["skipped"] == first["regions"] and again["predicted"] == 0 and out.read_bytes() == written
+    with pytest.raises(InputError, match=r"written with other settings \(classes: null -> \[\"cup\", \"table\"\]\)"):
+        run_predict(model_dir, root / "in.jsonl", out, classes=["cup", "table"], num_workers=0, progress=False)
+    with pytest.raises(InputError, match=r"other settings \(model: .* -> \"builtin\"\)"):
+        run_predict("builtin", root / "in.jsonl", out, num_workers=0, progress=False)
+    assert out.read_bytes() == written and sidecar.is_file()
+    sidecar.unlink()  # an older output: no settings kept, its regions reused as before, and it stays unchecked
+    legacy = run_predict(model_dir, root / "in.jsonl", out, classes=["cup", "table"], num_workers=0, progress=False)
+    assert legacy["skipped"] == first["regions"] and not sidecar.exists() and out.read_bytes() == written
+    assert run_predict(model_dir, root / "in.jsonl", out, num_workers=0, progress=False)["skipped"] == first["regions"]
+    assert not sidecar.exists()
+    run_predict(model_dir, root / "in.jsonl", out, classes=["cup", "table"], num_workers=0, progress=False)
+    out.unlink()  # the user removed the output: an old settings file does not outlive it
+    fresh = tmp_path / "pred.jsonl.settings.json"
+    fresh.write_text(json.dumps({"model": "another"}))
+    again = run_predict(model_dir, root / "in.jsonl", out, num_workers=0, progress=False)
+    assert again["predicted"] == first["regions"] and json.loads(fresh.read_text())["classes"] is None
+    assert out.read_bytes() == written
 
 
 def test_more_devices_than_images_runs_one_process_per_image(model_dir, dataset, tmp_path):

@@ -27,6 +27,7 @@ from dynrefer.search import (
     stored_vector,
     unknown_words,
 )
+from dynrefer.search.query import MIN_SIMILARITY
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,7 @@ def test_few_shot_classes_and_the_none_rule(collection, predictor):
     unique = [i for i, n in enumerate(labels) if labels.count(n) == 1]  # one example: its own prototype
     assert all(classifier.classify(vectors[unique])[k][0] == labels[i] for k, i in enumerate(unique))
     assert FewShotClassifier(vectors, labels, min_similarity=1.01).classify(vectors) == [None] * len(labels)
+    assert FewShotClassifier(vectors, labels).min_similarity == MIN_SIMILARITY == 0.7  # docs/search.md
     with pytest.raises(InputError):
         FewShotClassifier(vectors[:0], [])
     index.close()
@@ -235,6 +237,9 @@ def test_index_and_search_commands(collection, tmp_path, capsys):
     index.close()
     assert len(regions) == summary["regions"] and [r["category"] for r in regions] == want
     assert {r["category"][0] for r in regions} == {"one", "two"}
+    assert main(["search", str(out), "--classes-from", str(examples)]) == 0  # the default floor, 0.7
+    floored = [r["category"] for r in json.loads(capsys.readouterr().out)["regions"]]
+    assert floored == [c if c[1] >= 0.7 else None for c in want]
     assert main(["search", str(out), "--text", "elephant"]) == 0
     assert json.loads(capsys.readouterr().out) == {"hits": [], "unknown_words": ["elephant"]}
     assert main(["search", str(tmp_path / "nothing"), "--text", "circle"]) == 2
@@ -306,6 +311,19 @@ def test_predict_with_few_shot_classes(collection, tmp_path):
     assert described[1] == pytest.approx(got[1]["regions"][1]["category"][1], abs=1e-4)
     with pytest.raises(InputError, match="no such file"):
         run_predict("builtin", data, tmp_path / "o2.jsonl", classes_from=tmp_path / "missing.jsonl", progress=False)
+    third = tmp_path / "o3.jsonl"  # the default floor is 0.7: a rerun that names it resumes, another is refused
+    run_predict("builtin", data, third, num_workers=0, progress=False, tasks=("caption",), classes_from=examples)
+    again = run_predict("builtin", data, third, num_workers=0, progress=False, tasks=("caption",),
+                        classes_from=examples, min_similarity=0.7)
+    assert again["skipped"] == again["regions"] and read_jsonl(third)
+    assert all(r["category"] is None or r["category"][1] >= 0.7 for rec in read_jsonl(third) for r in rec["regions"])
+    with pytest.raises(InputError, match=r"\(classes_from\[2\]: 0\.7 -> 0\.0\)"):
+        run_predict("builtin", data, third, num_workers=0, progress=False, tasks=("caption",), classes_from=examples,
+                    min_similarity=0.0)
+    write_jsonl(examples, [{"image": str(folder / "0.png"), "regions": [  # edited in place: other classes
+        {"box": r["box"], "category": f"sort-{k}"} for k, r in enumerate(records[0]["regions"][:3])]}])
+    with pytest.raises(InputError, match=r"\(classes_from\[1\]: \"[0-9a-f]{64}\" -> \"[0-9a-f]{64}\"\)"):
+        run_predict("builtin", data, third, num_workers=0, progress=False, tasks=("caption",), classes_from=examples)
 
 
 def test_queries_are_split_into_the_models_names():

@@ -47,7 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--classes-from", default=None, metavar="EXAMPLES.jsonl",
                    help="few-shot classes: SPEC §5 records whose regions carry 'category' (a few each); each region's "
                         "category is the nearest class prototype, or null below --min-similarity (docs/search.md)")
-    p.add_argument("--min-similarity", type=float, default=0.5, help="with --classes-from: the none-of-these floor")
+    p.add_argument("--min-similarity", type=float, default=None,
+                   help="with --classes-from: the none-of-these floor (0.7)")
     p.add_argument("--num-views", type=int, default=None,
                    help="views per region; must be the model's own (a check: its fusion is sized for it)")
     p.add_argument("--all-scores", action="store_true", help="list every tag and every class with its score")

@@ -31,7 +31,7 @@ DEFAULTS = {
     "devices": 1, "accelerator": "cpu", "all_scores": False, "classes": None, "attributes": None,
     "classes_file": None, "attributes_file": None, "tag_threshold": None, "batch_size": 4, "num_workers": 2,
     "encoder_batch_size": None, "dtype": None, "progress": None, "allow_empty": False, "proposals": None,
-    "max_regions": 100, "nms_iou": 0.5, "classes_from": None, "min_similarity": 0.5,
+    "max_regions": 100, "nms_iou": 0.5, "classes_from": None, "min_similarity": None,
 }  # fmt: skip
 
 
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--classes-from", default=None, metavar="EXAMPLES.jsonl",
                    help="few-shot classes: SPEC §5 records whose regions carry 'category'; each region's category is "
                         "the nearest class, or null below --min-similarity (docs/search.md)")
-    p.add_argument("--min-similarity", type=float, default=None, help="with --classes-from: the floor (0.5)")
+    p.add_argument("--min-similarity", type=float, default=None, help="with --classes-from: the floor (0.7)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="the progress bar (regions, regions/s) on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
@@ -161,10 +161,14 @@ def run(args) -> int:
                           progress=sys.stderr.isatty() if opts["progress"] is None else bool(opts["progress"]),
                           allow_empty=bool(opts["allow_empty"]), proposals=opts["proposals"],
                           max_regions=int(opts["max_regions"]), nms_iou=float(opts["nms_iou"]),
-                          classes_from=opts["classes_from"], min_similarity=float(opts["min_similarity"]))
+                          classes_from=opts["classes_from"], min_similarity=_optional_float(opts["min_similarity"]))
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         print(json.dumps(summary))  # once: a DDP launcher runs this command in every process
     return 0
+
+
+def _optional_float(value):
+    return None if value is None else float(value)
 
 
 def _optional_int(value):

@@ -4,7 +4,7 @@ few-shot categories (docs/search.md).
     dynrefer search INDEX --text "red circle" [--negative TEXT ...] [--k 20] [--threshold 0.7]
     dynrefer search INDEX --example IMAGE --box X1 Y1 X2 Y2 [--k 20]
     dynrefer search INDEX --example-region ID [--k 20]
-    dynrefer search INDEX --classes-from EXAMPLES.jsonl [--min-similarity 0.5]
+    dynrefer search INDEX --classes-from EXAMPLES.jsonl [--min-similarity 0.7]
     ... [--model builtin|DIR] [--sheet hits.png]
 
 Prints one JSON document ``{"hits": [{"id", "image", "path", "box", "score", "caption", "tags"}, ...]}`` (with
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                    help="with --text: the least probability of a hit (0.7; docs/search.md)")
     p.add_argument("--min-similarity", type=float, default=None,
                    help="by example: the least cosine similarity (default: none); --classes-from: below it, no "
-                        "class (0.5)")
+                        "class (0.7)")
     p.add_argument("--allow-unknown-words", action="store_true",
                    help="with --text: answer even when the query has words the model never learnt")
     p.add_argument("--model", default="builtin", help="the index's model: 'builtin' (default) or a model folder")
@@ -88,6 +88,6 @@ def _answer(args, index) -> dict:
         vector = embed_regions(predictor, args.example, [list(args.box)])[0]
         return {"hits": search_vector(index, vector, k=args.k, min_similarity=low)}
     classifier = few_shot_classifier(predictor, args.classes_from,
-                                     min_similarity=0.5 if args.min_similarity is None else low)
+                                     min_similarity=args.min_similarity)
     return {"regions": [{"id": r["id"], "image": r["image"], "box": r["box"], "category": c}
                         for r, c in zip(index.all_rows(), classifier.classify(index.embeddings()))]}

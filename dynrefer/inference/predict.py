@@ -49,10 +49,7 @@ from .predict_inputs import (
     region_input,
     same_region,
 )
-
-
-def parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
+from .run_settings import check_run_settings, finished_settings_path, keep_finished_settings, parts_dir
 
 
 def _positions(records: list[dict]) -> dict[tuple, tuple[int, int]]:
@@ -159,7 +156,7 @@ class PredictModule(L.LightningModule):
 
     def __init__(self, model="builtin", *, tasks=("caption", "tags", "attributes", "category"), all_scores=False,
                  classes=None, attributes=None, tag_threshold=None, encoder_batch_size=None, dtype=None,
-                 classes_from=None, min_similarity=0.5):
+                 classes_from=None, min_similarity=None):
         super().__init__()
         from .predictor import Predictor
 
@@ -207,9 +204,10 @@ class PredictModule(L.LightningModule):
 class JsonlPredictionWriter(BasePredictionWriter):
     """Appends each batch's regions to this process's part file; assembles ``out`` at the end."""
 
-    def __init__(self, out, records: list[dict], finished: dict | None = None):
+    def __init__(self, out, records: list[dict], finished: dict | None = None, verified: bool = True):
         super().__init__(write_interval="batch")
         self.out, self.records, self.finished = Path(out), records, dict(finished or {})
+        self.verified = verified
         self.occurrence = occurrences(records)
         self.written = 0
 
@@ -235,13 +233,14 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module):
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            assemble(self.out, self.records, self.finished)
+            assemble(self.out, self.records, self.finished, verified=self.verified)
         trainer.strategy.barrier()
 
 
-def assemble(out: Path, records: list[dict], finished: dict | None = None) -> int:
+def assemble(out: Path, records: list[dict], finished: dict | None = None, verified: bool = True) -> int:
     """Write ``out`` from the parts and ``finished`` (input order); returns the region count.
-    The parts are removed once ``out`` is complete."""
+    The parts are removed once ``out`` is complete, and the run's settings kept beside it when ``verified``
+    (:mod:`~dynrefer.inference.run_settings`)."""
     done = dict(finished or {})
     parts = read_parts(out, records)
     done.update({key: item["prediction"] for key, item in parts.items()})
@@ -264,9 +263,11 @@ def assemble(out: Path, records: list[dict], finished: dict | None = None) -> in
             width, height = sizes[i]
         result.append({"image": rec.get("image"), "width": width, "height": height,
                        "regions": regions} | ({"split": rec["split"]} if "split" in rec else {}))
+    finished_settings_path(out).unlink(missing_ok=True)  # cut off before the move: out stays without settings
     write_jsonl(out, result)
+    keep_finished_settings(out, verified)
     folder = parts_dir(out)
-    for part in list(folder.glob("rank*.jsonl")) + [folder / SETTINGS] if folder.is_dir() else []:
+    for part in list(folder.glob("rank*.jsonl")) if folder.is_dir() else []:
         part.unlink(missing_ok=True)
     if folder.is_dir():
         folder.rmdir()
@@ -285,36 +286,11 @@ def check_finished_fields(finished: dict, out: Path, tasks, all_scores: bool) ->
                              "another --out")
 
 
-SETTINGS = "settings.json"
-
-
-def check_run_settings(out: Path, settings: dict) -> None:
-    """An interrupted run's parts are resumed only with the settings they were made with (else the output
-    would mix two models or vocabularies): ``OUT.parts/settings.json`` records them at the first run."""
-    folder = parts_dir(out)
-    path = folder / SETTINGS
-    settings = json.loads(json.dumps(settings))  # as stored: lists, not tuples
-    has_parts = folder.is_dir() and any(p.stat().st_size for p in folder.glob("rank*.jsonl"))
-    if not has_parts:  # nothing to resume: this run's settings (a run that failed before any batch leaves no trap)
-        from ..records import write_json
-
-        write_json(path, settings)
-        return
-    try:
-        before = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        before = None
-    if isinstance(before, dict) and before != settings:  # None: parts of an older version, resumed as before
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-        raise InputError(f"'{folder}' holds an interrupted run made with other settings ({', '.join(changed)} "
-                         "differ): rerun it with those, or delete the folder to start over")
-
-
 def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", "attributes", "category"),
                 all_scores=False, classes=None, attributes=None, tag_threshold=None, devices=1, accelerator="cpu",
                 batch_size=4, num_workers=2, encoder_batch_size=None, dtype=None, progress=True,
                 prepare_in_workers=True, allow_empty=False, proposals=None, max_regions=100, nms_iou=0.5,
-                classes_from=None, min_similarity=0.5) -> dict:
+                classes_from=None, min_similarity=None) -> dict:
     """Describe every region of ``data`` (JSONL) into ``out`` (JSONL); resumable. Returns a summary.
     With ``num_workers`` > 0 the workers decode the images and, with ``prepare_in_workers`` (and a view
     policy other than ``random``), also parse the regions and plan and render their views. Every input is
@@ -351,7 +327,7 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
                               accelerator=accelerator, batch_size=batch_size, num_workers=num_workers,
                               encoder_batch_size=encoder_batch_size, dtype=dtype, progress=progress,
                               prepare_in_workers=prepare_in_workers, extra_settings=extra,
-                              few_shot=None if classes_from is None else (classes_from, float(min_similarity)))
+                              few_shot=None if classes_from is None else (classes_from, extra["classes_from"][-1]))
         if proposals is not None:
             summary["records_with_proposals"] = filled
         return summary
@@ -364,25 +340,26 @@ def _run_locked(model, data, out, records, root, total, *, tasks, all_scores, cl
     check_finished_fields(finished, out, tasks, all_scores)
     settings = dict(model=model_identity(model), tasks=sorted(tasks), all_scores=bool(all_scores), classes=classes,
                     attributes=attributes, tag_threshold=tag_threshold, dtype=dtype, **(extra_settings or {}))
-    check_run_settings(out, settings)
+    verified = check_run_settings(out, settings, finished=bool(finished))
     done = set(finished) | set(read_parts(out, records))
     preflight(records, root, done)
     dataset = RecordDataset(records, root, done)
     summary = {"out": str(out), "images": len(records), "regions": total, "skipped": len(done)}
     if len(dataset) == 0:
         summary["predicted"] = 0
-        assemble(out, records, finished)
+        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+            assemble(out, records, finished, verified=verified)  # once: a launcher may run this in every process
         return summary
     module = PredictModule(model, tasks=tasks, all_scores=all_scores, classes=classes, attributes=attributes,
                            tag_threshold=tag_threshold, encoder_batch_size=encoder_batch_size, dtype=dtype,
                            classes_from=few_shot[0] if few_shot else None,
-                           min_similarity=few_shot[1] if few_shot else 0.5)
+                           min_similarity=few_shot[1] if few_shot else None)
     if prepare_in_workers and num_workers > 0:
         dataset.views = module.view_settings()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate_images, persistent_workers=False,
                                          worker_init_fn=die_with_parent if num_workers > 0 else None)
-    writer = JsonlPredictionWriter(out, records, finished)
+    writer = JsonlPredictionWriter(out, records, finished, verified)
     devices = min(int(devices), len(dataset))  # no more processes than images (Lightning's sampler needs one each)
     strategy = "auto" if devices == 1 else ("ddp_spawn" if accelerator == "cpu" else "ddp")
     from ..train.signals import StopOnSignal

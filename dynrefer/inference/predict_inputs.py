@@ -81,7 +81,14 @@ def extra_settings(proposals, max_regions, nms_iou, classes_from, min_similarity
     if classes_from is not None:
         if not Path(classes_from).is_file():
             raise InputError(f"cannot read --classes-from '{classes_from}': no such file")
-        extra["classes_from"] = [str(Path(classes_from).resolve()), float(min_similarity)]
+        if min_similarity is None:
+            from ..search.query import MIN_SIMILARITY
+
+            min_similarity = MIN_SIMILARITY
+        from ..model.io import sha256_of
+
+        # the file's content too: examples edited in place are other classes
+        extra["classes_from"] = [str(Path(classes_from).resolve()), sha256_of(classes_from), float(min_similarity)]
     return extra
 
 

@@ -139,7 +139,7 @@ def embed_examples(predictor, records, root) -> tuple[np.ndarray, list[str]]:
 
 
 
-def few_shot_classifier(predictor, examples, *, min_similarity: float = 0.5):
+def few_shot_classifier(predictor, examples, *, min_similarity: float | None = None):
     """The :class:`~dynrefer.search.query.FewShotClassifier` of ``examples`` (a JSONL of SPEC §5 records whose
     regions carry ``category``; image paths relative to it)."""
     from ..records import read_jsonl
@@ -167,7 +167,7 @@ def apply_few_shot(classifier, model, records: list[dict], tokens) -> list[dict]
     return records
 
 
-def few_shot_categories(predictor, record: dict, tokens, examples, *, min_similarity: float = 0.5) -> dict:
+def few_shot_categories(predictor, record: dict, tokens, examples, *, min_similarity: float | None = None) -> dict:
     """:func:`apply_few_shot` of the classes of ``examples`` (:func:`few_shot_classifier`) to one record."""
     classifier = few_shot_classifier(predictor, examples, min_similarity=min_similarity)
     return apply_few_shot(classifier, predictor.model, [record], tokens)[0]
