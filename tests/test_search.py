@@ -272,9 +272,15 @@ def test_describe_with_few_shot_classes(collection, capsys, tmp_path):
     region = json.loads(capsys.readouterr().out)["regions"][0]
     assert region["category"][0] == "kind-0" and region["category"][1] == pytest.approx(1.0, abs=1e-3)
     assert [c[0] for c in region["categories"]] == ["kind-0", "kind-1"] and "caption" in region
-    assert main(["describe", str(folder / "1.png"), "--box", *box, "--classes-from", str(examples),
-                 "--min-similarity", "1.01"]) == 0
+    other = [str(v) for v in regions[2]["box"]]  # not an example: below a floor of 1
+    assert main(["describe", str(folder / "1.png"), "--box", *other, "--classes-from", str(examples),
+                 "--min-similarity", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["regions"][0]["category"] is None
+    for bad in (["--min-similarity", "1.5"], ["--min-similarity", "-2"]):
+        assert main(["describe", str(folder / "1.png"), "--box", *box, "--classes-from", str(examples), *bad]) == 2
+        assert "cosine similarity in [-1, 1]" in capsys.readouterr().err
+    assert main(["describe", str(folder / "1.png"), "--box", *box, "--min-similarity", "0.5"]) == 2
+    assert "used with --classes-from" in capsys.readouterr().err
     assert main(["describe", str(folder / "1.png"), "--box", *box, "--classes-from", str(examples),
                  "--classes", "a,b"]) == 2
     assert "not both" in capsys.readouterr().err

@@ -181,6 +181,8 @@ def run(args) -> int:
     # every input checked before the model loads (seconds): regions, tasks, vocabularies, the model folder
     parse_regions(specs, size, box_format=args.box_format)
     tasks = check_tasks(args.tasks)
+    if args.min_similarity is not None and args.classes_from is None:
+        raise InputError("--min-similarity is used with --classes-from")
     if args.classes_from is not None and args.classes is not None:
         raise InputError("give --classes or --classes-from, not both")
     classes, attributes = check_vocabulary(args.classes, "classes"), check_vocabulary(args.attributes, "attributes")

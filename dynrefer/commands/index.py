@@ -30,8 +30,9 @@ def register(subparsers) -> None:
                    help="regions of images that list none: default, sam:CHECKPOINT or file:PATH (default: default)")
     p.add_argument("--max-regions", type=int, default=100, help="proposals per image (100)")
     p.add_argument("--nms-iou", type=float, default=0.5, help="proposals: duplicates above this IoU go (0.5)")
-    p.add_argument("--kind", choices=("flat", "hnsw"), default="flat",
-                   help="vector index for by-example search: flat (exact, default) or hnsw (approximate, large)")
+    p.add_argument("--kind", choices=("flat", "hnsw"), default=None,
+                   help="vector index for by-example search of a new index: flat (exact, default) or hnsw "
+                        "(approximate, large); an existing index keeps its own")
     p.add_argument("--batch-size", type=int, default=4, help="images per engine pass (4)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="the progress bar on stderr (default: when stderr is a terminal)")

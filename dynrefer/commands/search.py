@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--negative", action="append", default=[], metavar="TEXT",
                    help="with --text: leave out regions this describes better (repeatable)")
     p.add_argument("--k", type=int, default=20, help="at most this many hits (20)")
-    p.add_argument("--threshold", type=float, default=0.7,
+    p.add_argument("--threshold", type=float, default=None,
                    help="with --text: the least probability of a hit (0.7; docs/search.md)")
     p.add_argument("--min-similarity", type=float, default=None,
                    help="by example: the least cosine similarity (default: none); --classes-from: below it, no "
@@ -52,8 +52,13 @@ def run(args) -> int:
         raise InputError(f"--k must be at least 1, got {args.k}")
     if (args.example is None) != (args.box is None):
         raise InputError("--example IMAGE and --box X1 Y1 X2 Y2 go together")
-    if args.negative and args.text is None:
-        raise InputError("--negative is used with --text")
+    if (args.negative or args.threshold is not None or args.allow_unknown_words) and args.text is None:
+        raise InputError("--negative, --threshold and --allow-unknown-words are used with --text")
+    if args.min_similarity is not None:
+        if args.text is not None:
+            raise InputError("--min-similarity is used with --example, --example-region or --classes-from")
+        if not -1.0 <= args.min_similarity <= 1.0:
+            raise InputError(f"--min-similarity is a cosine similarity in [-1, 1], got {args.min_similarity}")
     if args.sheet is not None:
         if args.classes_from is not None or not args.sheet.lower().endswith(".png"):
             raise InputError("--sheet takes a .png path, for --text or --example searches")
@@ -82,8 +87,9 @@ def _answer(args, index) -> dict:
     predictor = Predictor(args.model)
     index.check_model(predictor.model)
     if args.text is not None:
+        given = {} if args.threshold is None else {"threshold": args.threshold}
         return search_text(index, predictor.model, args.text, negatives=args.negative, k=args.k,
-                           threshold=args.threshold, allow_unknown=args.allow_unknown_words)
+                           allow_unknown=args.allow_unknown_words, **given)
     if args.example is not None:
         vector = embed_regions(predictor, args.example, [list(args.box)])[0]
         return {"hits": search_vector(index, vector, k=args.k, min_similarity=low)}

@@ -308,6 +308,7 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
     records = read_jsonl(data)
     root = Path(image_root) if image_root else data.parent
     check_records(records, data)
+    extra = extra_settings(proposals, max_regions, nms_iou, classes_from, min_similarity)  # before any work
     with output_lock(out):
         filled = 0
         if proposals is not None:
@@ -321,7 +322,6 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
             raise InputError(f"'{data}' has no region to describe ({len(records)} record(s), 0 regions); "
                              + ("the proposals found none; " if proposals is not None else "")
                              + "--allow-empty accepts it (an empty output)")
-        extra = extra_settings(proposals, max_regions, nms_iou, classes_from, min_similarity)
         summary = _run_locked(model, data, out, records, root, total, tasks=tasks, all_scores=all_scores,
                               classes=classes, attributes=attributes, tag_threshold=tag_threshold, devices=devices,
                               accelerator=accelerator, batch_size=batch_size, num_workers=num_workers,

@@ -78,7 +78,12 @@ def extra_settings(proposals, max_regions, nms_iou, classes_from, min_similarity
     from ..proposals import resolved_source
 
     extra = {} if proposals is None else {"proposals": [resolved_source(proposals), int(max_regions), float(nms_iou)]}
+    if classes_from is None and min_similarity is not None:
+        raise InputError("--min-similarity is used with --classes-from")
     if classes_from is not None:
+        from ..search.query import check_floor
+
+        check_floor(min_similarity)
         if not Path(classes_from).is_file():
             raise InputError(f"cannot read --classes-from '{classes_from}': no such file")
         if min_similarity is None:

@@ -7,42 +7,54 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .query import embedding_dim, region_vectors
+from .query import check_floor, embedding_dim, region_vectors
 from .store import RegionIndex
 
 
 def collect(images=(), regions_file=None, image_root=None, proposals=None) -> list[tuple[str, Path, list | None]]:
     """What to index: ``(label, path, regions or None)`` per image, from image files (regions from proposals) or
     from a JSONL of SPEC §5 records (paths relative to the file, or to ``image_root``)."""
+    from ..images import image_file_size
+    from ..inference.predict_inputs import check_records, preflight
     from ..records import read_jsonl
 
     items = []
+    if isinstance(images, (str, Path)):  # one image, not the letters of its path
+        images = [images]
     if regions_file is not None:
         if images:
             raise InputError("give images or --regions FILE.jsonl, not both")
         regions_file = Path(regions_file)
         root = Path(image_root) if image_root else regions_file.parent
-        for n, record in enumerate(read_jsonl(regions_file), 1):
-            if not isinstance(record.get("image"), str) or not record["image"]:
-                raise InputError(f"'{regions_file}' record {n}: 'image' must be a path")
+        records = read_jsonl(regions_file)
+        check_records(records, regions_file)
+        for n, record in enumerate(records, 1):
             regions = record.get("regions") or None
             if regions is None and proposals is None:
                 raise InputError(f"'{regions_file}' record {n} ({record['image']}) lists no region (give "
                                  "--proposals to find them)")
             items.append((record["image"], root / record["image"], regions))
+        try:  # every image and region, before the model loads or the index is made
+            preflight(records, root)
+        except InputError as err:
+            raise InputError(f"'{regions_file}' {err}") from None
     else:
         if not images:
             raise InputError("nothing to index: give image files or --regions FILE.jsonl")
         items = [(str(p), Path(p), None) for p in images]
+    for _, path, regions in items:
+        if regions is None:
+            image_file_size(path)  # present and readable (its error names the file)
     return items
 
 
 def build_index(out, *, images=(), regions_file=None, image_root=None, model="builtin", proposals=None,
-                max_regions: int = 100, nms_iou: float = 0.5, kind: str = "flat", batch_size: int = 4,
+                max_regions: int = 100, nms_iou: float = 0.5, kind: str | None = None, batch_size: int = 4,
                 progress: bool | None = None, predictor=None) -> dict:
     """Index the regions of ``images`` (regions from ``proposals``, default ``"default"``) or of ``regions_file``
     records into the folder ``out`` (created, or appended to: the records already there are skipped; the model
-    must be the one it was built with). A record is known by its image file (resolved) and its place among the
+    must be the one it was built with; ``kind``, ``"flat"`` or ``"hnsw"``: a new index's vector index, flat when
+    None; an existing one keeps its own). A record is known by its image file (resolved) and its place among the
     records of that file, so an interrupted run, rerun, resumes. Returns a summary. ``predictor``: a loaded
     :class:`~dynrefer.inference.predictor.Predictor` (then ``model`` only names it)."""
     import faiss  # noqa: F401 - the search extra: missing, the run stops here, before any work
@@ -57,12 +69,18 @@ def build_index(out, *, images=(), regions_file=None, image_root=None, model="bu
     items = collect(images, regions_file, image_root, proposals)
     if any(regions is None for _, _, regions in items):
         proposals = proposals or "default"
+    source = proposal_source(proposals) if proposals else None  # a bad spec fails here, before any work
+    if not 0.0 <= nms_iou <= 1.0 or max_regions < 1:
+        raise InputError(f"max_regions must be at least 1 and nms_iou lie in [0, 1], got {max_regions}, {nms_iou}")
     predictor = predictor or Predictor(model)
     out = Path(out)
     if (out / "meta.json").exists():
         index = RegionIndex(out, write=True)
         try:
             index.check_model(predictor.model)
+            if kind is not None and kind != index.meta.get("kind", "flat"):
+                raise InputError(f"the index '{out}' is {index.meta.get('kind', 'flat')}: it keeps its kind "
+                                 f"(asked for {kind}; build a new index for another)")
         except InputError:
             index.close()
             raise
@@ -72,7 +90,7 @@ def build_index(out, *, images=(), regions_file=None, image_root=None, model="bu
         qcfg = predictor.model.config.qformer
         index = RegionIndex.create(out, model=model_identity(model), fingerprint=model_fingerprint(predictor.model),
                                    tokens_shape=(qcfg.num_query_tokens, qcfg.hidden_size),
-                                   dim=embedding_dim(predictor.model), kind=kind)
+                                   dim=embedding_dim(predictor.model), kind=kind or "flat")
     try:
         seen: dict[str, int] = {}
         keyed = []
@@ -81,7 +99,6 @@ def build_index(out, *, images=(), regions_file=None, image_root=None, model="bu
             keyed.append((f"{resolved}#{seen.get(resolved, 0)}", label, path, regions))
             seen[resolved] = seen.get(resolved, 0) + 1
         todo = [item for item in keyed if not index.is_done(item[0])]
-        source = proposal_source(proposals) if proposals else None
         added = 0
         bar = tqdm(total=len(todo), desc="index", unit="img", disable=None if progress is None else not progress)
         for start in range(0, len(todo), max(1, batch_size)):
@@ -121,15 +138,24 @@ def embed_regions(predictor, image, boxes) -> np.ndarray:
     return region_vectors(predictor.model, tokens)
 
 
-def embed_examples(predictor, records, root) -> tuple[np.ndarray, list[str]]:
+def embed_examples(predictor, records, root, source: str = "the examples") -> tuple[np.ndarray, list[str]]:
     """Embeddings and labels of labelled example regions (``--classes-from``: SPEC §5 records whose regions carry
-    ``category``), paths relative to ``root``."""
-    vectors, labels = [], []
+    ``category``), paths relative to ``root``; ``source`` names them in errors (the file)."""
+    from ..inference.predict_inputs import check_records, preflight
+
+    check_records(records, source)
     for n, record in enumerate(records, 1):
-        regions = record.get("regions") or []
-        for j, region in enumerate(regions):
+        for j, region in enumerate(record.get("regions") or []):
             if not isinstance(region.get("category"), str) or not region["category"]:
-                raise InputError(f"example record {n} region {j}: needs a 'category' (the class it shows)")
+                raise InputError(f"'{source}' record {n} ({record['image']}) region {j}: needs a 'category' (the "
+                                 "class it shows)")
+    try:  # every image and region before the first is embedded
+        preflight(records, Path(root))
+    except InputError as err:
+        raise InputError(f"'{source}' {err}") from None
+    vectors, labels = [], []
+    for record in records:
+        regions = record.get("regions") or []
         if regions:
             vectors.append(embed_regions(predictor, Path(root) / record["image"], regions))
             labels += [r["category"] for r in regions]
@@ -145,10 +171,11 @@ def few_shot_classifier(predictor, examples, *, min_similarity: float | None = N
     from ..records import read_jsonl
     from .query import FewShotClassifier
 
+    check_floor(min_similarity)
     examples = Path(examples)
     if not examples.is_file():
         raise InputError(f"cannot read --classes-from '{examples}': no such file")
-    vectors, labels = embed_examples(predictor, read_jsonl(examples), examples.parent)
+    vectors, labels = embed_examples(predictor, read_jsonl(examples), examples.parent, str(examples))
     return FewShotClassifier(vectors, labels, min_similarity=min_similarity)
 
 

@@ -19,6 +19,12 @@ CATEGORY_WEIGHT = 0.9
 MIN_SIMILARITY = 0.7
 
 
+def check_floor(min_similarity) -> None:
+    """A few-shot floor (``--min-similarity``) is a cosine similarity: None (the default) or in [-1, 1]."""
+    if min_similarity is not None and not -1.0 <= float(min_similarity) <= 1.0:
+        raise InputError(f"--min-similarity is a cosine similarity in [-1, 1], got {min_similarity}")
+
+
 def embedding_dim(model) -> int:
     """The length of :func:`region_vectors`' rows for ``model``."""
     return len(model.categories) + _head(model).region_proj.out_features
@@ -89,28 +95,53 @@ def _phrases(model) -> dict[tuple[str, ...], str]:
     return {tuple(_words(n)): n for n in reversed(names) if _words(n)}
 
 
-def query_parts(model, text: str) -> tuple[list[str], list[str]]:
-    """``(parts, unknown)``: the model's names a query is made of, in the model's spelling, longest first from left
-    to right ("traffic light" stays one part when the model has it; a plural "circles" is the name "circle"), and
-    the words that are neither a name nor a stop word."""
+def _singulars(word: str) -> list[str]:
+    """Singular forms to try for a plural ``word``: "circles" -> "circle", "crosses" -> "cross", "berries" ->
+    "berry"."""
+    forms = []
+    if word.endswith("ies") and len(word) > 4:
+        forms.append(word[:-3] + "y")
+    if word.endswith("es") and len(word) > 3:
+        forms.append(word[:-2])
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 2:
+        forms.append(word[:-1])
+    return forms
+
+
+def _parse(model, text: str) -> tuple[list[str], list[str], str]:
+    """``(parts, unknown, phrase)``: :func:`query_parts`' two lists, and the query rewritten in the model's
+    spelling (its names for the matched words, stop words and unknown words kept, lower case, no punctuation)."""
     phrases = _phrases(model)
     longest = max((len(p) for p in phrases), default=1)
-    words, parts, unknown, i = _words(text), [], [], 0
+    words, parts, unknown, spelled, i = _words(text), [], [], [], 0
     while i < len(words):
         for size in range(min(longest, len(words) - i), 0, -1):
             key = tuple(words[i:i + size])
-            singular = key[:-1] + (key[-1][:-1],) if key[-1].endswith("s") and len(key[-1]) > 2 else None
-            name = phrases.get(key) or (phrases.get(singular) if singular else None)
+            name = phrases.get(key)
+            for singular in ([] if name is not None else _singulars(key[-1])):
+                name = phrases.get(key[:-1] + (singular,))
+                if name is not None:
+                    break
             if name is not None:
                 parts.append(name)
+                spelled.append(name)
                 i += size
                 break
         else:
             if words[i] not in STOPWORDS:
                 unknown.append(words[i])
                 parts.append(words[i])
+            spelled.append(words[i])
             i += 1
-    return parts, unknown
+    return parts, unknown, " ".join(spelled)
+
+
+def query_parts(model, text: str) -> tuple[list[str], list[str]]:
+    """``(parts, unknown)``: the model's names a query is made of, in the model's spelling, longest first from left
+    to right ("traffic light" stays one part when the model has it; a plural "circles" or "crosses" is the name
+    "circle" or "cross"; case and punctuation do not matter), and the words that are neither a name nor a stop
+    word."""
+    return _parse(model, text)[:2]
 
 
 def unknown_words(model, text: str) -> list[str]:
@@ -122,13 +153,15 @@ def unknown_words(model, text: str) -> list[str]:
 def query_scores(model, tokens: np.ndarray, texts: list[str]) -> np.ndarray:
     """(N, len(texts)) the probability that each text is true of each region, read conjunctively: the least of
     the probabilities of the whole text and of each of its parts (:func:`query_parts`), each as
-    :func:`query_prompt` ("the red circle", "the red", "the circle"). A region is a "striped red circle" only if
+    :func:`query_prompt` ("the red circle", "the red", "the circle"), the whole text in the model's spelling
+    ("Red circles!" is "the red circle"). A region is a "striped red circle" only if
     it is striped, red and a circle: on generated scenes (seed 17) the whole phrase alone found hits for 77 % of
     absent pattern-colour-shape combinations at threshold 0.7, the least of its parts for 13 % (docs/search.md)."""
     groups, prompts = [], []
     for text in texts:
-        parts = query_parts(model, text)[0]
-        prompts_of = [query_prompt(text)] + ([query_prompt(p) for p in parts] if len(parts) > 1 else [])
+        parts, _, phrase = _parse(model, text)
+        phrase = phrase or " ".join(text.split())
+        prompts_of = [query_prompt(phrase)] + ([query_prompt(p) for p in parts] if len(parts) > 1 else [])
         groups.append(range(len(prompts), len(prompts) + len(prompts_of)))
         prompts += prompts_of
     probs = text_probabilities(model, tokens, prompts)
@@ -143,9 +176,12 @@ def search_text(index: RegionIndex, model, text: str, *, negatives=(), k: int = 
     answer names them (``"unknown_words"``)."""
     if not isinstance(text, str) or not _words(text):
         raise InputError(f"the text query {text!r} has no word")
+    negatives = [negatives] if isinstance(negatives, str) else list(negatives)  # one text, not its letters
     for negative in negatives:
         if not isinstance(negative, str) or not _words(negative):
             raise InputError(f"the negative text {negative!r} has no word")
+        if not query_parts(model, negative)[0]:
+            raise InputError(f"the negative text {negative!r} has only stop words")
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold must lie in [0, 1], got {threshold}")
     if k < 1:
@@ -170,10 +206,19 @@ def search_vector(index: RegionIndex, vector: np.ndarray, *, k: int = 20, min_si
                   exclude: int | None = None) -> list:
     """Regions nearest ``vector`` (cosine similarity, best first, at most ``k``, at least ``min_similarity``);
     ``exclude``: a region id left out (the example itself)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a whole number of at least 1, got {k!r}")
+    vector = np.asarray(vector, np.float32)
+    if vector.size != index.dim or vector.ndim > 2 or not np.isfinite(vector).all():
+        raise InputError(f"the query vector must hold {index.dim} finite numbers (this index's embeddings), got "
+                         f"shape {vector.shape}")
     if index.count == 0:
         return []
-    found_scores, found_ids = index.vectors().search(np.asarray(vector, np.float32).reshape(1, -1),
-                                                     min(index.count, k + (exclude is not None)))
+    want = min(index.count, int(k) + (exclude is not None))
+    vectors = index.vectors()
+    if hasattr(vectors, "hnsw"):  # HNSW returns at most efSearch neighbours
+        vectors.hnsw.efSearch = max(vectors.hnsw.efSearch, want)
+    found_scores, found_ids = vectors.search(vector.reshape(1, -1), want)
     pairs = [(int(i), float(s)) for i, s in zip(found_ids[0], found_scores[0])
              if i >= 0 and i != exclude and s >= min_similarity][:k]
     rows = index.rows([i for i, _ in pairs])
@@ -182,8 +227,11 @@ def search_vector(index: RegionIndex, vector: np.ndarray, *, k: int = 20, min_si
 
 def stored_vector(index: RegionIndex, region_id: int) -> np.ndarray:
     """The embedding of a region already in the index."""
+    if isinstance(region_id, bool) or not isinstance(region_id, (int, np.integer)):
+        raise InputError(f"a region id is a whole number, got {region_id!r}")
     if not 0 <= region_id < index.count:
-        raise InputError(f"region {region_id} is not in the index (it holds 0..{index.count - 1})")
+        held = f"it holds 0..{index.count - 1}" if index.count else "it is empty"
+        raise InputError(f"region {region_id} is not in the index ({held})")
     return np.array(index.embeddings()[int(region_id)])
 
 

@@ -73,7 +73,7 @@ class RegionIndex:
     """An index folder: ``RegionIndex(folder)`` to read, ``write=True`` to append (one writer at a time),
     :meth:`create` for a new one."""
 
-    def __init__(self, folder, *, write: bool = False):
+    def __init__(self, folder, *, write: bool = False, _lock=None):
         self.folder = Path(folder)
         meta = self.folder / "meta.json"
         if not meta.is_file():
@@ -84,19 +84,26 @@ class RegionIndex:
             self.dim = int(self.meta["dim"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"'{meta}' cannot be read: {exc}") from None
-        self._lock = self._vectors = None
-        if not write and not (self.folder / "regions.sqlite").is_file():
-            raise InputError(f"the index '{self.folder}' is damaged: regions.sqlite is missing")
-        if write:
-            self._lock = _writer_lock(self.folder)
-        self.db = sqlite3.connect(self.folder / "regions.sqlite", timeout=60)
-        for statement in _SCHEMA:
-            self.db.execute(statement)
-        self.db.commit()
-        if write:
-            self._cut()
-        else:
-            self._check_files()
+        self._lock = self._vectors = self.db = None
+        if write:  # first: a run creating the index holds the lock until its files exist
+            self._lock = _lock or _writer_lock(self.folder)
+        try:
+            if _lock is None and not (self.folder / "regions.sqlite").is_file():  # (create() makes a new one)
+                raise InputError(f"the index '{self.folder}' is damaged: regions.sqlite is missing")
+            self.db = sqlite3.connect(self.folder / "regions.sqlite", timeout=60)
+            for statement in _SCHEMA:
+                self.db.execute(statement)
+            self.db.commit()
+            if write:
+                self._cut()
+            else:
+                self._check_files()
+        except BaseException:
+            if self.db is not None:
+                self.db.close()
+            if self._lock is not None:
+                self._lock.close()
+            raise
 
     @classmethod
     def create(cls, folder, *, model: str, fingerprint: str, tokens_shape, dim: int, kind: str = "flat"):
@@ -107,12 +114,19 @@ class RegionIndex:
         if (folder / "meta.json").exists():
             raise InputError(f"'{folder}' already holds an index (add to it, or choose another --out)")
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"format": 1, "model": model, "fingerprint": fingerprint,
-                "tokens_shape": [int(v) for v in tokens_shape], "dim": int(dim), "kind": kind}
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(folder / "meta.json")
-        return cls(folder, write=True)
+        lock = _writer_lock(folder)  # before meta.json: of two runs creating one index, one writes it
+        try:
+            if (folder / "meta.json").exists():
+                raise InputError(f"'{folder}' already holds an index (add to it, or choose another --out)")
+            meta = {"format": 1, "model": model, "fingerprint": fingerprint,
+                    "tokens_shape": [int(v) for v in tokens_shape], "dim": int(dim), "kind": kind}
+            tmp = folder / f"meta.json.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+            tmp.replace(folder / "meta.json")
+            return cls(folder, write=True, _lock=lock)
+        except BaseException:
+            lock.close()
+            raise
 
     @property
     def count(self) -> int:
