@@ -111,6 +111,7 @@ def test_hnsw_returns_k_neighbours_beyond_its_search_breadth(tmp_path):
     index.append([{"image": f"{i}.png", "box": [0, 0, 1, 1]} for i in range(300)], np.zeros((300, 1, 2)), vectors)
     hits = search_vector(index, vectors[0], k=250, exclude=0)
     assert len(hits) == 250 and 0 not in [h["id"] for h in hits]
+    assert index.vectors().hnsw.efSearch == 16  # that search's own breadth: the index (and its cache) keep theirs
     exact = np.argsort(-(vectors @ vectors[0]), kind="stable")[1:11]
     assert len(set(h["id"] for h in hits[:10]) & set(exact.tolist())) >= 9  # approximate, nearly exact here
     for k in (0, -1, 2.5, True):
@@ -185,7 +186,41 @@ def test_search_options_of_another_mode_are_refused(collection, capsys, extra, m
     assert message in capsys.readouterr().err
 
 
-def test_search_text_output_is_json(collection, capsys):
+def test_the_command_reads_a_query_in_any_spelling(collection, capsys):
     folder, _ = collection
-    assert main(["search", str(folder / "index"), "--text", "Circles!", "--threshold", "0", "--k", "2"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["hits"]) == 2
+    answers = []
+    for text in ("Circles!", "circle"):
+        assert main(["search", str(folder / "index"), "--text", text, "--threshold", "0", "--k", "3"]) == 0
+        answers.append(json.loads(capsys.readouterr().out)["hits"])
+    assert len(answers[0]) == 3 and answers[0] == answers[1]
+
+
+def test_plurals_prefer_the_plain_s():
+    """"manes" is "mane" where a vocabulary has both "man" and "mane" (Visual Genome has such pairs); "-es" only
+    after s, x, z, ch, sh; "-ies" is "-y"."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(tag_names=["man", "mane", "cap", "cape", "box", "cross", "berry", "bus", "glass"],
+                            categories=[], attributes=[])
+    for word, name in [("manes", "mane"), ("mans", "man"), ("capes", "cape"), ("boxes", "box"),
+                       ("crosses", "cross"), ("berries", "berry"), ("buses", "bus"), ("glasses", "glass"),
+                       ("bus", "bus"), ("glass", "glass")]:
+        assert query_parts(model, word) == ([name], []), word
+    assert query_parts(model, "caps")[0] == ["cap"] and query_parts(model, "mens")[1] == ["mens"]
+
+
+def test_resuming_needs_only_the_images_still_to_index(collection, predictor, tmp_path):
+    """An image already indexed may be gone when more are added (the checks read only what is still to do); a
+    record with "regions": null gets proposals, as one without the key."""
+    folder, records = collection
+    work = tmp_path / "w"
+    work.mkdir()
+    for i in range(2):
+        shutil.copy(folder / f"{i}.png", work / f"{i}.png")
+    write_jsonl(work / "a.jsonl", [records[0]])
+    build_index(work / "index", regions_file=work / "a.jsonl", predictor=predictor, progress=False)
+    (work / "0.png").unlink()
+    write_jsonl(work / "b.jsonl", [records[0], {"image": "1.png", "regions": None}])
+    more = build_index(work / "index", regions_file=work / "b.jsonl", predictor=predictor, proposals="default",
+                       max_regions=2, progress=False)
+    assert more["records_skipped"] == 1 and more["records_added"] == 1 and 1 <= more["regions_added"] <= 2

@@ -149,11 +149,19 @@ def preflight(records: list[dict], root: Path, done=frozenset()) -> None:
         if not todo:
             continue
         try:
-            size = image_file_size(root / rec["image"])
-            check_record_size(rec, size)
-            parse_regions([region_input(rec, j) | {"id": _region_id(rec, j)} for j in todo], size)
+            check_record_input(rec, root / rec["image"], todo)
         except InputError as err:
             raise InputError(f"record {i + 1} ({rec['image']}): {err}") from None
+
+
+def check_record_input(rec: dict, path: Path, todo=None) -> None:
+    """One record's image ``path`` (present, readable, its size from the header, as the record's ``width`` /
+    ``height``) and its regions ``todo`` (indices; None: all) parsed in that size; an :class:`InputError`
+    otherwise."""
+    size = image_file_size(path)
+    check_record_size(rec, size)
+    todo = range(len(rec.get("regions", []))) if todo is None else todo
+    parse_regions([region_input(rec, j) | {"id": _region_id(rec, j)} for j in todo], size)
 
 
 @contextmanager

@@ -11,41 +11,50 @@ from .query import check_floor, embedding_dim, region_vectors
 from .store import RegionIndex
 
 
-def collect(images=(), regions_file=None, image_root=None, proposals=None) -> list[tuple[str, Path, list | None]]:
-    """What to index: ``(label, path, regions or None)`` per image, from image files (regions from proposals) or
-    from a JSONL of SPEC §5 records (paths relative to the file, or to ``image_root``)."""
-    from ..images import image_file_size
-    from ..inference.predict_inputs import check_records, preflight
+def collect(images=(), regions_file=None, image_root=None, proposals=None) -> list[tuple]:
+    """What to index: ``(label, path, regions or None, record)`` per image, from image files (regions from
+    proposals; ``record`` None) or from a JSONL of SPEC §5 records (paths relative to the file, or to
+    ``image_root``), each record checked in form (:func:`check_images` reads the images)."""
+    from ..inference.predict_inputs import check_records
     from ..records import read_jsonl
 
-    items = []
     if isinstance(images, (str, Path)):  # one image, not the letters of its path
         images = [images]
-    if regions_file is not None:
-        if images:
-            raise InputError("give images or --regions FILE.jsonl, not both")
-        regions_file = Path(regions_file)
-        root = Path(image_root) if image_root else regions_file.parent
-        records = read_jsonl(regions_file)
-        check_records(records, regions_file)
-        for n, record in enumerate(records, 1):
-            regions = record.get("regions") or None
-            if regions is None and proposals is None:
-                raise InputError(f"'{regions_file}' record {n} ({record['image']}) lists no region (give "
-                                 "--proposals to find them)")
-            items.append((record["image"], root / record["image"], regions))
-        try:  # every image and region, before the model loads or the index is made
-            preflight(records, root)
-        except InputError as err:
-            raise InputError(f"'{regions_file}' {err}") from None
-    else:
+    if regions_file is None:
         if not images:
             raise InputError("nothing to index: give image files or --regions FILE.jsonl")
-        items = [(str(p), Path(p), None) for p in images]
-    for _, path, regions in items:
-        if regions is None:
-            image_file_size(path)  # present and readable (its error names the file)
+        return [(str(p), Path(p), None, None) for p in images]
+    if images:
+        raise InputError("give images or --regions FILE.jsonl, not both")
+    regions_file = Path(regions_file)
+    root = Path(image_root) if image_root else regions_file.parent
+    records = [r | {"regions": r.get("regions") or []} if isinstance(r, dict) and r.get("regions") is None else r
+               for r in read_jsonl(regions_file)]  # "regions": null is none, as a missing list
+    check_records(records, regions_file)
+    items = []
+    for n, record in enumerate(records, 1):
+        regions = record["regions"] or None
+        if regions is None and proposals is None:
+            raise InputError(f"'{regions_file}' record {n} ({record['image']}) lists no region (give "
+                             "--proposals to find them)")
+        items.append((record["image"], root / record["image"], regions, record | {"_n": n, "_file": regions_file}))
     return items
+
+
+def check_images(items) -> None:
+    """Each image of ``items`` (:func:`collect`) present and readable, and each given region valid in it; an error
+    names the file, the record and the image."""
+    from ..images import image_file_size
+    from ..inference.predict_inputs import check_record_input
+
+    for _, path, regions, record in items:
+        if record is None or not regions:
+            image_file_size(path)  # its error names the file
+            continue
+        try:
+            check_record_input(record, path)
+        except InputError as err:
+            raise InputError(f"'{record['_file']}' record {record['_n']} ({record['image']}): {err}") from None
 
 
 def build_index(out, *, images=(), regions_file=None, image_root=None, model="builtin", proposals=None,
@@ -67,11 +76,17 @@ def build_index(out, *, images=(), regions_file=None, image_root=None, model="bu
     from .store import model_fingerprint
 
     items = collect(images, regions_file, image_root, proposals)
-    if any(regions is None for _, _, regions in items):
+    if any(regions is None for _, _, regions, _ in items):
         proposals = proposals or "default"
     source = proposal_source(proposals) if proposals else None  # a bad spec fails here, before any work
     if not 0.0 <= nms_iou <= 1.0 or max_regions < 1:
         raise InputError(f"max_regions must be at least 1 and nms_iou lie in [0, 1], got {max_regions}, {nms_iou}")
+    seen: dict[str, int] = {}
+    keyed = []
+    for label, path, regions, record in items:
+        resolved = str(Path(path).resolve())
+        keyed.append((f"{resolved}#{seen.get(resolved, 0)}", label, path, regions, record))
+        seen[resolved] = seen.get(resolved, 0) + 1
     predictor = predictor or Predictor(model)
     out = Path(out)
     if (out / "meta.json").exists():
@@ -81,30 +96,27 @@ def build_index(out, *, images=(), regions_file=None, image_root=None, model="bu
             if kind is not None and kind != index.meta.get("kind", "flat"):
                 raise InputError(f"the index '{out}' is {index.meta.get('kind', 'flat')}: it keeps its kind "
                                  f"(asked for {kind}; build a new index for another)")
+            todo = [item for item in keyed if not index.is_done(item[0])]
+            check_images([item[1:] for item in todo])  # what is still to index (done images may be gone)
         except InputError:
             index.close()
             raise
     else:
         if predictor.model.contrastive_head is None:
             raise InputError("this model has no contrastive head: it cannot embed regions for search")
+        todo = keyed
+        check_images([item[1:] for item in todo])  # before the folder is made
         qcfg = predictor.model.config.qformer
         index = RegionIndex.create(out, model=model_identity(model), fingerprint=model_fingerprint(predictor.model),
                                    tokens_shape=(qcfg.num_query_tokens, qcfg.hidden_size),
                                    dim=embedding_dim(predictor.model), kind=kind or "flat")
     try:
-        seen: dict[str, int] = {}
-        keyed = []
-        for label, path, regions in items:
-            resolved = str(Path(path).resolve())
-            keyed.append((f"{resolved}#{seen.get(resolved, 0)}", label, path, regions))
-            seen[resolved] = seen.get(resolved, 0) + 1
-        todo = [item for item in keyed if not index.is_done(item[0])]
         added = 0
         bar = tqdm(total=len(todo), desc="index", unit="img", disable=None if progress is None else not progress)
         for start in range(0, len(todo), max(1, batch_size)):
             batch = todo[start:start + batch_size]
             specs = []
-            for _, _, path, regions in batch:
+            for _, _, path, regions, _ in batch:
                 if regions is None:
                     found = source(path).select(max_regions, nms_iou, image_file_size(path))
                     regions = [{"box": r["box"]} for r in found.regions()]
@@ -138,9 +150,9 @@ def embed_regions(predictor, image, boxes) -> np.ndarray:
     return region_vectors(predictor.model, tokens)
 
 
-def embed_examples(predictor, records, root, source: str = "the examples") -> tuple[np.ndarray, list[str]]:
+def embed_examples(predictor, records, root, source: str = "<examples>") -> tuple[np.ndarray, list[str]]:
     """Embeddings and labels of labelled example regions (``--classes-from``: SPEC §5 records whose regions carry
-    ``category``), paths relative to ``root``; ``source`` names them in errors (the file)."""
+    ``category``), paths relative to ``root``; ``source`` names them in errors (their file's path)."""
     from ..inference.predict_inputs import check_records, preflight
 
     check_records(records, source)

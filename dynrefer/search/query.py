@@ -96,15 +96,16 @@ def _phrases(model) -> dict[tuple[str, ...], str]:
 
 
 def _singulars(word: str) -> list[str]:
-    """Singular forms to try for a plural ``word``: "circles" -> "circle", "crosses" -> "cross", "berries" ->
-    "berry"."""
+    """Singular forms to try for a plural ``word``, the plain "-s" first: "circles" -> "circle", "manes" ->
+    "mane" (not "man"); "-es" after s, x, z, ch or sh: "crosses" -> "cross", "boxes" -> "box"; "-ies" -> "-y":
+    "berries" -> "berry"."""
     forms = []
-    if word.endswith("ies") and len(word) > 4:
-        forms.append(word[:-3] + "y")
-    if word.endswith("es") and len(word) > 3:
-        forms.append(word[:-2])
     if word.endswith("s") and not word.endswith("ss") and len(word) > 2:
         forms.append(word[:-1])
+    if word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")) and len(word) > 4:
+        forms.append(word[:-2])
+    if word.endswith("ies") and len(word) > 4:
+        forms.append(word[:-3] + "y")
     return forms
 
 
@@ -159,8 +160,9 @@ def query_scores(model, tokens: np.ndarray, texts: list[str]) -> np.ndarray:
     absent pattern-colour-shape combinations at threshold 0.7, the least of its parts for 13 % (docs/search.md)."""
     groups, prompts = [], []
     for text in texts:
-        parts, _, phrase = _parse(model, text)
-        phrase = phrase or " ".join(text.split())
+        parts, unknown, phrase = _parse(model, text)
+        if unknown or not phrase:  # (allowed) words the model does not know: the text as written
+            phrase = " ".join(text.split())
         prompts_of = [query_prompt(phrase)] + ([query_prompt(p) for p in parts] if len(parts) > 1 else [])
         groups.append(range(len(prompts), len(prompts) + len(prompts_of)))
         prompts += prompts_of
@@ -215,10 +217,12 @@ def search_vector(index: RegionIndex, vector: np.ndarray, *, k: int = 20, min_si
     if index.count == 0:
         return []
     want = min(index.count, int(k) + (exclude is not None))
-    vectors = index.vectors()
-    if hasattr(vectors, "hnsw"):  # HNSW returns at most efSearch neighbours
-        vectors.hnsw.efSearch = max(vectors.hnsw.efSearch, want)
-    found_scores, found_ids = vectors.search(vector.reshape(1, -1), want)
+    vectors, params = index.vectors(), None
+    if hasattr(vectors, "hnsw"):  # HNSW returns at most efSearch neighbours: this search's own breadth
+        import faiss
+
+        params = faiss.SearchParametersHNSW(efSearch=max(vectors.hnsw.efSearch, want))
+    found_scores, found_ids = vectors.search(vector.reshape(1, -1), want, params=params)
     pairs = [(int(i), float(s)) for i, s in zip(found_ids[0], found_scores[0])
              if i >= 0 and i != exclude and s >= min_similarity][:k]
     rows = index.rows([i for i, _ in pairs])

@@ -88,7 +88,7 @@ class RegionIndex:
         if write:  # first: a run creating the index holds the lock until its files exist
             self._lock = _lock or _writer_lock(self.folder)
         try:
-            if _lock is None and not (self.folder / "regions.sqlite").is_file():  # (create() makes a new one)
+            if not (self.folder / "regions.sqlite").is_file():
                 raise InputError(f"the index '{self.folder}' is damaged: regions.sqlite is missing")
             self.db = sqlite3.connect(self.folder / "regions.sqlite", timeout=60)
             for statement in _SCHEMA:
@@ -120,6 +120,10 @@ class RegionIndex:
                 raise InputError(f"'{folder}' already holds an index (add to it, or choose another --out)")
             meta = {"format": 1, "model": model, "fingerprint": fingerprint,
                     "tokens_shape": [int(v) for v in tokens_shape], "dim": int(dim), "kind": kind}
+            with sqlite3.connect(folder / "regions.sqlite") as db:  # before meta.json: a published index has one
+                for statement in _SCHEMA:
+                    db.execute(statement)
+            db.close()
             tmp = folder / f"meta.json.{os.getpid()}.tmp"
             tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             tmp.replace(folder / "meta.json")
