@@ -175,3 +175,32 @@ def test_proposals_are_computed_once_across_reruns(scenes, tmp_path, monkeypatch
     assert len(calls) == 2 and again["skipped"] == first["regions"]  # read back, nothing predicted again
     run_predict("builtin", data, out, max_regions=4, **options)
     assert len(calls) == 4 and all(len(r["regions"]) <= 4 for r in read_jsonl(out))
+
+
+def test_the_other_processes_of_a_gpu_run_read_the_proposals_cache(scenes, tmp_path, monkeypatch):
+    """Under a multi-GPU launcher every process runs the command; the first fills OUT.proposals.jsonl before the
+    others start. They read it (no proposer made or called, the file unchanged) instead of computing every image's
+    proposals again; an image missing from it is computed, and nothing is written."""
+    import dynrefer.proposals as proposals
+    from dynrefer.proposals.fill import fill_regions
+
+    folder, truth = scenes
+    data = _strip(truth[:2])
+    cache = tmp_path / "out.jsonl.proposals.jsonl"
+    first = [dict(r) for r in data]
+    fill_regions(first, folder, "default", max_regions=5, cache=cache)
+    written = cache.read_bytes()
+    made = []
+    original = proposals.proposal_source
+
+    def counting(spec, device=None):
+        made.append(spec)
+        return original(spec, device=device)
+
+    monkeypatch.setattr(proposals, "proposal_source", counting)
+    other = [dict(r) for r in data]
+    assert fill_regions(other, folder, "default", max_regions=5, cache=cache, write_cache=False) == 2
+    assert other == first and not made and cache.read_bytes() == written
+    more = [dict(r) for r in data] + [{"image": data[0]["image"], "regions": []}]  # a second occurrence: not cached
+    fill_regions(more, folder, "default", max_regions=5, cache=cache, write_cache=False)
+    assert made == ["default"] and more[2]["regions"] == first[0]["regions"] and cache.read_bytes() == written

@@ -313,10 +313,10 @@ def run_predict(model, data, out, *, image_root=None, tasks=("caption", "tags", 
         filled = 0
         if proposals is not None:
             gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-            first = os.environ.get("LOCAL_RANK", "0") == "0"  # the cache is written by one process
+            first = os.environ.get("LOCAL_RANK", "0") == "0"  # the cache is written by one process, read by all
             filled = fill_regions(records, root, proposals, max_regions=max_regions, nms_iou=nms_iou, progress=progress,
                                   device=torch.device("cuda") if gpu else None,
-                                  cache=out.with_name(out.name + ".proposals.jsonl") if first else None)
+                                  cache=out.with_name(out.name + ".proposals.jsonl"), write_cache=first)
         total = sum(len(r.get("regions", [])) for r in records)
         if total == 0 and not allow_empty:
             raise InputError(f"'{data}' has no region to describe ({len(records)} record(s), 0 regions); "

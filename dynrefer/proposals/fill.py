@@ -11,7 +11,7 @@ from ..errors import InputError
 
 
 def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100, nms_iou: float = 0.5,
-                 progress: bool | None = None, device=None, cache=None) -> int:
+                 progress: bool | None = None, device=None, cache=None, write_cache: bool = True) -> int:
     """Give every record of ``records`` without regions (none listed, or ``[]``) the proposals of ``spec``
     (:func:`~dynrefer.proposals.proposal_source`) for its image: ``{"id", "box", "objectness"}`` (objectness where
     the source has it), at most ``max_regions`` after class-agnostic NMS at ``nms_iou``. Records that list
@@ -19,7 +19,9 @@ def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100
 
     ``cache``: a JSONL file that keeps each image's proposals as they are found (its first line the settings):
     a rerun with the same settings reads them back instead of computing them again (an image is known by its
-    path, its place among the records of that path, and its file's size and modification time)."""
+    path, its place among the records of that path, and its file's size and modification time). With
+    ``write_cache`` False the cache is only read (the other processes of a multi-GPU run, started after the
+    first one filled it), and the source is made only if an image is not in it."""
     from tqdm import tqdm
 
     from ..images import image_file_size
@@ -29,11 +31,13 @@ def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100
         raise InputError(f"--nms-iou must lie in (0, 1], got {nms_iou}")
     if max_regions < 1:
         raise InputError(f"--max-regions must be at least 1, got {max_regions}")
-    source = proposal_source(spec, device=device)  # (where a model source such as SAM runs)
+    # the source checks the spec (a missing file or checkpoint is an error here); a reader of the cache was started
+    # by a process that did that already, and needs no model unless an image is missing from it
+    source = proposal_source(spec, device=device) if write_cache or cache is None else None
     settings = {"proposals": _resolved(spec), "max_regions": int(max_regions), "nms_iou": float(nms_iou)}
     matches = cache is not None and _cache_matches(cache, settings)
     known = _read_cache(cache) if matches else {}
-    out = _open_cache(cache, settings, fresh=not matches) if cache is not None else None
+    out = _open_cache(cache, settings, fresh=not matches) if cache is not None and write_cache else None
     seen: dict[str, int] = {}
     todo = []
     for i, rec in enumerate(records):
@@ -56,6 +60,7 @@ def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100
                 continue
             try:
                 size = image_file_size(path)
+                source = source or proposal_source(spec, device=device)
                 found = source(path).select(max_regions, nms_iou, size)
             except InputError as err:
                 raise InputError(f"record {i + 1} ({rec['image']}): {err}") from None
