@@ -99,6 +99,20 @@ def tiny_model_dir(tmp_path_factory):
     return model.save_pretrained(tmp_path_factory.mktemp("tiny_model") / "tiny")
 
 
+def scene_records(folder: Path, seed: int, count: int) -> list[dict]:
+    """``count`` generated scenes of ``seed`` saved as ``folder/{i}.png``; their SPEC §5 records, each object a
+    region with its box and category (paths relative to ``folder``)."""
+    from dynrefer_builtin.synthetic import generate_scene
+
+    records = []
+    for i in range(count):
+        image, truth = generate_scene(seed, i)
+        image.save(folder / f"{i}.png")
+        records.append({"image": f"{i}.png", "regions": [{"box": r["box"], "category": r["category"]}
+                                                         for r in truth["regions"]]})
+    return records
+
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 

@@ -11,6 +11,7 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from conftest import scene_records
 
 from dynrefer.cli import main
 from dynrefer.errors import InputError
@@ -38,15 +39,8 @@ def predictor():
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory, predictor):
     """Four generated scenes (seed 13) with their objects as regions, and an index of the first three."""
-    from dynrefer_builtin.synthetic import generate_scene
-
     folder = tmp_path_factory.mktemp("collection")
-    records = []
-    for i in range(4):
-        image, truth = generate_scene(13, i)
-        image.save(folder / f"{i}.png")
-        records.append({"image": f"{i}.png", "regions": [{"box": r["box"], "category": r["category"]}
-                                                         for r in truth["regions"]]})
+    records = scene_records(folder, 13, 4)
     write_jsonl(folder / "first.jsonl", records[:3])
     write_jsonl(folder / "all.jsonl", records)
     summary = build_index(folder / "index", regions_file=folder / "first.jsonl", predictor=predictor, batch_size=2,

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import scene_records
 
 from dynrefer.cli import main
 from dynrefer.errors import InputError
@@ -35,15 +36,8 @@ def predictor():
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory, predictor):
     """Two generated scenes (seed 21) and an index of their objects."""
-    from dynrefer_builtin.synthetic import generate_scene
-
     folder = tmp_path_factory.mktemp("inputs")
-    records = []
-    for i in range(2):
-        image, truth = generate_scene(21, i)
-        image.save(folder / f"{i}.png")
-        records.append({"image": f"{i}.png", "regions": [{"box": r["box"], "category": r["category"]}
-                                                         for r in truth["regions"]]})
+    records = scene_records(folder, 21, 2)
     write_jsonl(folder / "regions.jsonl", records)
     build_index(folder / "index", regions_file=folder / "regions.jsonl", predictor=predictor, progress=False)
     return folder, records
