@@ -348,6 +348,13 @@ def test_a_finished_output_is_kept_only_under_its_settings(model_dir, dataset, t
     with pytest.raises(InputError, match=r"other settings \(model: .* -> \"builtin\"\)"):
         run_predict("builtin", root / "in.jsonl", out, num_workers=0, progress=False)
     assert out.read_bytes() == written and sidecar.is_file()
+    failing = tmp_path / "other.jsonl"  # reuses nothing and fails before any work: the old output stays checked
+    failing.write_text(json.dumps({"image": "missing.png", "regions": [{"box": [1, 1, 5, 5]}]}) + "\n")
+    with pytest.raises(InputError, match="missing.png"):
+        run_predict(model_dir, failing, out, num_workers=0, progress=False)
+    assert sidecar.is_file()
+    with pytest.raises(InputError, match="classes"):
+        run_predict(model_dir, root / "in.jsonl", out, classes=["cup", "table"], num_workers=0, progress=False)
     sidecar.unlink()  # an older output: no settings kept, its regions reused as before, and it stays unchecked
     legacy = run_predict(model_dir, root / "in.jsonl", out, classes=["cup", "table"], num_workers=0, progress=False)
     assert legacy["skipped"] == first["regions"] and not sidecar.exists() and out.read_bytes() == written

@@ -84,8 +84,8 @@ def check_run_settings(out: Path, settings: dict, *, finished: bool = False) -> 
                                  "would keep its regions: rerun with those, remove it or choose another --out")
         else:
             verified = False
-    else:  # nothing of the old output is kept: its settings no longer describe anything
-        kept.unlink(missing_ok=True)
+    # (nothing reused: the old output's settings stay until assemble() replaces it, so a run that fails first
+    # leaves the old output as checked as it was)
     if not has_parts:  # nothing to resume: this run's settings (a run that failed before any batch leaves no trap)
         write_json(path, settings)
     return verified
