@@ -47,6 +47,7 @@ def run(args) -> int:
     from ..errors import InputError
     from ..records import check_output_path
     from ..search import RegionIndex
+    from ..search.query import check_floor
 
     if args.k < 1:
         raise InputError(f"--k must be at least 1, got {args.k}")
@@ -54,11 +55,9 @@ def run(args) -> int:
         raise InputError("--example IMAGE and --box X1 Y1 X2 Y2 go together")
     if (args.negative or args.threshold is not None or args.allow_unknown_words) and args.text is None:
         raise InputError("--negative, --threshold and --allow-unknown-words are used with --text")
-    if args.min_similarity is not None:
-        if args.text is not None:
-            raise InputError("--min-similarity is used with --example, --example-region or --classes-from")
-        if not -1.0 <= args.min_similarity <= 1.0:
-            raise InputError(f"--min-similarity is a cosine similarity in [-1, 1], got {args.min_similarity}")
+    if args.min_similarity is not None and args.text is not None:
+        raise InputError("--min-similarity is used with --example, --example-region or --classes-from")
+    check_floor(args.min_similarity)  # (also the least similarity of a by-example hit)
     if args.sheet is not None:
         if args.classes_from is not None or not args.sheet.lower().endswith(".png"):
             raise InputError("--sheet takes a .png path, for --text or --example searches")

@@ -25,6 +25,12 @@ def check_floor(min_similarity) -> None:
         raise InputError(f"--min-similarity is a cosine similarity in [-1, 1], got {min_similarity}")
 
 
+def _check_k(k) -> None:
+    """How many hits a query returns: a whole number, at least 1."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a whole number of at least 1, got {k!r}")
+
+
 def embedding_dim(model) -> int:
     """The length of :func:`region_vectors`' rows for ``model``."""
     return len(model.categories) + _head(model).region_proj.out_features
@@ -186,8 +192,7 @@ def search_text(index: RegionIndex, model, text: str, *, negatives=(), k: int = 
             raise InputError(f"the negative text {negative!r} has only stop words")
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold must lie in [0, 1], got {threshold}")
-    if k < 1:
-        raise InputError(f"k must be at least 1, got {k}")
+    _check_k(k)
     if not query_parts(model, text)[0]:
         raise InputError(f"the text query {text!r} has only stop words")
     unknown = list(dict.fromkeys(w for t in [text, *negatives] for w in unknown_words(model, t)))
@@ -208,8 +213,7 @@ def search_vector(index: RegionIndex, vector: np.ndarray, *, k: int = 20, min_si
                   exclude: int | None = None) -> list:
     """Regions nearest ``vector`` (cosine similarity, best first, at most ``k``, at least ``min_similarity``);
     ``exclude``: a region id left out (the example itself)."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"k must be a whole number of at least 1, got {k!r}")
+    _check_k(k)
     vector = np.asarray(vector, np.float32)
     if vector.size != index.dim or vector.ndim > 2 or not np.isfinite(vector).all():
         raise InputError(f"the query vector must hold {index.dim} finite numbers (this index's embeddings), got "
