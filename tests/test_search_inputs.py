@@ -158,7 +158,7 @@ def test_index_inputs_are_checked_before_anything_is_made(collection, predictor,
         build_index(out, regions_file=bad, predictor=predictor, progress=False)
     with pytest.raises(InputError, match="gone.png"):
         build_index(out, images=[folder / "0.png", tmp_path / "gone.png"], predictor=predictor, progress=False)
-    with pytest.raises(InputError, match="nms_iou"):
+    with pytest.raises(InputError, match="nms-iou"):
         build_index(out, images=[folder / "0.png"], predictor=predictor, nms_iou=2.0, progress=False)
     assert not out.exists()
     one = build_index(out, images=str(folder / "0.png"), predictor=predictor, max_regions=2, progress=False)

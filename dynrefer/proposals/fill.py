@@ -10,6 +10,14 @@ from pathlib import Path
 from ..errors import InputError
 
 
+def check_limits(max_regions: int, nms_iou: float) -> None:
+    """How many proposals an image keeps (at least 1) and the IoU above which duplicates go (in (0, 1])."""
+    if not 0.0 < nms_iou <= 1.0:
+        raise InputError(f"--nms-iou must lie in (0, 1], got {nms_iou}")
+    if max_regions < 1:
+        raise InputError(f"--max-regions must be at least 1, got {max_regions}")
+
+
 def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100, nms_iou: float = 0.5,
                  progress: bool | None = None, device=None, cache=None, write_cache: bool = True) -> int:
     """Give every record of ``records`` without regions (none listed, or ``[]``) the proposals of ``spec``
@@ -27,10 +35,7 @@ def fill_regions(records: list[dict], root, spec: str, *, max_regions: int = 100
     from ..images import image_file_size
     from . import proposal_source
 
-    if not 0.0 < nms_iou <= 1.0:
-        raise InputError(f"--nms-iou must lie in (0, 1], got {nms_iou}")
-    if max_regions < 1:
-        raise InputError(f"--max-regions must be at least 1, got {max_regions}")
+    check_limits(max_regions, nms_iou)
     # the source checks the spec (a missing file or checkpoint is an error here); a reader of the cache was started
     # by a process that did that already, and needs no model unless an image is missing from it
     source = proposal_source(spec, device=device) if write_cache or cache is None else None

@@ -73,14 +73,14 @@ def build_index(out, *, images=(), regions_file=None, image_root=None, model="bu
     from ..inference.predictor import Predictor
     from ..model.io import model_identity
     from ..proposals import proposal_source
+    from ..proposals.fill import check_limits
     from .store import model_fingerprint
 
     items = collect(images, regions_file, image_root, proposals)
     if any(regions is None for _, _, regions, _ in items):
         proposals = proposals or "default"
     source = proposal_source(proposals) if proposals else None  # a bad spec fails here, before any work
-    if not 0.0 <= nms_iou <= 1.0 or max_regions < 1:
-        raise InputError(f"max_regions must be at least 1 and nms_iou lie in [0, 1], got {max_regions}, {nms_iou}")
+    check_limits(max_regions, nms_iou)
     seen: dict[str, int] = {}
     keyed = []
     for label, path, regions, record in items:
